@@ -1,0 +1,552 @@
+//! The bundle file (docs/FORMAT.md, "Container"): a tar whose entries are, in
+//! this order, `airlock-format`, `manifest.json`, zero or more
+//! `signature-KEYID.minisig`, and `payload.tar.zst`, and nothing after.
+//! Read in one streaming pass; the caller authenticates the manifest before a
+//! single payload byte is read.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+
+use crate::digest::HashingReader;
+use crate::error::BundleError;
+use crate::manifest::{FileEntry, Manifest, FORMAT_MARKER};
+use crate::path::BundlePath;
+use crate::payload::{unwrap_io, ChunkVerifier};
+use crate::signing::Signature;
+
+/// Name of the first entry, holding the format marker and a newline.
+pub const FORMAT_ENTRY: &str = "airlock-format";
+/// Name of the manifest entry.
+pub const MANIFEST_ENTRY: &str = "manifest.json";
+/// Name of the payload entry.
+pub const PAYLOAD_ENTRY: &str = "payload.tar.zst";
+/// Largest manifest accepted, in bytes.
+pub const MAX_MANIFEST_SIZE: u64 = 16 * 1024 * 1024;
+/// Largest signature file accepted, in bytes.
+pub const MAX_SIGNATURE_SIZE: u64 = 4096;
+/// Most signatures accepted on one bundle.
+pub const MAX_SIGNATURES: usize = 64;
+/// Most zero padding accepted after the container's end-of-archive block, in bytes.
+const MAX_TRAILING_ZEROS: u64 = 20 * 512;
+
+/// Name of the entry holding the signature by `key_id`.
+pub fn signature_entry_name(sig: &Signature) -> String {
+    format!("signature-{}.minisig", sig.key_id())
+}
+
+/// What precedes the payload: the manifest, its exact bytes and the signatures.
+#[derive(Debug, Clone)]
+pub struct BundleHeader {
+    /// The parsed, validated manifest.
+    pub manifest: Manifest,
+    /// The bytes the signatures cover.
+    pub manifest_bytes: Vec<u8>,
+    /// Signatures in file order.
+    pub signatures: Vec<Signature>,
+}
+
+/// Receives payload files while the bundle is read.
+pub trait PayloadSink {
+    /// Receives the contents of `entry`, exactly `entry.size` bytes. They are
+    /// not verified yet: keep them where nothing uses them until [`PayloadSink::verified`].
+    ///
+    /// # Errors
+    /// Anything that stops the read.
+    fn write_file(&mut self, entry: &FileEntry, contents: &mut dyn Read)
+        -> Result<(), BundleError>;
+
+    /// Called once the contents just written matched the manifest's size and SHA-256.
+    ///
+    /// # Errors
+    /// Anything that stops the read.
+    fn verified(&mut self, entry: &FileEntry) -> Result<(), BundleError>;
+}
+
+/// A sink that reads and discards every file, for `verify`.
+pub struct DiscardSink;
+
+impl PayloadSink for DiscardSink {
+    fn write_file(
+        &mut self,
+        entry: &FileEntry,
+        contents: &mut dyn Read,
+    ) -> Result<(), BundleError> {
+        io::copy(contents, &mut io::sink())
+            .map(|_| ())
+            .map_err(|e| unwrap_io(&format!("reading payload entry `{}`", entry.path), e))
+    }
+
+    fn verified(&mut self, _entry: &FileEntry) -> Result<(), BundleError> {
+        Ok(())
+    }
+}
+
+/// Writes a bundle file into `out`: marker, manifest bytes, signatures
+/// (sorted by key id), then `payload_size` bytes from `payload`. Every entry
+/// carries mode 0644, owner 0 and time `mtime`, so the output is reproducible.
+///
+/// # Errors
+/// [`BundleError::Io`] on read or write errors; [`BundleError::Malformed`]
+/// when `payload` does not hold `payload_size` bytes.
+pub fn write_bundle<W: Write>(
+    out: W,
+    manifest_bytes: &[u8],
+    signatures: &[Signature],
+    payload: impl Read,
+    payload_size: u64,
+    mtime: u64,
+) -> Result<W, BundleError> {
+    let mut tar = tar::Builder::new(out);
+    let mut append = |name: &str, size: u64, data: &mut dyn Read| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_mtime(mtime);
+        header.set_uid(0);
+        header.set_gid(0);
+        tar.append_data(&mut header, name, data)
+            .map_err(BundleError::io(format!("writing bundle entry `{name}`")))
+    };
+    let marker = format!("{FORMAT_MARKER}\n");
+    append(FORMAT_ENTRY, marker.len() as u64, &mut marker.as_bytes())?;
+    append(
+        MANIFEST_ENTRY,
+        manifest_bytes.len() as u64,
+        &mut &manifest_bytes[..],
+    )?;
+    let mut sorted: Vec<&Signature> = signatures.iter().collect();
+    sorted.sort_by_key(|s| s.key_id());
+    for sig in sorted {
+        let text = sig.to_minisign();
+        append(
+            &signature_entry_name(sig),
+            text.len() as u64,
+            &mut text.as_bytes(),
+        )?;
+    }
+    let mut counted = HashingReader::new(payload).take(payload_size);
+    append(PAYLOAD_ENTRY, payload_size, &mut counted)?;
+    if counted.into_inner().count() != payload_size {
+        return Err(BundleError::Malformed(format!(
+            "the payload source holds fewer than {payload_size} bytes"
+        )));
+    }
+    tar.into_inner()
+        .map_err(BundleError::io("ending the bundle"))
+}
+
+fn read_small(entry: &mut dyn Read, name: &str, max: u64) -> Result<Vec<u8>, BundleError> {
+    let mut buf = Vec::new();
+    entry
+        .take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(BundleError::io(format!("reading bundle entry `{name}`")))?;
+    if buf.len() as u64 > max {
+        return Err(BundleError::Malformed(format!(
+            "entry `{name}` is larger than {max} bytes"
+        )));
+    }
+    Ok(buf)
+}
+
+fn entry_name(entry: &tar::Entry<'_, impl Read>) -> Result<String, BundleError> {
+    let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    if entry.header().entry_type() != tar::EntryType::Regular {
+        return Err(BundleError::Malformed(format!(
+            "container entry `{name}` is not a regular file"
+        )));
+    }
+    Ok(name)
+}
+
+/// Reads a bundle from `reader` in one pass.
+///
+/// After the header, `check` decides whether to go on (it verifies signatures,
+/// trust, expiry and platform); its error stops the read before any payload
+/// byte is read. With `sink` `None` the read ends there (for `inspect`);
+/// otherwise every payload file goes to the sink, and the container's end is
+/// checked (no trailing data).
+///
+/// # Errors
+/// [`BundleError`] naming the first entry or chunk that breaks a rule.
+pub fn read_bundle<R: Read>(
+    reader: R,
+    check: impl FnOnce(&BundleHeader) -> Result<(), BundleError>,
+    sink: Option<&mut dyn PayloadSink>,
+) -> Result<BundleHeader, BundleError> {
+    let mut archive = tar::Archive::new(reader);
+    let header;
+    {
+        let mut entries = archive
+            .entries()
+            .map_err(BundleError::io("reading the bundle"))?;
+        let mut next = |what: &str| -> Result<_, BundleError> {
+            match entries.next() {
+                Some(entry) => entry.map_err(|e| {
+                    BundleError::Malformed(format!(
+                        "cannot read the container entry for {what}: {e}"
+                    ))
+                }),
+                None => Err(BundleError::Malformed(format!(
+                    "the file ends before {what}"
+                ))),
+            }
+        };
+
+        let mut first = next("the format marker").map_err(|_| {
+            BundleError::Malformed(
+                "this is not an airlock bundle (no tar container with an `airlock-format` entry)"
+                    .into(),
+            )
+        })?;
+        let name = entry_name(&first)?;
+        if name != FORMAT_ENTRY {
+            return Err(BundleError::Malformed(format!(
+                "this is not an airlock bundle: the first entry is `{name}`, not `{FORMAT_ENTRY}`"
+            )));
+        }
+        let marker = read_small(&mut first, FORMAT_ENTRY, 64)?;
+        let marker = String::from_utf8_lossy(&marker).trim_end().to_owned();
+        if marker != FORMAT_MARKER {
+            return Err(crate::error::ManifestError::UnknownFormat(marker).into());
+        }
+        drop(first);
+
+        let mut manifest_entry = next("manifest.json")?;
+        let name = entry_name(&manifest_entry)?;
+        if name != MANIFEST_ENTRY {
+            return Err(BundleError::Malformed(format!(
+                "expected `{MANIFEST_ENTRY}` as the second entry, found `{name}`"
+            )));
+        }
+        let manifest_bytes = read_small(&mut manifest_entry, MANIFEST_ENTRY, MAX_MANIFEST_SIZE)?;
+        drop(manifest_entry);
+        let manifest = Manifest::from_json(&manifest_bytes)?;
+
+        let mut signatures = Vec::new();
+        let mut payload_entry = loop {
+            let mut entry = next("the payload")?;
+            let name = entry_name(&entry)?;
+            if name == PAYLOAD_ENTRY {
+                break entry;
+            }
+            if !(name.starts_with("signature-") && name.ends_with(".minisig")) {
+                return Err(BundleError::Malformed(format!(
+                    "unexpected container entry `{name}` (expected signatures, then `{PAYLOAD_ENTRY}`)"
+                )));
+            }
+            if signatures.len() == MAX_SIGNATURES {
+                return Err(BundleError::Malformed(format!(
+                    "more than {MAX_SIGNATURES} signatures"
+                )));
+            }
+            let text = read_small(&mut entry, &name, MAX_SIGNATURE_SIZE)?;
+            let text = String::from_utf8(text)
+                .map_err(|_| BundleError::Malformed(format!("entry `{name}` is not UTF-8")))?;
+            let sig = Signature::from_minisign(&text)?;
+            if name != signature_entry_name(&sig) {
+                return Err(BundleError::Malformed(format!(
+                    "entry `{name}` holds a signature by key {}",
+                    sig.key_id()
+                )));
+            }
+            signatures.push(sig);
+        };
+
+        header = BundleHeader {
+            manifest,
+            manifest_bytes,
+            signatures,
+        };
+        check(&header)?;
+        let Some(sink) = sink else {
+            return Ok(header);
+        };
+
+        if payload_entry.header().size().ok() != Some(header.manifest.payload.size) {
+            return Err(BundleError::Malformed(format!(
+                "the payload entry's size differs from the {} bytes the manifest signs",
+                header.manifest.payload.size
+            )));
+        }
+        read_payload(&mut payload_entry, &header.manifest, sink)?;
+        drop(payload_entry);
+
+        if let Some(extra) = entries.next() {
+            let what = extra
+                .map(|e| String::from_utf8_lossy(&e.path_bytes()).into_owned())
+                .unwrap_or_else(|_| "unreadable data".into());
+            return Err(BundleError::Malformed(format!(
+                "trailing data after the payload: `{what}`"
+            )));
+        }
+    }
+    let mut rest = archive.into_inner();
+    let mut tail = Vec::new();
+    (&mut rest)
+        .take(MAX_TRAILING_ZEROS + 1)
+        .read_to_end(&mut tail)
+        .map_err(BundleError::io("reading the end of the bundle"))?;
+    if tail.len() as u64 > MAX_TRAILING_ZEROS || tail.iter().any(|b| *b != 0) {
+        return Err(BundleError::Malformed(
+            "trailing data after the end of the container".into(),
+        ));
+    }
+    Ok(header)
+}
+
+/// Streams the payload entry through chunk verification, zstd and the inner tar.
+fn read_payload(
+    compressed: &mut dyn Read,
+    manifest: &Manifest,
+    sink: &mut dyn PayloadSink,
+) -> Result<(), BundleError> {
+    let verifier = ChunkVerifier::new(compressed, &manifest.payload);
+    let decoder = zstd::stream::read::Decoder::new(verifier)
+        .map_err(BundleError::io("starting the zstd decoder"))?;
+    // Bound what decompression may produce: the files, a few header blocks
+    // each (long names, PAX) and the end-of-archive blocks. No zip bombs.
+    let bound = manifest.payload.unpacked_size
+        + (manifest.files.len() as u64 + 2) * 4 * 512
+        + manifest
+            .files
+            .iter()
+            .map(|f| f.path.as_str().len() as u64 + 512)
+            .sum::<u64>();
+    let mut inner = tar::Archive::new(decoder.take(bound));
+    let index: HashMap<&BundlePath, usize> = manifest
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (&f.path, i))
+        .collect();
+    let mut seen = vec![false; manifest.files.len()];
+    let mut expected_next = 0usize;
+    {
+        let entries = inner
+            .entries()
+            .map_err(|e| unwrap_io("reading the payload", e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| unwrap_io("reading a payload entry header", e))?;
+            let raw = entry.path_bytes().into_owned();
+            let shown = String::from_utf8_lossy(&raw).into_owned();
+            let kind = entry.header().entry_type();
+            if kind == tar::EntryType::Directory {
+                BundlePath::from_tar_bytes(raw.strip_suffix(b"/").unwrap_or(&raw))?;
+                continue;
+            }
+            if kind != tar::EntryType::Regular {
+                let what = match kind {
+                    tar::EntryType::Symlink => "a symbolic link",
+                    tar::EntryType::Link => "a hard link",
+                    tar::EntryType::Char | tar::EntryType::Block => "a device file",
+                    tar::EntryType::Fifo => "a FIFO",
+                    _ => "not a regular file",
+                };
+                return Err(BundleError::entry(
+                    shown,
+                    format!("is {what}; only regular files and directories are allowed"),
+                ));
+            }
+            let path = BundlePath::from_tar_bytes(&raw)?;
+            let Some(&i) = index.get(&path) else {
+                return Err(BundleError::entry(shown, "is not listed in the manifest"));
+            };
+            if seen[i] {
+                return Err(BundleError::entry(shown, "appears twice in the payload"));
+            }
+            if i != expected_next {
+                return Err(BundleError::entry(shown, "is out of manifest order"));
+            }
+            let file = &manifest.files[i];
+            let size = entry
+                .header()
+                .size()
+                .map_err(|e| BundleError::entry(shown.clone(), format!("bad size field: {e}")))?;
+            if size != file.size {
+                return Err(BundleError::entry(
+                    shown,
+                    format!("is {size} bytes but the manifest says {}", file.size),
+                ));
+            }
+            let mut hashing = HashingReader::new((&mut entry).take(size));
+            sink.write_file(file, &mut hashing)?;
+            // Drain what the sink did not read so the hash covers everything.
+            io::copy(&mut hashing, &mut io::sink())
+                .map_err(|e| unwrap_io(&format!("reading payload entry `{shown}`"), e))?;
+            let (digest, count) = hashing.finish();
+            if count != file.size {
+                return Err(BundleError::entry(shown, "ends early"));
+            }
+            if digest != file.sha256 {
+                return Err(BundleError::entry(
+                    shown,
+                    format!("SHA-256 is {digest} but the manifest says {}", file.sha256),
+                ));
+            }
+            sink.verified(file)?;
+            seen[i] = true;
+            expected_next = i + 1;
+        }
+    }
+    if let Some(missing) = manifest.files.iter().zip(&seen).find(|(_, s)| !**s) {
+        return Err(BundleError::entry(
+            missing.0.path.as_str(),
+            "is listed in the manifest but missing from the payload",
+        ));
+    }
+    // Read the rest of the decompressed stream (end-of-archive zeros) and the
+    // rest of the compressed one, so every chunk and the zstd checksum are checked.
+    let mut decoder = inner.into_inner().into_inner();
+    let mut zeros = [0u8; 8192];
+    loop {
+        let n = decoder
+            .read(&mut zeros)
+            .map_err(|e| unwrap_io("reading the end of the payload", e))?;
+        if n == 0 {
+            break;
+        }
+        if zeros[..n].iter().any(|b| *b != 0) {
+            return Err(BundleError::Malformed(
+                "data after the payload's end-of-archive".into(),
+            ));
+        }
+    }
+    let mut verifier = decoder.finish();
+    let n = io::copy(&mut verifier, &mut io::sink())
+        .map_err(|e| unwrap_io("reading the end of the payload", e))?;
+    if n != 0 {
+        return Err(BundleError::Malformed(format!(
+            "{n} bytes after the payload's zstd frame"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::tests::sample;
+    use crate::manifest::{PayloadInfo, Role};
+    use crate::payload::PayloadWriter;
+    use crate::signing::{SecretKey, Trust};
+    use crate::Sha256Digest;
+
+    struct Collect(Vec<(String, Vec<u8>)>, usize);
+    impl PayloadSink for Collect {
+        fn write_file(&mut self, e: &FileEntry, r: &mut dyn Read) -> Result<(), BundleError> {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).unwrap();
+            self.0.push((e.path.to_string(), v));
+            Ok(())
+        }
+        fn verified(&mut self, _: &FileEntry) -> Result<(), BundleError> {
+            self.1 += 1;
+            Ok(())
+        }
+    }
+
+    fn build(files: &[(&str, &[u8])]) -> (Vec<u8>, SecretKey) {
+        let mut writer = PayloadWriter::new(Vec::new(), 3, 0, 64 * 1024, 0).unwrap();
+        let mut manifest = sample();
+        manifest.files.clear();
+        for (path, data) in files {
+            let path = BundlePath::parse(path).unwrap();
+            let sha256 = writer
+                .append(&path, 0o644, data.len() as u64, *data)
+                .unwrap();
+            manifest.files.push(FileEntry {
+                path,
+                role: Role::Script,
+                size: data.len() as u64,
+                mode: 0o644,
+                sha256,
+                name: None,
+                install_path: None,
+                migration: None,
+            });
+        }
+        let (payload, info) = writer.finish().unwrap();
+        manifest.payload = info;
+        let bytes = manifest.to_json().unwrap();
+        let key = SecretKey::from_minisign(&SecretKey::generate(None).unwrap().secret_text, None)
+            .unwrap();
+        let sig = key.sign(&bytes, "t");
+        let out = write_bundle(
+            Vec::new(),
+            &bytes,
+            &[sig],
+            &payload[..],
+            payload.len() as u64,
+            0,
+        )
+        .unwrap();
+        (out, key)
+    }
+
+    fn read(bytes: &[u8], key: &SecretKey) -> Result<Collect, BundleError> {
+        let trust = Trust::new(vec![key.public_key()], 1).unwrap();
+        let mut sink = Collect(Vec::new(), 0);
+        read_bundle(
+            bytes,
+            |h| {
+                trust
+                    .check(&h.manifest_bytes, &h.signatures)
+                    .map(|_| ())
+                    .map_err(Into::into)
+            },
+            Some(&mut sink),
+        )?;
+        Ok(sink)
+    }
+
+    #[test]
+    fn round_trip() {
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (bytes, key) = build(&[("a/one", b"hello"), ("b", &big)]);
+        let got = read(&bytes, &key).unwrap();
+        assert_eq!(got.1, 2);
+        assert_eq!(got.0[0], ("a/one".to_string(), b"hello".to_vec()));
+        assert_eq!(got.0[1].1, big);
+    }
+
+    #[test]
+    fn any_flipped_byte_is_refused() {
+        let (bytes, key) = build(&[("a", b"hello world")]);
+        // Flip one byte in every 97th position across the whole file.
+        for i in (0..bytes.len()).step_by(97) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x55;
+            if let Ok(sink) = read(&bad, &key) {
+                // Only padding bytes in tar headers may change without effect.
+                assert_eq!(sink.0[0].1, b"hello world", "byte {i} changed the content");
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_data_is_refused() {
+        let (mut bytes, key) = build(&[("a", b"x")]);
+        bytes.extend_from_slice(b"junk");
+        let err = read(&bytes, &key).err().unwrap().to_string();
+        assert!(err.contains("trailing data"), "{err}");
+    }
+
+    #[test]
+    fn tampered_chunk_is_caught_before_decompression() {
+        let info = PayloadInfo {
+            compression: "zstd".into(),
+            size: 5,
+            chunk_size: 64 * 1024,
+            chunks: vec![Sha256Digest::of(b"hello")],
+            unpacked_size: 0,
+        };
+        let mut v = ChunkVerifier::new(&b"hellO"[..], &info);
+        let err = io::copy(&mut v, &mut io::sink()).unwrap_err();
+        assert!(matches!(
+            unwrap_io("x", err),
+            BundleError::ChunkMismatch { index: 0, .. }
+        ));
+    }
+}

@@ -1,0 +1,495 @@
+//! The signed manifest: what a bundle is, what it may upgrade, and every
+//! payload file with its size, mode and SHA-256 (docs/FORMAT.md, "Manifest").
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use semver::{Version, VersionReq};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Sha256Digest;
+use crate::error::ManifestError;
+use crate::path::BundlePath;
+
+/// The format marker this crate reads and writes.
+pub const FORMAT_MARKER: &str = "airlock-bundle/1";
+
+/// Smallest payload chunk size accepted, in bytes (64 KiB).
+pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
+/// Largest payload chunk size accepted, in bytes (64 MiB): a reader buffers one chunk.
+pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
+/// Chunk size the builder uses unless told otherwise, in bytes (4 MiB).
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+
+/// The manifest, stored as `manifest.json` and signed byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`FORMAT_MARKER`].
+    pub format: String,
+    /// Bundle name: `[a-z0-9][a-z0-9._-]*`, at most 64 bytes; the file is `NAME-VERSION.airlock`.
+    pub name: String,
+    /// The release this bundle installs (SemVer 2.0.0).
+    pub version: Version,
+    /// Platform the binaries run on, `OS-ARCH` as Rust names them, e.g. `linux-x86_64`.
+    pub platform: String,
+    /// Installed versions this bundle may upgrade (a SemVer requirement, Cargo syntax).
+    pub upgrades_from: VersionReq,
+    /// Lowest `airlock-apply` version that understands this bundle.
+    pub min_applier_version: Version,
+    /// Whether this version may run beside the previous one in a cluster (rolling upgrade).
+    pub rolling_allowed: bool,
+    /// When the bundle was built: Unix seconds (`SOURCE_DATE_EPOCH` when set).
+    pub created_at: u64,
+    /// After this moment (Unix seconds) appliers refuse the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Scripts the applier runs around the service restart.
+    #[serde(default)]
+    pub hooks: Hooks,
+    /// Every payload file, sorted by path; migrations in the order they apply.
+    pub files: Vec<FileEntry>,
+    /// The compressed payload: its size and the digest of each chunk.
+    pub payload: PayloadInfo,
+}
+
+/// Hook scripts, each the path of a `script` entry of the payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Runs before the service stops (drain traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<BundlePath>,
+    /// Runs after the new version is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_start: Option<BundlePath>,
+}
+
+/// What a payload file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// An executable the applier installs over the service's binary of the same name.
+    Binary,
+    /// A SQL migration for one of the site's databases.
+    Migration,
+    /// A hook script.
+    Script,
+    /// Any other file, installed at its install path.
+    File,
+}
+
+/// One payload file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Path inside the payload.
+    pub path: BundlePath,
+    /// What the file is for.
+    pub role: Role,
+    /// Size in bytes.
+    pub size: u64,
+    /// Unix permission bits, at most `0o777` (no setuid, setgid or sticky bit).
+    pub mode: u32,
+    /// SHA-256 of the contents.
+    pub sha256: Sha256Digest,
+    /// For `binary`: the name the site profile maps to an install path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// For `binary` and `file`: the default absolute install path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_path: Option<String>,
+    /// For `migration`: which database, version and direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationInfo>,
+}
+
+/// Where a migration belongs and when it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationInfo {
+    /// Name of the database in the site profile.
+    pub database: String,
+    /// Version as the migration tool wrote it: `0001` (sqlx) or `2024-02-14-140000` (diesel).
+    pub version: String,
+    /// Ordering key: the version's digits as a number.
+    pub order: u64,
+    /// Description from the file or folder name, e.g. `add_orders`.
+    pub description: String,
+    /// `up` applies the migration, `down` reverts it (kept for the record, never run by apply).
+    pub direction: Direction,
+}
+
+/// Direction of a migration script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Applies the change.
+    Up,
+    /// Reverts the change.
+    Down,
+}
+
+/// The compressed payload's integrity data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadInfo {
+    /// Always `zstd`: a zstd-compressed tar.
+    pub compression: String,
+    /// Size of the compressed payload, in bytes.
+    pub size: u64,
+    /// Chunk size, in bytes; the last chunk may be shorter.
+    pub chunk_size: u64,
+    /// SHA-256 of each chunk of the compressed payload, in order.
+    pub chunks: Vec<Sha256Digest>,
+    /// Sum of the uncompressed file sizes, in bytes (bounds decompression).
+    pub unpacked_size: u64,
+}
+
+impl Manifest {
+    /// Parses and validates manifest bytes.
+    ///
+    /// # Errors
+    /// [`ManifestError`] for invalid JSON, an unknown format version, or a rule of
+    /// [`Manifest::validate`].
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        // Read the format first so a newer bundle gets a clear "too new" error
+        // instead of a complaint about fields this version does not know.
+        #[derive(Deserialize)]
+        struct FormatOnly {
+            format: String,
+        }
+        let format: FormatOnly =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        if format.format != FORMAT_MARKER {
+            return Err(ManifestError::UnknownFormat(format.format));
+        }
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Serialises to the bytes that get signed (pretty JSON, fields in declaration order).
+    ///
+    /// # Errors
+    /// [`ManifestError`] when the manifest breaks a rule of [`Manifest::validate`].
+    pub fn to_json(&self) -> Result<Vec<u8>, ManifestError> {
+        self.validate()?;
+        let mut out =
+            serde_json::to_vec_pretty(self).map_err(|e| ManifestError::Json(e.to_string()))?;
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// The bundle's file name, `NAME-VERSION.airlock`.
+    pub fn file_name(&self) -> String {
+        format!("{}-{}.airlock", self.name, self.version)
+    }
+
+    /// Checks every rule of docs/FORMAT.md that the types alone do not enforce.
+    ///
+    /// # Errors
+    /// The first [`ManifestError`] found.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |field: &str, reason: String| ManifestError::Invalid {
+            field: field.to_owned(),
+            reason,
+        };
+        if self.format != FORMAT_MARKER {
+            return Err(ManifestError::UnknownFormat(self.format.clone()));
+        }
+        validate_name(&self.name).map_err(|r| invalid("name", r))?;
+        if self.platform.is_empty() || !self.platform.chars().all(safe_char) {
+            return Err(invalid(
+                "platform",
+                format!("`{}` is not of the form OS-ARCH", self.platform),
+            ));
+        }
+        let mut paths = BTreeSet::new();
+        let mut binaries = BTreeSet::new();
+        let mut migrations: BTreeMap<(&str, u64, Direction), &BundlePath> = BTreeMap::new();
+        let mut previous: Option<&BundlePath> = None;
+        let mut unpacked = 0u64;
+        for file in &self.files {
+            let field = format!("files[{}]", file.path);
+            if let Some(prev) = previous {
+                if prev >= &file.path {
+                    return Err(invalid(
+                        &field,
+                        format!("entries must be sorted by path and unique (after `{prev}`)"),
+                    ));
+                }
+            }
+            previous = Some(&file.path);
+            paths.insert(&file.path);
+            if file.mode > 0o777 {
+                return Err(invalid(
+                    &field,
+                    format!(
+                        "mode {:o} has bits above 0o777 (setuid, setgid or sticky)",
+                        file.mode
+                    ),
+                ));
+            }
+            unpacked = unpacked
+                .checked_add(file.size)
+                .ok_or_else(|| invalid(&field, "sizes overflow".into()))?;
+            if let Some(install) = &file.install_path {
+                validate_install_path(install).map_err(|r| invalid(&field, r))?;
+            }
+            match file.role {
+                Role::Binary => {
+                    let name = file
+                        .name
+                        .as_deref()
+                        .ok_or_else(|| invalid(&field, "a binary needs a name".into()))?;
+                    validate_name(name).map_err(|r| invalid(&field, r))?;
+                    if !binaries.insert(name) {
+                        return Err(invalid(
+                            &field,
+                            format!("binary name `{name}` is used twice"),
+                        ));
+                    }
+                    if file.migration.is_some() {
+                        return Err(invalid(&field, "a binary has no migration data".into()));
+                    }
+                }
+                Role::Migration => {
+                    let m = file.migration.as_ref().ok_or_else(|| {
+                        invalid(&field, "a migration needs its database and version".into())
+                    })?;
+                    validate_name(&m.database).map_err(|r| invalid(&field, r))?;
+                    if let Some(other) =
+                        migrations.insert((m.database.as_str(), m.order, m.direction), &file.path)
+                    {
+                        return Err(invalid(
+                            &field,
+                            format!(
+                                "migration version {} of database `{}` is also `{other}`",
+                                m.version, m.database
+                            ),
+                        ));
+                    }
+                    if file.install_path.is_some() || file.name.is_some() {
+                        return Err(invalid(&field, "a migration is not installed".into()));
+                    }
+                }
+                Role::Script | Role::File => {
+                    if file.migration.is_some() || file.name.is_some() {
+                        return Err(invalid(
+                            &field,
+                            "only binaries have names and only migrations have migration data"
+                                .into(),
+                        ));
+                    }
+                    if file.role == Role::File && file.install_path.is_none() {
+                        return Err(invalid(&field, "a file needs an install path".into()));
+                    }
+                }
+            }
+        }
+        for (hook, path) in [
+            ("pre_stop", &self.hooks.pre_stop),
+            ("post_start", &self.hooks.post_start),
+        ] {
+            if let Some(path) = path {
+                let is_script = self
+                    .files
+                    .iter()
+                    .any(|f| &f.path == path && f.role == Role::Script);
+                if !is_script {
+                    return Err(invalid(
+                        &format!("hooks.{hook}"),
+                        format!("`{path}` is not a script entry of the payload"),
+                    ));
+                }
+            }
+        }
+        if unpacked != self.payload.unpacked_size {
+            return Err(invalid(
+                "payload.unpacked_size",
+                format!(
+                    "is {} but the files add up to {unpacked}",
+                    self.payload.unpacked_size
+                ),
+            ));
+        }
+        let p = &self.payload;
+        if p.compression != "zstd" {
+            return Err(invalid(
+                "payload.compression",
+                format!("`{}` is not `zstd`", p.compression),
+            ));
+        }
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&p.chunk_size) {
+            return Err(invalid(
+                "payload.chunk_size",
+                format!(
+                    "{} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+                    p.chunk_size
+                ),
+            ));
+        }
+        let expected_chunks = p.size.div_ceil(p.chunk_size);
+        if p.chunks.len() as u64 != expected_chunks {
+            return Err(invalid(
+                "payload.chunks",
+                format!(
+                    "{} digests for {} bytes in chunks of {}; expected {expected_chunks}",
+                    p.chunks.len(),
+                    p.size,
+                    p.chunk_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `up` migrations of `database`, in the order they apply.
+    pub fn migrations_for<'a>(
+        &'a self,
+        database: &'a str,
+    ) -> impl Iterator<Item = (&'a FileEntry, &'a MigrationInfo)> + 'a {
+        let mut list: Vec<_> = self
+            .files
+            .iter()
+            .filter_map(|f| f.migration.as_ref().map(|m| (f, m)))
+            .filter(|(_, m)| m.database == database && m.direction == Direction::Up)
+            .collect();
+        list.sort_by_key(|(_, m)| m.order);
+        list.into_iter()
+    }
+
+    /// Names of the databases that have migrations in this bundle, sorted.
+    pub fn migrated_databases(&self) -> BTreeSet<&str> {
+        self.files
+            .iter()
+            .filter_map(|f| f.migration.as_ref())
+            .map(|m| m.database.as_str())
+            .collect()
+    }
+
+    /// The entry at `path`.
+    pub fn file(&self, path: &BundlePath) -> Option<&FileEntry> {
+        self.files
+            .binary_search_by(|f| f.path.cmp(path))
+            .ok()
+            .and_then(|i| self.files.get(i))
+    }
+}
+
+fn safe_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Checks a bundle, binary or database name: `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 64 bytes.
+///
+/// # Errors
+/// The reason, as a phrase.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || name.len() > 64 || !name.chars().all(safe_char) {
+        return Err(format!(
+            "`{name}` is not a name: use letters, digits, `.`, `_` and `-`, starting with a letter or digit, at most 64 bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an install path: absolute, no `.` or `..` components, no NUL.
+///
+/// # Errors
+/// The reason, as a phrase.
+pub fn validate_install_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("install path `{path}` is not absolute"));
+    }
+    if path.contains('\0')
+        || path[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!(
+            "install path `{path}` has an empty, `.` or `..` component"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            format: FORMAT_MARKER.into(),
+            name: "demo".into(),
+            version: Version::new(1, 1, 0),
+            platform: "linux-x86_64".into(),
+            upgrades_from: VersionReq::parse("^1.0.0").unwrap(),
+            min_applier_version: Version::new(0, 1, 0),
+            rolling_allowed: true,
+            created_at: 1_700_000_000,
+            expires_at: None,
+            hooks: Hooks::default(),
+            files: vec![FileEntry {
+                path: BundlePath::parse("bin/demo").unwrap(),
+                role: Role::Binary,
+                size: 3,
+                mode: 0o755,
+                sha256: Sha256Digest::of(b"abc"),
+                name: Some("demo".into()),
+                install_path: Some("/opt/demo/bin/demo".into()),
+                migration: None,
+            }],
+            payload: PayloadInfo {
+                compression: "zstd".into(),
+                size: 10,
+                chunk_size: DEFAULT_CHUNK_SIZE,
+                chunks: vec![Sha256Digest::of(b"x")],
+                unpacked_size: 3,
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let m = sample();
+        let bytes = m.to_json().unwrap();
+        assert_eq!(Manifest::from_json(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn newer_format_is_refused_by_name() {
+        let json = r#"{"format":"airlock-bundle/2","whatever":1}"#;
+        match Manifest::from_json(json.as_bytes()) {
+            Err(ManifestError::UnknownFormat(v)) => assert_eq!(v, "airlock-bundle/2"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rules_are_enforced() {
+        let mut m = sample();
+        m.files[0].mode = 0o4755;
+        assert!(m.validate().is_err());
+        let mut m = sample();
+        m.payload.chunks.clear();
+        assert!(m.validate().is_err());
+        let mut m = sample();
+        m.files[0].install_path = Some("opt/demo".into());
+        assert!(m.validate().is_err());
+        let mut m = sample();
+        m.files.push(m.files[0].clone());
+        assert!(m.validate().is_err());
+        let mut m = sample();
+        m.hooks.pre_stop = Some(BundlePath::parse("bin/demo").unwrap());
+        assert!(m.validate().is_err());
+        let mut m = sample();
+        m.name = "../x".into();
+        assert!(m.validate().is_err());
+    }
+}
