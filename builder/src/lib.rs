@@ -1,1 +1,11 @@
-//! stub
+//! The release engineer's side of airlock: build, sign, inspect and verify
+//! bundles. The `airlock-build` binary is a thin command line over this crate.
+
+pub mod build;
+pub mod error;
+pub mod keys;
+pub mod migrations;
+pub mod spec;
+
+pub use build::{build, this_platform, BuildOptions, BuildReport};
+pub use error::BuildError;

@@ -136,6 +136,47 @@ pub fn write_bundle<W: Write>(
         .map_err(BundleError::io("ending the bundle"))
 }
 
+/// Copies a bundle from `reader` to `out` with `signatures` in place of the
+/// ones it had, streaming the payload unchanged (for `airlock-build sign`).
+/// The caller checked the bundle and made the new signatures over
+/// `header.manifest_bytes` first.
+///
+/// # Errors
+/// [`BundleError`] when the input is not a well-formed bundle or writing fails.
+pub fn rewrite_signatures<R: Read, W: Write>(
+    reader: R,
+    out: W,
+    signatures: &[Signature],
+) -> Result<W, BundleError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = archive
+        .entries()
+        .map_err(BundleError::io("reading the bundle"))?;
+    let mut manifest_bytes = None;
+    while let Some(entry) = entries.next() {
+        let mut entry = entry.map_err(BundleError::io("reading the bundle"))?;
+        let name = entry_name(&entry)?;
+        if name == MANIFEST_ENTRY {
+            manifest_bytes = Some(read_small(&mut entry, MANIFEST_ENTRY, MAX_MANIFEST_SIZE)?);
+        } else if name == PAYLOAD_ENTRY {
+            let bytes = manifest_bytes.ok_or_else(|| {
+                BundleError::Malformed("the payload comes before the manifest".into())
+            })?;
+            let manifest = Manifest::from_json(&bytes)?;
+            let size = manifest.payload.size;
+            return write_bundle(
+                out,
+                &bytes,
+                signatures,
+                &mut entry,
+                size,
+                manifest.created_at,
+            );
+        }
+    }
+    Err(BundleError::Malformed("the bundle has no payload".into()))
+}
+
 fn read_small(entry: &mut dyn Read, name: &str, max: u64) -> Result<Vec<u8>, BundleError> {
     let mut buf = Vec::new();
     entry

@@ -12,13 +12,16 @@
 
 pub mod bundle;
 pub mod digest;
+pub mod durable;
 pub mod error;
 pub mod manifest;
 pub mod path;
 pub mod payload;
 pub mod signing;
 
-pub use bundle::{read_bundle, write_bundle, BundleHeader, DiscardSink, PayloadSink};
+pub use bundle::{
+    read_bundle, rewrite_signatures, write_bundle, BundleHeader, DiscardSink, PayloadSink,
+};
 pub use digest::Sha256Digest;
 pub use error::{BundleError, ManifestError, PathError, SignatureError};
 pub use manifest::{

@@ -1,1 +1,361 @@
-fn main() {}
+//! `airlock-build`: the release engineer's command line.
+//!
+//! Exit codes: 0 success; 1 the command failed (bad spec, missing source, key
+//! problem, I/O); 2 the command line is wrong; 3 `verify` found the bundle
+//! invalid (signature, threshold, tampering).
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use airlock_builder::keys::{keygen, load_secret_key, sign_bundle};
+use airlock_builder::{build, BuildError, BuildOptions};
+use airlock_formats::{read_bundle, BundleError, BundleHeader, DiscardSink, PublicKey, Trust};
+use anyhow::{anyhow, Context as _};
+use clap::{Parser, Subcommand};
+
+/// Build, sign and check airlock bundles.
+#[derive(Parser)]
+#[command(name = "airlock-build", version, about)]
+struct Program {
+    /// Never draw progress bars.
+    #[arg(long, global = true)]
+    no_progress: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a release key pair: PATH.key (secret, mode 0600) and PATH.pub.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+        /// Do not protect the secret key with a passphrase.
+        #[arg(long)]
+        unencrypted: bool,
+    },
+    /// Build and sign DIR/NAME-VERSION.airlock from a bundle spec.
+    Build {
+        /// The bundle spec (bundle.toml).
+        #[arg(long)]
+        spec: PathBuf,
+        /// The secret key that signs the bundle.
+        #[arg(long)]
+        key: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// zstd compression level (1-22).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
+        level: i32,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add one more signature to a bundle.
+    Sign {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// The secret key that signs.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Print a bundle's manifest and signer key ids without reading its payload.
+    Inspect {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a bundle completely: signatures, threshold, every chunk and file.
+    Verify {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Trusted public keys (minisign .pub files).
+        #[arg(long, required = true, num_args = 1..)]
+        trust: Vec<PathBuf>,
+        /// How many distinct trusted keys must have signed.
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+    },
+}
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_INVALID: u8 = 3;
+
+fn main() -> ExitCode {
+    let program = Program::parse();
+    match run(program) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            if let Some(help) = failure.help {
+                eprintln!("\nhelp: {help}");
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+struct Failure {
+    error: anyhow::Error,
+    help: Option<String>,
+    code: u8,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        let help = help_for(&error);
+        Self {
+            error,
+            help,
+            code: EXIT_FAILED,
+        }
+    }
+}
+
+fn help_for(error: &anyhow::Error) -> Option<String> {
+    match error.downcast_ref::<BuildError>()? {
+        BuildError::Source { .. } => Some("check the source paths in the spec; they are relative to the spec's folder".into()),
+        BuildError::Migration { .. } => {
+            Some("name migrations VERSION_DESCRIPTION.sql (sqlx) or VERSION_DESCRIPTION/up.sql (diesel), one version each".into())
+        }
+        BuildError::Key { .. } => Some("check the key file and passphrase (AIRLOCK_PASSPHRASE)".into()),
+        _ => None,
+    }
+}
+
+fn passphrase_for(what: &str, confirm: bool) -> Result<String, String> {
+    if let Ok(p) = std::env::var("AIRLOCK_PASSPHRASE") {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err("needs a passphrase: set AIRLOCK_PASSPHRASE or run on a terminal".into());
+    }
+    let first = rpassword::prompt_password(format!("passphrase for {what}: "))
+        .map_err(|e| e.to_string())?;
+    if confirm {
+        let again = rpassword::prompt_password("passphrase again: ").map_err(|e| e.to_string())?;
+        if again != first {
+            return Err("the two passphrases differ".into());
+        }
+    }
+    Ok(first)
+}
+
+fn source_date_epoch() -> anyhow::Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) => Ok(Some(s.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH `{s}` is not a number of seconds")
+        })?)),
+        Err(_) => Ok(None),
+    }
+}
+
+fn load_key(path: &Path) -> Result<airlock_formats::SecretKey, BuildError> {
+    load_secret_key(path, || passphrase_for(&path.display().to_string(), false))
+}
+
+fn run(program: Program) -> Result<(), Failure> {
+    let progress = !program.no_progress && std::io::stderr().is_terminal();
+    match program.command {
+        Command::Keygen { out, unencrypted } => {
+            let passphrase = if unencrypted {
+                None
+            } else {
+                Some(passphrase_for("the new key", true).map_err(|e| anyhow!("keygen {e}"))?)
+            };
+            let (key_id, secret, public) = keygen(&out, passphrase)?;
+            eprintln!("wrote {} and {}", secret.display(), public.display());
+            println!("{key_id}");
+        }
+        Command::Build {
+            spec,
+            key,
+            out,
+            level,
+            json,
+        } => {
+            let key = load_key(&key)?;
+            let started = std::time::Instant::now();
+            let report = build(&BuildOptions {
+                spec: &spec,
+                key: &key,
+                out_dir: &out,
+                level,
+                source_date_epoch: source_date_epoch()?,
+                progress,
+            })?;
+            let m = &report.manifest;
+            if json {
+                let value = serde_json::json!({
+                    "bundle": report.path,
+                    "name": m.name,
+                    "version": m.version.to_string(),
+                    "size": report.size,
+                    "unpacked_size": m.payload.unpacked_size,
+                    "files": m.files.len(),
+                    "key_id": key.key_id().to_string(),
+                    "seconds": started.elapsed().as_secs_f64(),
+                });
+                println!("{value}");
+            } else {
+                eprintln!(
+                    "built {} ({} files, {} bytes unpacked, {} bytes bundle) in {:.1}s, signed by {}",
+                    report.path.display(),
+                    m.files.len(),
+                    m.payload.unpacked_size,
+                    report.size,
+                    started.elapsed().as_secs_f64(),
+                    key.key_id()
+                );
+                println!("{}", report.path.display());
+            }
+        }
+        Command::Sign { bundle, key } => {
+            let key = load_key(&key)?;
+            let timestamp = source_date_epoch()?.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            });
+            let count = sign_bundle(&bundle, &key, timestamp)
+                .with_context(|| format!("signing {}", bundle.display()))?;
+            eprintln!(
+                "signed {} with key {}; it now has {count} signature(s)",
+                bundle.display(),
+                key.key_id()
+            );
+        }
+        Command::Inspect { bundle, json } => {
+            let file = std::fs::File::open(&bundle)
+                .with_context(|| format!("opening bundle {}", bundle.display()))?;
+            let header = read_bundle(std::io::BufReader::new(file), |_| Ok(()), None)
+                .with_context(|| format!("reading bundle {}", bundle.display()))?;
+            print_header(&header, json)?;
+        }
+        Command::Verify {
+            bundle,
+            trust,
+            threshold,
+        } => {
+            let mut keys = Vec::new();
+            for path in &trust {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading public key {}", path.display()))?;
+                keys.push(
+                    PublicKey::from_minisign(&text)
+                        .with_context(|| format!("public key {}", path.display()))?,
+                );
+            }
+            let trust = Trust::new(keys, threshold).map_err(|e| anyhow!("--threshold: {e}"))?;
+            let file = std::fs::File::open(&bundle)
+                .with_context(|| format!("opening bundle {}", bundle.display()))?;
+            let mut signers = Vec::new();
+            let result = read_bundle(
+                std::io::BufReader::new(file),
+                |h| {
+                    signers = trust.check(&h.manifest_bytes, &h.signatures)?;
+                    Ok(())
+                },
+                Some(&mut DiscardSink),
+            );
+            match result {
+                Ok(header) => {
+                    let m = &header.manifest;
+                    let ids: Vec<String> = signers.iter().map(ToString::to_string).collect();
+                    println!(
+                        "ok: {} {} ({} files) signed by {} of {} required key(s): {}",
+                        m.name,
+                        m.version,
+                        m.files.len(),
+                        signers.len(),
+                        trust.threshold(),
+                        ids.join(", ")
+                    );
+                }
+                Err(e) => {
+                    let io = matches!(e, BundleError::Io { .. });
+                    return Err(Failure {
+                        error: anyhow::Error::new(e)
+                            .context(format!("bundle {} is not valid", bundle.display())),
+                        help: Some(
+                            "do not use this bundle; get a fresh copy from the release engineer"
+                                .into(),
+                        ),
+                        code: if io { EXIT_FAILED } else { EXIT_INVALID },
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_header(header: &BundleHeader, json: bool) -> anyhow::Result<()> {
+    let m = &header.manifest;
+    if json {
+        let manifest: serde_json::Value = serde_json::from_slice(&header.manifest_bytes)?;
+        let signatures: Vec<_> = header
+            .signatures
+            .iter()
+            .map(|s| serde_json::json!({"key_id": s.key_id().to_string(), "trusted_comment": s.trusted_comment()}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"manifest": manifest, "signatures": signatures})
+        );
+        return Ok(());
+    }
+    println!("bundle        {} {}", m.name, m.version);
+    println!("platform      {}", m.platform);
+    println!("upgrades from {}", m.upgrades_from);
+    println!("needs applier >= {}", m.min_applier_version);
+    println!(
+        "rolling       {}",
+        if m.rolling_allowed {
+            "allowed"
+        } else {
+            "not allowed"
+        }
+    );
+    println!("created at    {} (unix seconds)", m.created_at);
+    if let Some(e) = m.expires_at {
+        println!("expires at    {e} (unix seconds)");
+    }
+    println!(
+        "payload       {} bytes compressed, {} bytes unpacked, {} chunk(s)",
+        m.payload.size,
+        m.payload.unpacked_size,
+        m.payload.chunks.len()
+    );
+    println!("files:");
+    for f in &m.files {
+        let target = match (&f.install_path, &f.migration) {
+            (Some(p), _) => format!(" -> {p}"),
+            (None, Some(mig)) => format!(
+                " (database {}, version {}, {:?})",
+                mig.database, mig.version, mig.direction
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<9} {:>12} {:o} {}  {}{target}",
+            format!("{:?}", f.role).to_lowercase(),
+            f.size,
+            f.mode,
+            &f.sha256.to_hex()[..16],
+            f.path
+        );
+    }
+    println!("signatures:");
+    for s in &header.signatures {
+        println!("  key {}  ({})", s.key_id(), s.trusted_comment());
+    }
+    Ok(())
+}

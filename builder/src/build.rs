@@ -1,0 +1,351 @@
+//! `airlock-build build`: reads a spec and its sources once, hashing and
+//! compressing in the same pass, and writes a signed, reproducible bundle.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use airlock_formats::durable::write_atomic;
+use airlock_formats::manifest::{validate_install_path, validate_name, DEFAULT_CHUNK_SIZE};
+use airlock_formats::{
+    write_bundle, BundlePath, FileEntry, Hooks, Manifest, MigrationInfo, PayloadWriter, Role,
+    SecretKey, FORMAT_MARKER,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use semver::{Version, VersionReq};
+
+use crate::error::BuildError;
+use crate::migrations;
+use crate::spec::Spec;
+
+/// How to build.
+pub struct BuildOptions<'a> {
+    /// The `bundle.toml`.
+    pub spec: &'a Path,
+    /// The release key that signs the bundle.
+    pub key: &'a SecretKey,
+    /// Folder the bundle is written to.
+    pub out_dir: &'a Path,
+    /// zstd level, 1..=22 (default 3).
+    pub level: i32,
+    /// Build time in Unix seconds (`SOURCE_DATE_EPOCH`); `None` means now.
+    pub source_date_epoch: Option<u64>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// What a build produced.
+#[derive(Debug)]
+pub struct BuildReport {
+    /// The bundle file.
+    pub path: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Size of the bundle file, in bytes.
+    pub size: u64,
+}
+
+/// One file to put in the payload.
+struct Planned {
+    source: PathBuf,
+    path: BundlePath,
+    role: Role,
+    mode: u32,
+    name: Option<String>,
+    install_path: Option<String>,
+    migration: Option<MigrationInfo>,
+}
+
+/// The current platform as bundles name it, `OS-ARCH` (e.g. `linux-x86_64`).
+pub fn this_platform() -> String {
+    format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn bundle_path(s: String) -> Result<BundlePath, BuildError> {
+    BundlePath::parse(&s).map_err(|e| BuildError::Invalid(e.to_string()))
+}
+
+fn plan(spec: &Spec, base: &Path) -> Result<Vec<Planned>, BuildError> {
+    let invalid = BuildError::Invalid;
+    let mut planned = Vec::new();
+    for b in &spec.binaries {
+        validate_name(&b.name).map_err(|r| invalid(format!("binary name: {r}")))?;
+        validate_install_path(&b.install_path)
+            .map_err(|r| invalid(format!("binary `{}`: {r}", b.name)))?;
+        planned.push(Planned {
+            source: base.join(&b.source),
+            path: bundle_path(format!("bin/{}", b.name))?,
+            role: Role::Binary,
+            mode: b.mode,
+            name: Some(b.name.clone()),
+            install_path: Some(b.install_path.clone()),
+            migration: None,
+        });
+    }
+    for m in &spec.migrations {
+        validate_name(&m.database).map_err(|r| invalid(format!("migrations database: {r}")))?;
+        for found in migrations::discover(&base.join(&m.dir))? {
+            planned.push(Planned {
+                path: bundle_path(format!("migrations/{}/{}", m.database, found.relative))?,
+                source: found.source,
+                role: Role::Migration,
+                mode: 0o644,
+                name: None,
+                install_path: None,
+                migration: Some(MigrationInfo {
+                    database: m.database.clone(),
+                    version: found.version,
+                    order: found.order,
+                    description: found.description,
+                    direction: found.direction,
+                }),
+            });
+        }
+    }
+    for (hook, source) in [
+        ("pre_stop", &spec.hooks.pre_stop),
+        ("post_start", &spec.hooks.post_start),
+    ] {
+        if let Some(source) = source {
+            let file_name = source
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "hook {hook}: `{}` has no file name",
+                        source.display()
+                    ))
+                })?;
+            planned.push(Planned {
+                source: base.join(source),
+                path: bundle_path(format!("hooks/{hook}/{file_name}"))?,
+                role: Role::Script,
+                mode: 0o755,
+                name: None,
+                install_path: None,
+                migration: None,
+            });
+        }
+    }
+    for f in &spec.files {
+        validate_install_path(&f.install_path).map_err(|r| invalid(format!("file: {r}")))?;
+        let file_name = f
+            .source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| invalid(format!("file `{}` has no file name", f.source.display())))?;
+        planned.push(Planned {
+            source: base.join(&f.source),
+            path: bundle_path(format!("files/{file_name}"))?,
+            role: Role::File,
+            mode: f.mode,
+            name: None,
+            install_path: Some(f.install_path.clone()),
+            migration: None,
+        });
+    }
+    planned.sort_by(|a, b| a.path.cmp(&b.path));
+    for pair in planned.windows(2) {
+        if pair[0].path == pair[1].path {
+            return Err(invalid(format!(
+                "`{}` and `{}` would both be stored as `{}`; rename one",
+                pair[0].source.display(),
+                pair[1].source.display(),
+                pair[0].path
+            )));
+        }
+    }
+    Ok(planned)
+}
+
+/// Builds and signs a bundle as `OUT_DIR/NAME-VERSION.airlock`.
+///
+/// # Errors
+/// [`BuildError`] naming the spec field or source file at fault: a missing
+/// source, duplicate migration versions, a version that is not SemVer, an
+/// install path that is not absolute; or an I/O error naming the file.
+pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
+    let spec = Spec::load(opts.spec)?;
+    let version = Version::parse(&spec.version).map_err(|e| {
+        BuildError::Invalid(format!(
+            "version `{}` is not SemVer 2.0.0 (e.g. 1.2.3): {e}",
+            spec.version
+        ))
+    })?;
+    let upgrades_from = VersionReq::parse(&spec.upgrades_from).map_err(|e| {
+        BuildError::Invalid(format!(
+            "upgrades_from `{}` is not a SemVer requirement: {e}",
+            spec.upgrades_from
+        ))
+    })?;
+    let min_applier_version = match &spec.min_applier_version {
+        Some(v) => Version::parse(v).map_err(|e| {
+            BuildError::Invalid(format!("min_applier_version `{v}` is not SemVer: {e}"))
+        })?,
+        None => Version::parse(airlock_formats::VERSION)
+            .map_err(|e| BuildError::Invalid(format!("airlock's own version: {e}")))?,
+    };
+    validate_name(&spec.name).map_err(|r| BuildError::Invalid(format!("name: {r}")))?;
+    let base = airlock_formats::durable::parent_of(opts.spec);
+    let planned = plan(&spec, base)?;
+
+    // Stat every source before writing anything, so a missing one fails fast.
+    let mut sizes = Vec::with_capacity(planned.len());
+    for p in &planned {
+        let meta = std::fs::metadata(&p.source).map_err(|source| BuildError::Source {
+            path: p.source.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(BuildError::Source {
+                path: p.source.clone(),
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
+        sizes.push(meta.len());
+    }
+
+    let created_at = opts.source_date_epoch.unwrap_or_else(now);
+    std::fs::create_dir_all(opts.out_dir).map_err(|source| BuildError::Io {
+        context: format!("creating output folder `{}`", opts.out_dir.display()),
+        source,
+    })?;
+    let temp = tempfile::Builder::new()
+        .prefix(".payload-")
+        .tempfile_in(opts.out_dir)
+        .map_err(|source| BuildError::Io {
+            context: format!(
+                "creating a temporary payload file in `{}`",
+                opts.out_dir.display()
+            ),
+            source,
+        })?;
+    // At least one worker: zstd's multi-threaded output does not depend on the
+    // number of workers, so builds stay byte-identical across machines.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get() as u32)
+        .max(1);
+    let mut writer = PayloadWriter::new(
+        BufWriter::with_capacity(
+            1 << 20,
+            temp.reopen().map_err(|source| BuildError::Io {
+                context: "opening the temporary payload".into(),
+                source,
+            })?,
+        ),
+        opts.level,
+        workers,
+        DEFAULT_CHUNK_SIZE,
+        created_at,
+    )?;
+
+    let total: u64 = sizes.iter().sum();
+    let bar = if opts.progress {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+
+    let mut files = Vec::with_capacity(planned.len());
+    for (p, size) in planned.into_iter().zip(sizes) {
+        bar.set_message(p.path.to_string());
+        let source = File::open(&p.source).map_err(|source| BuildError::Source {
+            path: p.source.clone(),
+            source,
+        })?;
+        let sha256 = writer.append(&p.path, p.mode, size, bar.wrap_read(source))?;
+        files.push(FileEntry {
+            path: p.path,
+            role: p.role,
+            size,
+            mode: p.mode,
+            sha256,
+            name: p.name,
+            install_path: p.install_path,
+            migration: p.migration,
+        });
+    }
+    let (payload_out, payload) = writer.finish()?;
+    let mut payload_file = payload_out.into_inner().map_err(|e| BuildError::Io {
+        context: "writing the temporary payload".into(),
+        source: e.into_error(),
+    })?;
+    payload_file.flush().map_err(|source| BuildError::Io {
+        context: "writing the temporary payload".into(),
+        source,
+    })?;
+    bar.finish_and_clear();
+
+    let hook_path =
+        |hook: &str, source: &Option<PathBuf>| -> Result<Option<BundlePath>, BuildError> {
+            source
+                .as_ref()
+                .and_then(|s| s.file_name())
+                .map(|n| bundle_path(format!("hooks/{hook}/{}", n.to_string_lossy())))
+                .transpose()
+        };
+    let manifest = Manifest {
+        format: FORMAT_MARKER.into(),
+        name: spec.name.clone(),
+        version,
+        platform: spec.platform.clone().unwrap_or_else(this_platform),
+        upgrades_from,
+        min_applier_version,
+        rolling_allowed: spec.rolling_allowed,
+        created_at,
+        expires_at: spec.expires_after_days.map(|d| created_at + d * 86_400),
+        hooks: Hooks {
+            pre_stop: hook_path("pre_stop", &spec.hooks.pre_stop)?,
+            post_start: hook_path("post_start", &spec.hooks.post_start)?,
+        },
+        files,
+        payload,
+    };
+    let manifest_bytes = manifest.to_json()?;
+    let file_name = manifest.file_name();
+    let signature = opts.key.sign(
+        &manifest_bytes,
+        &format!("timestamp:{created_at}\tfile:{file_name}"),
+    );
+
+    payload_file
+        .seek(SeekFrom::Start(0))
+        .map_err(|source| BuildError::Io {
+            context: "rewinding the temporary payload".into(),
+            source,
+        })?;
+    let out = opts.out_dir.join(&file_name);
+    let payload_size = manifest.payload.size;
+    write_atomic(&out, 0o644, |f| {
+        let w = write_bundle(
+            BufWriter::with_capacity(1 << 20, f),
+            &manifest_bytes,
+            std::slice::from_ref(&signature),
+            std::io::BufReader::with_capacity(1 << 20, &payload_file),
+            payload_size,
+            created_at,
+        )
+        .map_err(std::io::Error::other)?;
+        w.into_inner().map(|_| ()).map_err(|e| e.into_error())
+    })?;
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    Ok(BuildReport {
+        path: out,
+        manifest,
+        size,
+    })
+}
