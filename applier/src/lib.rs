@@ -1,1 +1,20 @@
-//! stub
+//! The site operator's side of airlock: verify a bundle against the site
+//! profile and apply it to a node with backups and automatic rollback. The
+//! `airlock-apply` binary is a thin command line over this crate.
+
+pub mod apply;
+pub mod backup;
+pub mod error;
+pub mod migrate;
+pub mod report;
+pub mod service;
+pub mod site;
+pub mod stage;
+pub mod state;
+pub mod verify;
+
+pub use apply::{apply, ApplyReport};
+pub use error::{exit, ApplyError};
+pub use report::Reporter;
+pub use site::Site;
+pub use verify::{read_and_verify, VerifyOptions};

@@ -244,8 +244,9 @@ impl<R: Read> Read for ChunkVerifier<'_, R> {
     }
 }
 
-/// Turns an I/O error that carries a [`BundleError`] (from [`ChunkVerifier`]) back into it.
-pub(crate) fn unwrap_io(context: &str, e: io::Error) -> BundleError {
+/// Turns an I/O error that carries a [`BundleError`] (raised inside a reader
+/// chain, e.g. by the chunk verifier) back into it; other errors get `context`.
+pub fn unwrap_io(context: &str, e: io::Error) -> BundleError {
     if e.get_ref().is_some_and(|inner| inner.is::<BundleError>()) {
         match e.into_inner().map(|inner| inner.downcast::<BundleError>()) {
             Some(Ok(inner)) => *inner,

@@ -1,0 +1,150 @@
+//! Errors of verifying and applying bundles, and the exit code each maps to
+//! (docs/OPERATIONS.md, "Exit codes").
+
+use std::path::PathBuf;
+
+use airlock_formats::durable::DurableError;
+use airlock_formats::BundleError;
+use thiserror::Error;
+
+/// Why a command of the applier failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The site profile cannot be used.
+    #[error("site profile `{path}`: {reason}")]
+    Site {
+        /// The profile.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Security: the bundle is not acceptable here (signature, threshold,
+    /// expiry, platform, version rule, tampering). Nothing was changed.
+    #[error("bundle `{bundle}` refused: {reason}")]
+    Refused {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Why.
+        reason: String,
+        /// What to do next.
+        help: String,
+    },
+    /// Another apply holds the node's lock.
+    #[error("another airlock-apply is running on this node (lock `{0}` is held)")]
+    Busy(PathBuf),
+    /// A step failed before the service was stopped; nothing on the node changed.
+    #[error("{step} failed: {reason}")]
+    Preflight {
+        /// The step.
+        step: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A step after the stop failed and the node was rolled back to the old version, healthy.
+    #[error("apply of {version} failed at step `{step}`: {reason}; rolled back to {old_version}, which is running and healthy")]
+    RolledBack {
+        /// Version that failed.
+        version: String,
+        /// Version running now.
+        old_version: String,
+        /// Step that failed.
+        step: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A step failed and so did the rollback: the operator must act.
+    #[error("apply of {version} failed at step `{step}`: {reason}; rollback did not complete: {rollback}")]
+    NeedsOperator {
+        /// Version that failed.
+        version: String,
+        /// Step that failed.
+        step: String,
+        /// What failed.
+        reason: String,
+        /// What failed during rollback.
+        rollback: String,
+    },
+    /// The state database failed.
+    #[error("state database `{path}`: {reason}")]
+    State {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// A durable write failed.
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    /// Other I/O, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Exit codes of `airlock-apply` (documented in docs/OPERATIONS.md).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Failed before anything changed (site profile, I/O, preflight).
+    pub const FAILED: u8 = 1;
+    /// The command line is wrong (clap's usage error).
+    pub const USAGE: u8 = 2;
+    /// The bundle was refused by verification; nothing changed.
+    pub const REFUSED: u8 = 3;
+    /// Apply failed and was rolled back; the old version runs, healthy.
+    pub const ROLLED_BACK: u8 = 4;
+    /// Apply failed and rollback did not complete: the operator must act.
+    pub const NEEDS_OPERATOR: u8 = 5;
+    /// Another apply holds the lock.
+    pub const BUSY: u8 = 6;
+}
+
+impl ApplyError {
+    /// The exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Refused { .. } => exit::REFUSED,
+            Self::RolledBack { .. } => exit::ROLLED_BACK,
+            Self::NeedsOperator { .. } => exit::NEEDS_OPERATOR,
+            Self::Busy(_) => exit::BUSY,
+            _ => exit::FAILED,
+        }
+    }
+
+    /// What the operator should do next, when there is more to say than the message.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            Self::Refused { help, .. } => Some(help.clone()),
+            Self::Busy(_) => Some("wait for the other apply to finish; `airlock-apply status` shows it".into()),
+            Self::RolledBack { .. } => Some(
+                "the node runs the old version; read the failure above, fix the bundle or the site, and apply again".into(),
+            ),
+            Self::NeedsOperator { .. } => Some(
+                "the node may be down: see docs/OPERATIONS.md, \"Rollback did not complete\"; backups are listed by `airlock-apply status`".into(),
+            ),
+            Self::Site { .. } => Some("fix the field named above; docs/SITE.md describes every field".into()),
+            _ => None,
+        }
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
+
+impl From<BundleError> for ApplyError {
+    fn from(e: BundleError) -> Self {
+        Self::Preflight {
+            step: "reading the bundle".into(),
+            reason: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Runs the site's commands with a timeout each, and its probes (command or
+//! HTTP). Output of a failed command is kept for the report.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use semver::Version;
+
+use crate::site::{Probe, Service};
+
+/// How a command ended.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    /// Exit status code; `None` when killed by a signal or the timeout.
+    pub code: Option<i32>,
+    /// Whether the timeout killed it.
+    pub timed_out: bool,
+    /// Standard output, lossily decoded, at most 64 KiB.
+    pub stdout: String,
+    /// Standard error, lossily decoded, at most 64 KiB.
+    pub stderr: String,
+}
+
+impl CommandOutput {
+    /// Exit code 0 within the timeout.
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+
+    /// A one-paragraph description for an error message.
+    pub fn describe(&self, what: &str) -> String {
+        let status = if self.timed_out {
+            "timed out".to_owned()
+        } else {
+            match self.code {
+                Some(c) => format!("exited with {c}"),
+                None => "was killed by a signal".to_owned(),
+            }
+        };
+        let mut out = format!("{what} {status}");
+        for (name, text) in [("stderr", &self.stderr), ("stdout", &self.stdout)] {
+            let text = text.trim();
+            if !text.is_empty() {
+                let tail: String = text.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n    ");
+                out.push_str(&format!("\n  {name}:\n    {tail}"));
+            }
+        }
+        out
+    }
+}
+
+const OUTPUT_LIMIT: u64 = 64 * 1024;
+
+/// Runs `sh -c COMMAND` in `dir` with extra environment `env`, killing its
+/// process group after `timeout`.
+///
+/// Output is read until the shell exits; a daemon the command leaves behind
+/// that keeps the pipes open is given one more second, then no longer read.
+///
+/// # Errors
+/// An I/O error when the shell cannot be started.
+pub fn run_command(command: &str, dir: &Path, env: &[(&str, String)], timeout: Duration) -> std::io::Result<CommandOutput> {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let (tx, rx) = mpsc::channel();
+    for (is_err, pipe) in [
+        (false, child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        (true, child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+    ] {
+        if let Some(pipe) = pipe {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = pipe.take(OUTPUT_LIMIT).read_to_end(&mut buf);
+                let _ = tx.send((is_err, String::from_utf8_lossy(&buf).into_owned()));
+            });
+        }
+    }
+    drop(tx);
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+            kill_group(child.id());
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = CommandOutput {
+        code: status.code(),
+        timed_out,
+        stdout: String::new(),
+        stderr: String::new(),
+    };
+    let grace = Instant::now() + Duration::from_secs(1);
+    for _ in 0..2 {
+        let left = grace.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((false, s)) => out.stdout = s,
+            Ok((true, s)) => out.stderr = s,
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+fn kill_group(pid: u32) {
+    // The group id equals the shell's pid (process_group(0)).
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Result of one probe.
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    /// Whether the check passed.
+    pub ok: bool,
+    /// Output (command stdout or HTTP body) or the failure description.
+    pub output: String,
+}
+
+/// Runs `probe` once.
+pub fn run_probe(probe: &Probe, dir: &Path, env: &[(&str, String)]) -> ProbeResult {
+    if let Some(command) = &probe.command {
+        match run_command(command, dir, env, probe.timeout()) {
+            Ok(out) if out.success() => ProbeResult { ok: true, output: out.stdout },
+            Ok(out) => ProbeResult {
+                ok: false,
+                output: out.describe(&format!("`{command}`")),
+            },
+            Err(e) => ProbeResult {
+                ok: false,
+                output: format!("cannot run `{command}`: {e}"),
+            },
+        }
+    } else if let Some(url) = &probe.url {
+        http_get(url, probe.timeout())
+    } else {
+        ProbeResult {
+            ok: false,
+            output: "probe has neither command nor url".into(),
+        }
+    }
+}
+
+fn http_get(url: &str, timeout: Duration) -> ProbeResult {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    match agent.get(url).call() {
+        Ok(mut resp) => ProbeResult {
+            ok: true,
+            output: resp.body_mut().read_to_string().unwrap_or_default(),
+        },
+        Err(e) => ProbeResult {
+            ok: false,
+            output: format!("GET {url}: {e}"),
+        },
+    }
+}
+
+/// Finds the first SemVer version in `text` (a leading `v` is allowed), e.g.
+/// `1.2.3` in `demo version v1.2.3 (abc)`.
+pub fn find_version(text: &str) -> Option<Version> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+')))
+        .filter_map(|token| Version::parse(token.strip_prefix('v').unwrap_or(token)).ok())
+        .next()
+}
+
+/// Polls the health check every 500 ms until it reports `want` (healthy or
+/// not) or `wait` passes. Returns the last result.
+pub fn wait_health(service: &Service, dir: &Path, env: &[(&str, String)], want: bool, wait: Duration) -> ProbeResult {
+    let deadline = Instant::now() + wait;
+    loop {
+        let result = run_probe(&service.health, dir, env);
+        if result.ok == want || Instant::now() >= deadline {
+            return result;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_versions_in_probe_output() {
+        assert_eq!(find_version("demo v1.2.3 (abc)"), Some(Version::new(1, 2, 3)));
+        assert_eq!(find_version("1.1.0\n"), Some(Version::new(1, 1, 0)));
+        assert_eq!(find_version("etcd Version: 3.4.23"), Some(Version::new(3, 4, 23)));
+        assert_eq!(find_version("no version"), None);
+    }
+
+    #[test]
+    fn commands_time_out_and_report_output() {
+        let dir = std::env::temp_dir();
+        let out = run_command("echo hi; echo oops >&2; exit 3", &dir, &[], Duration::from_secs(5)).unwrap();
+        assert_eq!(out.code, Some(3));
+        assert_eq!(out.stdout.trim(), "hi");
+        assert!(out.describe("stop").contains("oops"));
+        let started = Instant::now();
+        let out = run_command("sleep 30", &dir, &[], Duration::from_millis(300)).unwrap();
+        assert!(out.timed_out);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_daemon_holding_the_pipes_does_not_hang_the_applier() {
+        let dir = std::env::temp_dir();
+        let started = Instant::now();
+        let out = run_command("sleep 20 & echo started", &dir, &[], Duration::from_secs(10)).unwrap();
+        assert!(out.success());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,230 @@
+//! The site profile, `site.toml` (docs/SITE.md): the service and how to
+//! control it, its data, the keys the site trusts, and where the applier keeps
+//! backups and state. Relative paths are relative to the profile's folder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airlock_formats::{PublicKey, Trust};
+use serde::Deserialize;
+
+use crate::error::ApplyError;
+
+/// A loaded, resolved site profile.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The profile file.
+    pub path: PathBuf,
+    /// Its folder; commands run here.
+    pub dir: PathBuf,
+    /// Parsed contents, with paths made absolute.
+    pub profile: SiteProfile,
+    /// The trusted keys and threshold.
+    pub trust: Trust,
+}
+
+/// `site.toml` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteProfile {
+    /// Platform of this site, `OS-ARCH`; defaults to the applier's own.
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// The service and how to control it.
+    pub service: Service,
+    /// Binary name (as in the bundle) to install path; overrides the bundle's default.
+    #[serde(default)]
+    pub binaries: BTreeMap<String, PathBuf>,
+    /// Payload path of a `file` entry to install path; overrides the bundle's default.
+    #[serde(default)]
+    pub files: BTreeMap<String, PathBuf>,
+    /// The service's data.
+    #[serde(default)]
+    pub data: Data,
+    /// Keys and threshold.
+    pub trust: TrustProfile,
+    /// Where backups and state live.
+    pub paths: Paths,
+}
+
+/// How to control and probe the service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Name used in messages.
+    pub name: String,
+    /// Shell command (`sh -c`) that stops the service.
+    pub stop: String,
+    /// Shell command that starts it; a daemon it leaves must not keep the
+    /// command's stdout/stderr open (redirect to a log file).
+    pub start: String,
+    /// Health check.
+    pub health: Probe,
+    /// Version probe: its output must contain the running version (SemVer).
+    #[serde(default)]
+    pub version: Option<Probe>,
+    /// Timeout of each stop, start and hook command, in seconds (default 60).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_secs: u64,
+    /// How long to wait for health after a start, in seconds (default 30, at least 15 is wise).
+    #[serde(default = "default_health_wait")]
+    pub health_wait_secs: u64,
+    /// How long to wait for the health check to fail after a stop, in seconds (default 30).
+    #[serde(default = "default_health_wait")]
+    pub stop_wait_secs: u64,
+}
+
+/// A check: a shell command (exit 0 = pass) or an HTTP GET (2xx = pass).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    /// Shell command.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// HTTP URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Timeout of one check, in seconds (default 5).
+    #[serde(default = "default_probe_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Probe {
+    /// The timeout of one check.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// The service's data.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Data {
+    /// Named SQLite databases: name (as bundles name it) to file.
+    #[serde(default)]
+    pub databases: BTreeMap<String, PathBuf>,
+    /// The Raft data directory (e.g. etcd's `--data-dir`).
+    #[serde(default)]
+    pub raft_dir: Option<PathBuf>,
+    /// Config files backed up with the data.
+    #[serde(default)]
+    pub config_files: Vec<PathBuf>,
+}
+
+/// Trusted keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustProfile {
+    /// Public key files (minisign `.pub`).
+    pub keys: Vec<PathBuf>,
+    /// Distinct keys that must sign (default 1).
+    #[serde(default = "default_threshold")]
+    pub threshold: usize,
+}
+
+/// The applier's own folders.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paths {
+    /// State database and lock.
+    pub state_dir: PathBuf,
+    /// Backups, one folder per apply.
+    pub backup_dir: PathBuf,
+    /// Staging; defaults to `STATE_DIR/staging`.
+    #[serde(default)]
+    pub staging_dir: Option<PathBuf>,
+    /// How many complete backups to keep (default 3, at least 1).
+    #[serde(default = "default_keep")]
+    pub keep_backups: usize,
+}
+
+fn default_command_timeout() -> u64 {
+    60
+}
+fn default_health_wait() -> u64 {
+    30
+}
+fn default_probe_timeout() -> u64 {
+    5
+}
+fn default_threshold() -> usize {
+    1
+}
+fn default_keep() -> usize {
+    3
+}
+
+impl Site {
+    /// Loads and checks `site.toml`, reading the trusted keys.
+    ///
+    /// # Errors
+    /// [`ApplyError::Site`] naming the file and field.
+    pub fn load(path: &Path) -> Result<Self, ApplyError> {
+        let site_err = |reason: String| ApplyError::Site {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
+        let mut profile: SiteProfile = toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
+        let dir = std::path::absolute(airlock_formats::durable::parent_of(path))
+            .map_err(|e| site_err(e.to_string()))?;
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        profile.binaries.values_mut().for_each(abs);
+        profile.files.values_mut().for_each(abs);
+        profile.data.databases.values_mut().for_each(abs);
+        profile.data.raft_dir.iter_mut().for_each(abs);
+        profile.data.config_files.iter_mut().for_each(abs);
+        profile.trust.keys.iter_mut().for_each(abs);
+        abs(&mut profile.paths.state_dir);
+        abs(&mut profile.paths.backup_dir);
+        profile.paths.staging_dir.iter_mut().for_each(abs);
+        for (name, probe) in [("service.health", Some(&profile.service.health)), ("service.version", profile.service.version.as_ref())] {
+            if let Some(p) = probe {
+                if p.command.is_some() == p.url.is_some() {
+                    return Err(site_err(format!("{name}: give exactly one of `command` and `url`")));
+                }
+            }
+        }
+        if profile.paths.keep_backups == 0 {
+            return Err(site_err("paths.keep_backups must be at least 1".into()));
+        }
+        let mut keys = Vec::new();
+        for key in &profile.trust.keys {
+            let text = std::fs::read_to_string(key)
+                .map_err(|e| site_err(format!("trust.keys: `{}`: {e}", key.display())))?;
+            keys.push(
+                PublicKey::from_minisign(&text)
+                    .map_err(|e| site_err(format!("trust.keys: `{}`: {e}", key.display())))?,
+            );
+        }
+        let trust = Trust::new(keys, profile.trust.threshold).map_err(|e| site_err(format!("trust: {e}")))?;
+        Ok(Self {
+            path: path.to_owned(),
+            dir,
+            profile,
+            trust,
+        })
+    }
+
+    /// The staging folder.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.profile
+            .paths
+            .staging_dir
+            .clone()
+            .unwrap_or_else(|| self.profile.paths.state_dir.join("staging"))
+    }
+
+    /// The platform bundles must be built for.
+    pub fn platform(&self) -> String {
+        self.profile
+            .platform
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH))
+    }
+}

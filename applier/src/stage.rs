@@ -1,0 +1,127 @@
+//! Step 3: stream the payload into a private staging folder. A file is
+//! written as `PATH.partial` and renamed to `PATH` only after its size and
+//! SHA-256 matched the signed manifest, so nothing unverified is ever kept
+//! under its real name.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use airlock_formats::{BundleError, FileEntry, PayloadSink, Role};
+
+/// Writes verified payload files below a staging folder.
+pub struct StageSink {
+    root: PathBuf,
+    on_bytes: Box<dyn FnMut(u64)>,
+}
+
+impl StageSink {
+    /// Creates the staging folder `root` (mode 0700), removing an old one.
+    ///
+    /// # Errors
+    /// I/O errors naming the folder.
+    pub fn create(root: &Path, on_bytes: Box<dyn FnMut(u64)>) -> io::Result<Self> {
+        if root.exists() {
+            fs::remove_dir_all(root)?;
+        }
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(root)?;
+        Ok(Self {
+            root: root.to_owned(),
+            on_bytes,
+        })
+    }
+
+    /// The staging folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn partial(&self, entry: &FileEntry) -> PathBuf {
+        let mut p = entry.path.join_to(&self.root).into_os_string();
+        p.push(".partial");
+        PathBuf::from(p)
+    }
+}
+
+impl PayloadSink for StageSink {
+    fn write_file(&mut self, entry: &FileEntry, contents: &mut dyn Read) -> Result<(), BundleError> {
+        let partial = self.partial(entry);
+        let ctx = || format!("staging `{}` to `{}`", entry.path, partial.display());
+        if let Some(parent) = partial.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(BundleError::io(ctx()))?;
+        }
+        // Hook scripts must be executable by their owner; nothing else needs to be.
+        let mode = if entry.role == Role::Script { 0o700 } else { 0o600 };
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&partial)
+            .map_err(BundleError::io(ctx()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = contents.read(&mut buf).map_err(|e| airlock_formats::payload::unwrap_io(&ctx(), e))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).map_err(BundleError::io(ctx()))?;
+            (self.on_bytes)(n as u64);
+        }
+        let file = out.into_inner().map_err(|e| BundleError::io(ctx())(e.into_error()))?;
+        file.sync_all().map_err(BundleError::io(ctx()))?;
+        Ok(())
+    }
+
+    fn verified(&mut self, entry: &FileEntry) -> Result<(), BundleError> {
+        let target = entry.path.join_to(&self.root);
+        fs::rename(self.partial(entry), &target)
+            .map_err(BundleError::io(format!("staging `{}`", target.display())))
+    }
+}
+
+/// Bytes available to an unprivileged writer on the filesystem holding `path`
+/// (or its nearest existing ancestor).
+///
+/// # Errors
+/// I/O errors of statvfs(3).
+pub fn available_space(path: &Path) -> io::Result<u64> {
+    let mut probe = path;
+    while !probe.exists() {
+        probe = match probe.parent() {
+            Some(p) => p,
+            None => break,
+        };
+    }
+    fs4::available_space(probe)
+}
+
+/// Device id of the filesystem holding `path` (or its nearest existing ancestor).
+pub fn device_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    path.ancestors().find_map(|p| fs::metadata(p).ok()).map(|m| m.dev())
+}
+
+/// Total size of the regular files below `path` (a file counts itself); 0 when missing.
+pub fn tree_size(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Opens a staged file.
+///
+/// # Errors
+/// I/O errors naming the file.
+pub fn open_staged(root: &Path, entry: &FileEntry) -> io::Result<File> {
+    File::open(entry.path.join_to(root))
+}

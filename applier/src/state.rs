@@ -1,0 +1,380 @@
+//! The applier's own state, an SQLite database in the state folder
+//! (`STATE_DIR/airlock-state.sqlite`): the installed version, each apply with
+//! its journal of steps, and an append-only audit log.
+//!
+//! The database runs with `synchronous = FULL` (SQLite docs, "PRAGMA
+//! synchronous"), so a journal row is on disk before the step it announces acts.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension as _};
+use semver::Version;
+
+use crate::error::ApplyError;
+
+/// File name of the state database inside the state folder.
+pub const STATE_DB: &str = "airlock-state.sqlite";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS installed (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    bundle_sha256 TEXT NOT NULL,
+    installed_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS applies (
+    id INTEGER PRIMARY KEY,
+    bundle TEXT NOT NULL,
+    bundle_sha256 TEXT NOT NULL,
+    name TEXT NOT NULL,
+    from_version TEXT NOT NULL,
+    to_version TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    outcome TEXT NOT NULL DEFAULT 'running',
+    backup_dir TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS journal (
+    apply_id INTEGER NOT NULL REFERENCES applies(id),
+    seq INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (apply_id, seq)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    action TEXT NOT NULL,
+    bundle TEXT,
+    version TEXT,
+    bundle_sha256 TEXT,
+    signers TEXT,
+    outcome TEXT NOT NULL,
+    error TEXT
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The OS user running the applier (`$USER`, `$LOGNAME`, else `uid N`).
+pub fn os_user() -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| {
+            std::fs::metadata("/proc/self")
+                .map(|m| format!("uid {}", m.uid()))
+                .unwrap_or_else(|_| "unknown".into())
+        })
+}
+
+/// The installed release as recorded.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// Bundle name.
+    pub name: String,
+    /// Version.
+    pub version: Version,
+    /// SHA-256 of the bundle file that installed it.
+    pub bundle_sha256: String,
+    /// When, Unix seconds.
+    pub installed_at: i64,
+}
+
+/// One audit entry to append.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEntry {
+    /// `verify`, `apply`, `rollback`, ...
+    pub action: String,
+    /// Bundle file name.
+    pub bundle: Option<String>,
+    /// Bundle version.
+    pub version: Option<String>,
+    /// SHA-256 of the bundle file.
+    pub bundle_sha256: Option<String>,
+    /// Key ids that counted, comma-separated.
+    pub signers: Option<String>,
+    /// `ok`, `refused`, `rolled-back`, `failed`.
+    pub outcome: String,
+    /// Error text.
+    pub error: Option<String>,
+}
+
+/// A past apply, for `status`.
+#[derive(Debug, Clone)]
+pub struct ApplyRecord {
+    /// Id.
+    pub id: i64,
+    /// Bundle file name.
+    pub bundle: String,
+    /// From version.
+    pub from_version: String,
+    /// To version.
+    pub to_version: String,
+    /// Start, Unix seconds.
+    pub started_at: i64,
+    /// End, Unix seconds.
+    pub finished_at: Option<i64>,
+    /// `running`, `ok`, `rolled-back`, `failed`.
+    pub outcome: String,
+    /// Backup folder.
+    pub backup_dir: Option<String>,
+    /// Error.
+    pub error: Option<String>,
+}
+
+/// The open state database.
+pub struct State {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl State {
+    /// Opens (creating) the state database in `state_dir`.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`] naming the file.
+    pub fn open(state_dir: &Path) -> Result<Self, ApplyError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(ApplyError::io(format!("creating state folder `{}`", state_dir.display())))?;
+        let path = state_dir.join(STATE_DB);
+        let conn = Connection::open(&path).map_err(|e| ApplyError::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let state = Self { conn, path };
+        state.exec("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")?;
+        state.exec(SCHEMA)?;
+        Ok(state)
+    }
+
+    /// Opens the state database only if it exists (read-only use: `verify`, `status`).
+    ///
+    /// # Errors
+    /// [`ApplyError::State`] naming the file.
+    pub fn open_existing(state_dir: &Path) -> Result<Option<Self>, ApplyError> {
+        if state_dir.join(STATE_DB).exists() {
+            Self::open(state_dir).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn err(&self, e: rusqlite::Error) -> ApplyError {
+        ApplyError::State {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn exec(&self, sql: &str) -> Result<(), ApplyError> {
+        self.conn.execute_batch(sql).map_err(|e| self.err(e))
+    }
+
+    /// The installed release, if airlock installed one.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn installed(&self) -> Result<Option<Installed>, ApplyError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT name, version, bundle_sha256, installed_at FROM installed WHERE id = 1",
+                [],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        row.map(|(name, version, bundle_sha256, installed_at)| {
+            let version = Version::parse(&version).map_err(|e| ApplyError::State {
+                path: self.path.clone(),
+                reason: format!("installed version `{version}` is not SemVer: {e}"),
+            })?;
+            Ok(Installed {
+                name,
+                version,
+                bundle_sha256,
+                installed_at,
+            })
+        })
+        .transpose()
+    }
+
+    /// Starts an apply record; returns its id.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn begin_apply(&self, bundle: &str, sha256: &str, name: &str, from: &str, to: &str) -> Result<i64, ApplyError> {
+        self.conn
+            .execute(
+                "INSERT INTO applies (bundle, bundle_sha256, name, from_version, to_version, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![bundle, sha256, name, from, to, now()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records the backup folder of an apply.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn set_backup_dir(&self, apply_id: i64, dir: &Path) -> Result<(), ApplyError> {
+        self.conn
+            .execute(
+                "UPDATE applies SET backup_dir = ?1 WHERE id = ?2",
+                params![dir.to_string_lossy(), apply_id],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Appends a journal row (durable before it returns) announcing `step`.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn journal(&self, apply_id: i64, step: &str, detail: &str) -> Result<(), ApplyError> {
+        self.conn
+            .execute(
+                "INSERT INTO journal (apply_id, seq, step, detail, at)
+                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM journal WHERE apply_id = ?1), ?2, ?3, ?4)",
+                params![apply_id, step, detail, now()],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Ends an apply with `outcome`; with `installed` the new version is
+    /// recorded in the same transaction.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn finish_apply(
+        &mut self,
+        apply_id: i64,
+        outcome: &str,
+        error: Option<&str>,
+        installed: Option<(&str, &Version, &str)>,
+    ) -> Result<(), ApplyError> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| ApplyError::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "UPDATE applies SET finished_at = ?1, outcome = ?2, error = ?3 WHERE id = ?4",
+            params![now(), outcome, error, apply_id],
+        )
+        .map_err(err)?;
+        if let Some((name, version, sha)) = installed {
+            tx.execute(
+                "INSERT INTO installed (id, name, version, bundle_sha256, installed_at) VALUES (1, ?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET name = excluded.name, version = excluded.version,
+                   bundle_sha256 = excluded.bundle_sha256, installed_at = excluded.installed_at",
+                params![name, version.to_string(), sha, now()],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Ends an apply that installed nothing, with `outcome` and `error`.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn finish_apply_simple(&mut self, apply_id: i64, outcome: &str, error: &str) -> Result<(), ApplyError> {
+        self.finish_apply(apply_id, outcome, Some(error), None)
+    }
+
+    /// Appends an audit entry with the time and OS user.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn audit(&self, entry: &AuditEntry) -> Result<(), ApplyError> {
+        self.conn
+            .execute(
+                "INSERT INTO audit (at, user, action, bundle, version, bundle_sha256, signers, outcome, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    now(),
+                    os_user(),
+                    entry.action,
+                    entry.bundle,
+                    entry.version,
+                    entry.bundle_sha256,
+                    entry.signers,
+                    entry.outcome,
+                    entry.error
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The most recent applies, newest first.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn recent_applies(&self, limit: usize) -> Result<Vec<ApplyRecord>, ApplyError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, bundle, from_version, to_version, started_at, finished_at, outcome, backup_dir, error
+                 FROM applies ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| {
+                Ok(ApplyRecord {
+                    id: r.get(0)?,
+                    bundle: r.get(1)?,
+                    from_version: r.get(2)?,
+                    to_version: r.get(3)?,
+                    started_at: r.get(4)?,
+                    finished_at: r.get(5)?,
+                    outcome: r.get(6)?,
+                    backup_dir: r.get(7)?,
+                    error: r.get(8)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_applies_and_refuses_audit_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(dir.path()).unwrap();
+        assert!(state.installed().unwrap().is_none());
+        let id = state.begin_apply("b.airlock", "00", "demo", "1.0.0", "1.1.0").unwrap();
+        state.journal(id, "lock", "").unwrap();
+        state.journal(id, "stage", "").unwrap();
+        state
+            .finish_apply(id, "ok", None, Some(("demo", &Version::new(1, 1, 0), "00")))
+            .unwrap();
+        assert_eq!(state.installed().unwrap().unwrap().version, Version::new(1, 1, 0));
+        state.audit(&AuditEntry { action: "apply".into(), outcome: "ok".into(), ..Default::default() }).unwrap();
+        assert!(state.conn.execute("DELETE FROM audit", []).is_err());
+        assert!(state.conn.execute("UPDATE audit SET outcome = 'x'", []).is_err());
+        assert_eq!(state.recent_applies(5).unwrap()[0].outcome, "ok");
+    }
+}

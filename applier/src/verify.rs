@@ -1,0 +1,223 @@
+//! Step 2 of an apply, and all of `airlock-apply verify`: is this bundle
+//! acceptable on this node? Signatures and threshold against the site's keys,
+//! expiry, platform, applier version, `upgrades_from` against the installed
+//! version, no downgrade unless asked, and every database and binary the
+//! bundle names known to the site. Then the whole payload is read and checked.
+//! Nothing on the node changes here.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use airlock_formats::digest::HashingReader;
+use airlock_formats::{read_bundle, BundleError, BundleHeader, KeyId, Manifest, PayloadSink, Role, Sha256Digest};
+use semver::Version;
+
+use crate::error::ApplyError;
+use crate::migrate;
+use crate::service::{find_version, run_probe};
+use crate::site::Site;
+use crate::state::State;
+
+/// Options of verification.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions {
+    /// Accept a version lower than or equal to the installed one.
+    pub allow_downgrade: bool,
+}
+
+/// Where the installed version came from.
+#[derive(Debug, Clone)]
+pub struct InstalledVersion {
+    /// The version.
+    pub version: Version,
+    /// `state database` or `version probe`.
+    pub source: &'static str,
+}
+
+/// A bundle that passed verification, header and payload.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    /// Manifest and signatures.
+    pub header: BundleHeader,
+    /// Trusted keys whose signatures counted.
+    pub signers: Vec<KeyId>,
+    /// What runs now.
+    pub installed: InstalledVersion,
+    /// SHA-256 of the whole bundle file.
+    pub bundle_sha256: Sha256Digest,
+}
+
+impl Verified {
+    /// Signer key ids, comma-separated.
+    pub fn signers_text(&self) -> String {
+        self.signers.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// The installed version: the state database's record, else the version probe.
+///
+/// # Errors
+/// [`ApplyError::Preflight`] when neither can tell.
+pub fn installed_version(site: &Site, state: Option<&State>) -> Result<InstalledVersion, ApplyError> {
+    if let Some(installed) = state.map(State::installed).transpose()?.flatten() {
+        return Ok(InstalledVersion {
+            version: installed.version,
+            source: "state database",
+        });
+    }
+    let preflight = |reason: String| ApplyError::Preflight {
+        step: "finding the installed version".into(),
+        reason,
+    };
+    let probe = site.profile.service.version.as_ref().ok_or_else(|| {
+        preflight("airlock has not installed a release here and site.toml has no [service.version] probe; add one".into())
+    })?;
+    let result = run_probe(probe, &site.dir, &[]);
+    if !result.ok {
+        return Err(preflight(format!("the version probe failed: {}", result.output)));
+    }
+    let version = find_version(&result.output)
+        .ok_or_else(|| preflight(format!("the version probe printed no SemVer version: `{}`", result.output.trim())))?;
+    Ok(InstalledVersion {
+        version,
+        source: "version probe",
+    })
+}
+
+fn now() -> u64 {
+    crate::state::now().max(0) as u64
+}
+
+/// Checks the manifest against the site; returns the reason and the help text
+/// for a refusal.
+fn check_manifest(site: &Site, m: &Manifest, installed: &Version, opts: VerifyOptions) -> Result<(), (String, String)> {
+    if let Some(expires) = m.expires_at {
+        if now() > expires {
+            return Err((
+                format!("it expired at {expires} (Unix seconds); the clock here says {}", now()),
+                "ask the release engineer for a fresh bundle, or check this machine's clock".into(),
+            ));
+        }
+    }
+    if m.platform != site.platform() {
+        return Err((
+            format!("it is built for {}, this site is {}", m.platform, site.platform()),
+            "use the bundle built for this platform".into(),
+        ));
+    }
+    let own = Version::parse(airlock_formats::VERSION).unwrap_or_else(|_| Version::new(0, 0, 0));
+    if m.min_applier_version > own {
+        return Err((
+            format!("it needs airlock-apply {} or newer, this is {own}", m.min_applier_version),
+            "bring a newer airlock-apply to the site first".into(),
+        ));
+    }
+    if m.version == *installed && !opts.allow_downgrade {
+        return Err((
+            format!("{} {} is already installed", m.name, installed),
+            "nothing to do; pass --allow-downgrade to reinstall the same version".into(),
+        ));
+    }
+    if m.version < *installed && !opts.allow_downgrade {
+        return Err((
+            format!("{} is older than the installed {installed} (a downgrade)", m.version),
+            "pass --allow-downgrade if a downgrade is really intended".into(),
+        ));
+    }
+    if !m.upgrades_from.matches(installed) && !opts.allow_downgrade {
+        return Err((
+            format!("it upgrades installed versions `{}`, but {installed} is installed", m.upgrades_from),
+            "apply the intermediate release first, or ask for a bundle that upgrades this version".into(),
+        ));
+    }
+    for database in m.migrated_databases() {
+        let Some(path) = site.profile.data.databases.get(database) else {
+            return Err((
+                format!("it migrates database `{database}`, which site.toml does not list"),
+                format!("add `{database}` under [data.databases] in {}", site.path.display()),
+            ));
+        };
+        migrate::check_applied(path, database, m).map_err(|reason| {
+            (
+                reason,
+                "a migration that already ran was changed; the release engineer must ship a new migration instead".into(),
+            )
+        })?;
+    }
+    for f in m.files.iter().filter(|f| f.role == Role::Binary) {
+        let name = f.name.as_deref().unwrap_or_default();
+        if !site.profile.binaries.contains_key(name) && f.install_path.is_none() {
+            return Err((
+                format!("binary `{name}` has no install path"),
+                format!("add `{name} = \"/path\"` under [binaries] in {}", site.path.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the bundle at `bundle` once: authenticates and checks the header
+/// before any payload byte is read, then streams every payload file into `sink`.
+///
+/// # Errors
+/// [`ApplyError::Refused`] when the bundle is not acceptable or damaged;
+/// other variants when the site or state cannot be read.
+pub fn read_and_verify(
+    site: &Site,
+    state: Option<&State>,
+    bundle: &Path,
+    opts: VerifyOptions,
+    sink: Option<&mut dyn PayloadSink>,
+) -> Result<Verified, ApplyError> {
+    let installed = installed_version(site, state)?;
+    let file = File::open(bundle).map_err(ApplyError::io(format!("opening bundle `{}`", bundle.display())))?;
+    let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, file));
+    let mut signers = Vec::new();
+    let mut refusal_help = None;
+    let read_payload = sink.is_some();
+    let result = read_bundle(
+        &mut hashing,
+        |h| {
+            signers = site.trust.check(&h.manifest_bytes, &h.signatures).inspect_err(|_| {
+                refusal_help = Some(format!(
+                    "the site needs {} signature(s) by keys in [trust]; ask another release key holder to run `airlock-build sign`, or check that the bundle came from your release engineer",
+                    site.trust.threshold()
+                ));
+            })?;
+            check_manifest(site, &h.manifest, &installed.version, opts).map_err(|(reason, help)| {
+                refusal_help = Some(help);
+                BundleError::Refused(reason)
+            })
+        },
+        sink,
+    );
+    let header = result.map_err(|e| match e {
+        BundleError::Io { .. } => ApplyError::Io {
+            context: format!("reading bundle `{}`", bundle.display()),
+            source: std::io::Error::other(e.to_string()),
+        },
+        other => ApplyError::Refused {
+            bundle: bundle.to_owned(),
+            reason: other.to_string(),
+            help: refusal_help.take().unwrap_or_else(|| {
+                "the file is damaged or was altered: copy it again from the release medium and check it with `airlock-apply verify`".into()
+            }),
+        },
+    })?;
+    if read_payload {
+        // Hash whatever padding follows the container too.
+        std::io::copy(&mut hashing, &mut std::io::sink())
+            .map_err(ApplyError::io(format!("reading bundle `{}`", bundle.display())))?;
+    }
+    let (bundle_sha256, _) = hashing.finish();
+    Ok(Verified {
+        bundle: bundle.to_owned(),
+        header,
+        signers,
+        installed,
+        bundle_sha256,
+    })
+}
