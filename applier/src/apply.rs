@@ -56,7 +56,10 @@ pub struct NodeLock {
 /// [`ApplyError::Busy`] when another process holds it.
 pub fn lock(site: &Site) -> Result<NodeLock, ApplyError> {
     let dir = &site.profile.paths.state_dir;
-    std::fs::create_dir_all(dir).map_err(ApplyError::io(format!("creating state folder `{}`", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(ApplyError::io(format!(
+        "creating state folder `{}`",
+        dir.display()
+    )))?;
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -67,7 +70,9 @@ pub fn lock(site: &Site) -> Result<NodeLock, ApplyError> {
     match file.try_lock() {
         Ok(()) => Ok(NodeLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(ApplyError::Busy(path)),
-        Err(std::fs::TryLockError::Error(e)) => Err(ApplyError::io(format!("locking `{}`", path.display()))(e)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(ApplyError::io(format!("locking `{}`", path.display()))(e))
+        }
     }
 }
 
@@ -187,7 +192,10 @@ impl Run<'_> {
                     return Err(format!(
                         "service `{}` is healthy but reports version {}, expected {version}",
                         service.name,
-                        found.map_or_else(|| format!("`{}`", result.output.trim()), |v| v.to_string())
+                        found.map_or_else(
+                            || format!("`{}`", result.output.trim()),
+                            |v| v.to_string()
+                        )
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(500));
@@ -215,29 +223,45 @@ impl Run<'_> {
             created_at: crate::state::now(),
             from_version: self.verified.installed.version.to_string(),
             to_version: m.version.to_string(),
-            bundle: self.verified.bundle.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            bundle: self
+                .verified
+                .bundle
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             ..Default::default()
         };
         let data = &self.site.profile.data;
         for (name, path) in &data.databases {
             self.step("backup database", &format!("{name} ({})", path.display()))?;
-            record.databases.push(backup::backup_database(&dir, name, path)?);
+            record
+                .databases
+                .push(backup::backup_database(&dir, name, path)?);
         }
         if let Some(raft) = &data.raft_dir {
             self.step("backup raft", &raft.display().to_string())?;
             record.raft = Some(backup::backup_tree(&dir, "raft", raft)?);
         }
         for (i, path) in data.config_files.iter().enumerate() {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             self.step("backup config", &path.display().to_string())?;
-            record.config_files.push(backup::backup_file(&dir, &format!("config/{i}-{name}"), path)?);
+            record.config_files.push(backup::backup_file(
+                &dir,
+                &format!("config/{i}-{name}"),
+                path,
+            )?);
         }
         for (i, entry) in m.files.iter().enumerate() {
             if let Some(target) = install_target(self.site, entry) {
                 self.step("backup installed", &target.display().to_string())?;
-                record
-                    .installed
-                    .push(backup::backup_file(&dir, &format!("installed/{i}-{}", entry.path.file_name()), &target)?);
+                record.installed.push(backup::backup_file(
+                    &dir,
+                    &format!("installed/{i}-{}", entry.path.file_name()),
+                    &target,
+                )?);
             }
         }
         self.step("backup complete", &dir.display().to_string())?;
@@ -253,17 +277,28 @@ impl Run<'_> {
         let records = record.installed.clone();
         let mut targets = records.into_iter();
         for entry in &self.manifest().files {
-            let Some(target) = install_target(self.site, entry) else { continue };
-            let rec = targets.next().ok_or("backup does not list every install target")?;
-            self.step("install", &format!("{} -> {}", entry.path, target.display()))?;
+            let Some(target) = install_target(self.site, entry) else {
+                continue;
+            };
+            let rec = targets
+                .next()
+                .ok_or("backup does not list every install target")?;
+            self.step(
+                "install",
+                &format!("{} -> {}", entry.path, target.display()),
+            )?;
             // Counted before the write: a half-done rename is still restored.
             done.installed.push(rec);
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("creating `{}`: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("creating `{}`: {e}", parent.display()))?;
             }
             let mut staged = stage::open_staged(&self.stage_dir, entry)
                 .map_err(|e| format!("opening staged `{}`: {e}", entry.path))?;
-            write_atomic(&target, entry.mode, |f| std::io::copy(&mut staged, f).map(|_| ())).map_err(|e| e.to_string())?;
+            write_atomic(&target, entry.mode, |f| {
+                std::io::copy(&mut staged, f).map(|_| ())
+            })
+            .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -276,7 +311,10 @@ impl Run<'_> {
                 return Err(format!("database `{database}` is not in site.toml"));
             };
             for (entry, info) in migrate::pending(path, database, m)? {
-                self.step("migrate", &format!("{database} {} {}", info.version, info.description))?;
+                self.step(
+                    "migrate",
+                    &format!("{database} {} {}", info.version, info.description),
+                )?;
                 done.migrated.insert(database.to_owned());
                 let sql = std::fs::read_to_string(entry.path.join_to(&self.stage_dir))
                     .map_err(|e| format!("reading staged `{}`: {e}", entry.path))?;
@@ -291,8 +329,11 @@ impl Run<'_> {
     fn rollback(&self, done: &Done) -> Vec<String> {
         let mut problems = Vec::new();
         let old = &self.verified.installed.version;
-        self.reporter.event("rollback", "start", &format!("back to {old}"));
-        let _ = self.state.journal(self.apply_id, "rollback", &format!("back to {old}"));
+        self.reporter
+            .event("rollback", "start", &format!("back to {old}"));
+        let _ = self
+            .state
+            .journal(self.apply_id, "rollback", &format!("back to {old}"));
         if done.started || done.stopped {
             // The new version may be half up; make sure nothing runs before restoring.
             if let Err(e) = self.stop() {
@@ -303,13 +344,22 @@ impl Run<'_> {
         }
         if let Some((dir, record)) = &done.backup {
             for rec in done.installed.iter().rev() {
-                self.reporter.event("restore", "start", &rec.source.display().to_string());
+                self.reporter
+                    .event("restore", "start", &rec.source.display().to_string());
                 if let Err(e) = backup::restore_file(dir, rec) {
                     problems.push(e);
                 }
             }
-            for db in record.databases.iter().filter(|d| done.migrated.contains(&d.name)) {
-                self.reporter.event("restore database", "start", &format!("{} ({})", db.name, db.source.display()));
+            for db in record
+                .databases
+                .iter()
+                .filter(|d| done.migrated.contains(&d.name))
+            {
+                self.reporter.event(
+                    "restore database",
+                    "start",
+                    &format!("{} ({})", db.name, db.source.display()),
+                );
                 if let Err(e) = backup::restore_database(dir, db) {
                     problems.push(e);
                 }
@@ -325,9 +375,17 @@ impl Run<'_> {
                         "kept as it is: the member ran since the backup, so restoring it could lose acknowledged writes",
                     );
                 } else {
-                    self.reporter.event("restore raft", "start", &raft.source.display().to_string());
+                    self.reporter.event(
+                        "restore raft",
+                        "start",
+                        &raft.source.display().to_string(),
+                    );
                     match backup::restore_tree(dir, raft) {
-                        Ok(n) => self.reporter.event("restore raft", "ok", &format!("{n} file(s) differed")),
+                        Ok(n) => self.reporter.event(
+                            "restore raft",
+                            "ok",
+                            &format!("{n} file(s) differed"),
+                        ),
                         Err(e) => problems.push(e),
                     }
                 }
@@ -336,7 +394,8 @@ impl Run<'_> {
             problems.push("changes were made without a complete backup".into());
         }
         if done.stopped && problems.is_empty() {
-            self.reporter.event("start old version", "start", &old.to_string());
+            self.reporter
+                .event("start old version", "start", &old.to_string());
             if let Err(e) = self.start(old) {
                 problems.push(format!("starting {old} again: {e}"));
             }
@@ -351,20 +410,42 @@ impl Run<'_> {
 /// [`ApplyError::Refused`] or [`ApplyError::Preflight`] when nothing changed;
 /// [`ApplyError::RolledBack`] when a step failed and the old version runs again;
 /// [`ApplyError::NeedsOperator`] when the rollback did not complete.
-pub fn apply(site: &Site, bundle: &Path, opts: VerifyOptions, reporter: &Reporter) -> Result<ApplyReport, ApplyError> {
+pub fn apply(
+    site: &Site,
+    bundle: &Path,
+    opts: VerifyOptions,
+    reporter: &Reporter,
+) -> Result<ApplyReport, ApplyError> {
     let _lock = lock(site)?;
-    reporter.event("lock", "ok", &site.profile.paths.state_dir.join(LOCK_FILE).display().to_string());
+    reporter.event(
+        "lock",
+        "ok",
+        &site
+            .profile
+            .paths
+            .state_dir
+            .join(LOCK_FILE)
+            .display()
+            .to_string(),
+    );
     let mut state = State::open(&site.profile.paths.state_dir)?;
 
     // Authenticate and check the header first (no payload read), so the
     // disk-space check knows the sizes before anything is written.
     reporter.event("verify", "start", &bundle.display().to_string());
-    let header_only = read_and_verify(site, Some(&state), bundle, opts, None).inspect_err(|e| audit_refusal(&state, bundle, e))?;
+    let header_only = read_and_verify(site, Some(&state), bundle, opts, None)
+        .inspect_err(|e| audit_refusal(&state, bundle, e))?;
     let m = &header_only.header.manifest;
     reporter.event(
         "verify",
         "ok",
-        &format!("{} {} -> {}, signed by {}", m.name, header_only.installed.version, m.version, header_only.signers_text()),
+        &format!(
+            "{} {} -> {}, signed by {}",
+            m.name,
+            header_only.installed.version,
+            m.version,
+            header_only.signers_text()
+        ),
     );
     check_space(site, m, reporter)?;
 
@@ -384,8 +465,9 @@ pub fn apply(site: &Site, bundle: &Path, opts: VerifyOptions, reporter: &Reporte
         indicatif::ProgressBar::hidden()
     };
     let bar_handle = bar.clone();
-    let mut sink = StageSink::create(&stage_dir, Box::new(move |n| bar_handle.inc(n)))
-        .map_err(ApplyError::io(format!("creating staging folder `{}`", stage_dir.display())))?;
+    let mut sink = StageSink::create(&stage_dir, Box::new(move |n| bar_handle.inc(n))).map_err(
+        ApplyError::io(format!("creating staging folder `{}`", stage_dir.display())),
+    )?;
     let staged = read_and_verify(site, Some(&state), bundle, opts, Some(&mut sink));
     bar.finish_and_clear();
     let verified = match staged {
@@ -397,11 +479,25 @@ pub fn apply(site: &Site, bundle: &Path, opts: VerifyOptions, reporter: &Reporte
             return Err(e);
         }
     };
-    reporter.event("stage", "ok", &format!("{} files, {} bytes, every SHA-256 matched", verified.header.manifest.files.len(), verified.header.manifest.payload.unpacked_size));
+    reporter.event(
+        "stage",
+        "ok",
+        &format!(
+            "{} files, {} bytes, every SHA-256 matched",
+            verified.header.manifest.files.len(),
+            verified.header.manifest.payload.unpacked_size
+        ),
+    );
 
     let env = vec![
-        ("AIRLOCK_FROM_VERSION", verified.installed.version.to_string()),
-        ("AIRLOCK_TO_VERSION", verified.header.manifest.version.to_string()),
+        (
+            "AIRLOCK_FROM_VERSION",
+            verified.installed.version.to_string(),
+        ),
+        (
+            "AIRLOCK_TO_VERSION",
+            verified.header.manifest.version.to_string(),
+        ),
         ("AIRLOCK_BUNDLE", bundle.display().to_string()),
         ("AIRLOCK_STAGE_DIR", stage_dir.display().to_string()),
     ];
@@ -428,7 +524,12 @@ fn audit_refusal(state: &State, bundle: &Path, e: &ApplyError) {
     let _ = state.audit(&AuditEntry {
         action: "apply".into(),
         bundle: Some(bundle.display().to_string()),
-        outcome: if matches!(e, ApplyError::Refused { .. }) { "refused" } else { "failed" }.into(),
+        outcome: if matches!(e, ApplyError::Refused { .. }) {
+            "refused"
+        } else {
+            "failed"
+        }
+        .into(),
         error: Some(e.to_string()),
         ..Default::default()
     });
@@ -439,10 +540,16 @@ fn check_space(site: &Site, m: &Manifest, reporter: &Reporter) -> Result<(), App
     let mut backup_need: u64 = data
         .databases
         .values()
-        .map(|p| stage::tree_size(p) + stage::tree_size(&PathBuf::from(format!("{}-wal", p.display()))))
+        .map(|p| {
+            stage::tree_size(p) + stage::tree_size(&PathBuf::from(format!("{}-wal", p.display())))
+        })
         .sum();
     backup_need += data.raft_dir.as_deref().map_or(0, stage::tree_size);
-    backup_need += data.config_files.iter().map(|p| stage::tree_size(p)).sum::<u64>();
+    backup_need += data
+        .config_files
+        .iter()
+        .map(|p| stage::tree_size(p))
+        .sum::<u64>();
     backup_need += m
         .files
         .iter()
@@ -460,7 +567,10 @@ fn check_space(site: &Site, m: &Manifest, reporter: &Reporter) -> Result<(), App
         needs.push((backups.clone(), backup_need, "backups"));
     }
     for (dir, need, what) in needs {
-        let available = stage::available_space(&dir).map_err(ApplyError::io(format!("checking free space at `{}`", dir.display())))?;
+        let available = stage::available_space(&dir).map_err(ApplyError::io(format!(
+            "checking free space at `{}`",
+            dir.display()
+        )))?;
         let need = with_margin(need);
         if available < need {
             return Err(ApplyError::Preflight {
@@ -473,7 +583,16 @@ fn check_space(site: &Site, m: &Manifest, reporter: &Reporter) -> Result<(), App
                 ),
             });
         }
-        reporter.event("disk space", "ok", &format!("{what}: need {} MiB, {} MiB free at {}", need >> 20, available >> 20, dir.display()));
+        reporter.event(
+            "disk space",
+            "ok",
+            &format!(
+                "{what}: need {} MiB, {} MiB free at {}",
+                need >> 20,
+                available >> 20,
+                dir.display()
+            ),
+        );
     }
     Ok(())
 }
@@ -498,8 +617,13 @@ fn run_steps(run: &mut Run<'_>) -> Result<ApplyReport, ApplyError> {
 
     // Before the stop, a failure changes nothing.
     if let Err(reason) = run.run_hook("pre_stop") {
-        let e = ApplyError::Preflight { step: "pre_stop hook".into(), reason };
-        let _ = run.state.finish_apply_simple(run.apply_id, "failed", &e.to_string());
+        let e = ApplyError::Preflight {
+            step: "pre_stop hook".into(),
+            reason,
+        };
+        let _ = run
+            .state
+            .finish_apply_simple(run.apply_id, "failed", &e.to_string());
         audit(&run.state, "failed", Some(e.to_string()));
         return Err(e);
     }
@@ -508,20 +632,43 @@ fn run_steps(run: &mut Run<'_>) -> Result<ApplyReport, ApplyError> {
     let mut migrations = Vec::new();
     let mut downtime_start = std::time::Instant::now();
     let outcome: Result<(), (String, String)> = (|| {
-        run.step("stop", &run.site.profile.service.stop).map_err(|e| ("stop".to_string(), e))?;
+        run.step("stop", &run.site.profile.service.stop)
+            .map_err(|e| ("stop".to_string(), e))?;
         done.stopped = true;
         downtime_start = std::time::Instant::now();
         run.stop().map_err(|e| ("stop".to_string(), e))?;
         run.reporter.event("stop", "ok", "service is down");
-        run.backup(&mut done).map_err(|e| ("backup".to_string(), e))?;
-        run.reporter.event("backup", "ok", &done.backup.as_ref().map(|b| b.0.display().to_string()).unwrap_or_default());
-        run.install(&mut done).map_err(|e| ("install".to_string(), e))?;
-        migrations = run.migrate(&mut done).map_err(|e| ("migrate".to_string(), e))?;
-        run.step("start", &run.site.profile.service.start).map_err(|e| ("start".to_string(), e))?;
+        run.backup(&mut done)
+            .map_err(|e| ("backup".to_string(), e))?;
+        run.reporter.event(
+            "backup",
+            "ok",
+            &done
+                .backup
+                .as_ref()
+                .map(|b| b.0.display().to_string())
+                .unwrap_or_default(),
+        );
+        run.install(&mut done)
+            .map_err(|e| ("install".to_string(), e))?;
+        migrations = run
+            .migrate(&mut done)
+            .map_err(|e| ("migrate".to_string(), e))?;
+        run.step("start", &run.site.profile.service.start)
+            .map_err(|e| ("start".to_string(), e))?;
         done.started = true;
-        run.start(&m.version).map_err(|e| ("start".to_string(), e))?;
-        run.reporter.event("health", "ok", &format!("{} is healthy and reports {}", run.site.profile.service.name, m.version));
-        run.run_hook("post_start").map_err(|e| ("post_start hook".to_string(), e))?;
+        run.start(&m.version)
+            .map_err(|e| ("start".to_string(), e))?;
+        run.reporter.event(
+            "health",
+            "ok",
+            &format!(
+                "{} is healthy and reports {}",
+                run.site.profile.service.name, m.version
+            ),
+        );
+        run.run_hook("post_start")
+            .map_err(|e| ("post_start hook".to_string(), e))?;
         Ok(())
     })();
     let downtime = downtime_start.elapsed();
@@ -544,24 +691,57 @@ fn run_steps(run: &mut Run<'_>) -> Result<ApplyReport, ApplyError> {
                 rollback: problems.join("; "),
             }
         };
-        let outcome = if matches!(error, ApplyError::RolledBack { .. }) { "rolled-back" } else { "needs-operator" };
-        let _ = run.state.finish_apply_simple(run.apply_id, outcome, &error.to_string());
+        let outcome = if matches!(error, ApplyError::RolledBack { .. }) {
+            "rolled-back"
+        } else {
+            "needs-operator"
+        };
+        let _ = run
+            .state
+            .finish_apply_simple(run.apply_id, outcome, &error.to_string());
         audit(&run.state, outcome, Some(error.to_string()));
-        run.reporter.event("rollback", if outcome == "rolled-back" { "ok" } else { "failed" }, &error.to_string());
+        run.reporter.event(
+            "rollback",
+            if outcome == "rolled-back" {
+                "ok"
+            } else {
+                "failed"
+            },
+            &error.to_string(),
+        );
         return Err(error);
     }
 
-    run.step("commit", &m.version.to_string()).map_err(|reason| ApplyError::Preflight { step: "commit".into(), reason })?;
+    run.step("commit", &m.version.to_string())
+        .map_err(|reason| ApplyError::Preflight {
+            step: "commit".into(),
+            reason,
+        })?;
     run.state
         .finish_apply(run.apply_id, "ok", None, Some((&m.name, &m.version, &sha)))?;
     audit(&run.state, "ok", None);
-    let backup_dir = done.backup.as_ref().map(|b| b.0.clone()).unwrap_or_default();
-    match backup::prune(&run.site.profile.paths.backup_dir, run.site.profile.paths.keep_backups, &backup_dir) {
-        Ok(removed) if !removed.is_empty() => run.reporter.event("prune backups", "ok", &format!("removed {}", removed.len())),
+    let backup_dir = done
+        .backup
+        .as_ref()
+        .map(|b| b.0.clone())
+        .unwrap_or_default();
+    match backup::prune(
+        &run.site.profile.paths.backup_dir,
+        run.site.profile.paths.keep_backups,
+        &backup_dir,
+    ) {
+        Ok(removed) if !removed.is_empty() => {
+            run.reporter
+                .event("prune backups", "ok", &format!("removed {}", removed.len()))
+        }
         Ok(_) => {}
         Err(e) => run.reporter.event("prune backups", "failed", &e),
     }
-    run.reporter.event("commit", "ok", &format!("{} {} installed", m.name, m.version));
+    run.reporter.event(
+        "commit",
+        "ok",
+        &format!("{} {} installed", m.name, m.version),
+    );
     Ok(ApplyReport {
         from: old,
         to: m.version.clone(),

@@ -132,13 +132,18 @@ pub fn copy_file(src: &Path, dst: &Path, mode: u32) -> Result<(Sha256Digest, u64
     let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, input));
     let out = File::create(dst).map_err(io_ctx(format!("creating `{}`", dst.display())))?;
     let mut writer = BufWriter::with_capacity(1 << 20, out);
-    io::copy(&mut hashing, &mut writer).map_err(io_ctx(format!("copying `{}` to `{}`", src.display(), dst.display())))?;
+    io::copy(&mut hashing, &mut writer).map_err(io_ctx(format!(
+        "copying `{}` to `{}`",
+        src.display(),
+        dst.display()
+    )))?;
     let out = writer
         .into_inner()
         .map_err(|e| format!("writing `{}`: {}", dst.display(), e.error()))?;
     out.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_ctx(format!("setting mode of `{}`", dst.display())))?;
-    out.sync_all().map_err(io_ctx(format!("syncing `{}`", dst.display())))?;
+    out.sync_all()
+        .map_err(io_ctx(format!("syncing `{}`", dst.display())))?;
     Ok(hashing.finish())
 }
 
@@ -153,7 +158,9 @@ pub fn hash_file(path: &Path) -> Result<(Sha256Digest, u64), String> {
 }
 
 fn mode_of(path: &Path) -> u32 {
-    fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o644)
+    fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0o644)
 }
 
 /// Copies `src` into `dst` with the online backup API in a single step, so a
@@ -185,7 +192,11 @@ fn sqlite_copy(src: &Connection, dst: &mut Connection) -> rusqlite::Result<()> {
 ///
 /// # Errors
 /// A message naming the database and file.
-pub fn backup_database(backup_dir: &Path, name: &str, source: &Path) -> Result<DatabaseRecord, String> {
+pub fn backup_database(
+    backup_dir: &Path,
+    name: &str,
+    source: &Path,
+) -> Result<DatabaseRecord, String> {
     if !source.exists() {
         return Ok(DatabaseRecord {
             name: name.into(),
@@ -199,14 +210,21 @@ pub fn backup_database(backup_dir: &Path, name: &str, source: &Path) -> Result<D
     let rel = format!("databases/{name}.sqlite");
     let dst = backup_dir.join(&rel);
     create_private_dir(&backup_dir.join("databases"))?;
-    let fail = |e: rusqlite::Error| format!("backing up database `{name}` ({}): {e}", source.display());
-    let src = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(fail)?;
+    let fail =
+        |e: rusqlite::Error| format!("backing up database `{name}` ({}): {e}", source.display());
+    let src =
+        Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(fail)?;
     src.busy_timeout(Duration::from_secs(10)).map_err(fail)?;
     let mut out = Connection::open(&dst).map_err(fail)?;
     sqlite_copy(&src, &mut out).map_err(fail)?;
     drop(out);
     drop(src);
-    check_integrity(&dst).map_err(|e| format!("backup of database `{name}` at `{}` failed its check: {e}", dst.display()))?;
+    check_integrity(&dst).map_err(|e| {
+        format!(
+            "backup of database `{name}` at `{}` failed its check: {e}",
+            dst.display()
+        )
+    })?;
     File::open(&dst)
         .and_then(|f| f.sync_all())
         .map_err(io_ctx(format!("syncing `{}`", dst.display())))?;
@@ -227,8 +245,11 @@ pub fn backup_database(backup_dir: &Path, name: &str, source: &Path) -> Result<D
 /// # Errors
 /// The problems SQLite reported.
 pub fn check_integrity(path: &Path) -> Result<(), String> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| e.to_string())?;
-    let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(|e| e.to_string())?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| e.to_string())?;
     let rows: Vec<String> = stmt
         .query_map([], |r| r.get(0))
         .and_then(Iterator::collect)
@@ -256,10 +277,20 @@ pub fn restore_database(backup_dir: &Path, record: &DatabaseRecord) -> Result<()
         return Ok(());
     };
     let copy = backup_dir.join(rel);
-    let fail = |e: rusqlite::Error| format!("restoring database `{}` ({}) from `{}`: {e}", record.name, record.source.display(), copy.display());
+    let fail = |e: rusqlite::Error| {
+        format!(
+            "restoring database `{}` ({}) from `{}`: {e}",
+            record.name,
+            record.source.display(),
+            copy.display()
+        )
+    };
     let (sha, _) = hash_file(&copy)?;
     if Some(sha) != record.sha256 {
-        return Err(format!("backup copy `{}` does not match its recorded SHA-256", copy.display()));
+        return Err(format!(
+            "backup copy `{}` does not match its recorded SHA-256",
+            copy.display()
+        ));
     }
     let src = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
     let mut dst = Connection::open(&record.source).map_err(fail)?;
@@ -286,7 +317,10 @@ pub fn backup_tree(backup_dir: &Path, name: &str, source: &Path) -> Result<TreeR
         dirs: Vec::new(),
         files: Vec::new(),
     };
-    for entry in walkdir::WalkDir::new(source).min_depth(1).sort_by_file_name() {
+    for entry in walkdir::WalkDir::new(source)
+        .min_depth(1)
+        .sort_by_file_name()
+    {
         let entry = entry.map_err(|e| format!("reading `{}`: {e}", source.display()))?;
         let rel = entry
             .path()
@@ -302,9 +336,17 @@ pub fn backup_tree(backup_dir: &Path, name: &str, source: &Path) -> Result<TreeR
         } else if ft.is_file() {
             let mode = mode_of(entry.path());
             let (sha256, size) = copy_file(entry.path(), &dst, mode)?;
-            record.files.push(TreeFile { path: rel, sha256, size, mode });
+            record.files.push(TreeFile {
+                path: rel,
+                sha256,
+                size,
+                mode,
+            });
         } else {
-            return Err(format!("`{}` is a link or special file; airlock backs up regular files only", entry.path().display()));
+            return Err(format!(
+                "`{}` is a link or special file; airlock backs up regular files only",
+                entry.path().display()
+            ));
         }
     }
     for dir in record.dirs.iter().rev() {
@@ -325,14 +367,21 @@ pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, Str
     for dir in &record.dirs {
         create_private_dir(&record.source.join(dir))?;
     }
-    let keep: std::collections::HashSet<&str> = record.files.iter().map(|f| f.path.as_str()).collect();
+    let keep: std::collections::HashSet<&str> =
+        record.files.iter().map(|f| f.path.as_str()).collect();
     let mut extra = Vec::new();
-    for entry in walkdir::WalkDir::new(&record.source).min_depth(1).contents_first(true) {
+    for entry in walkdir::WalkDir::new(&record.source)
+        .min_depth(1)
+        .contents_first(true)
+    {
         let entry = entry.map_err(|e| format!("reading `{}`: {e}", record.source.display()))?;
         if entry.file_type().is_dir() {
             continue;
         }
-        let rel = entry.path().strip_prefix(&record.source).map_err(|e| e.to_string())?;
+        let rel = entry
+            .path()
+            .strip_prefix(&record.source)
+            .map_err(|e| e.to_string())?;
         if !keep.contains(rel.to_string_lossy().as_ref()) {
             extra.push(entry.path().to_owned());
         }
@@ -343,12 +392,17 @@ pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, Str
     }
     for file in &record.files {
         let live = record.source.join(&file.path);
-        let same = hash_file(&live).map(|(sha, _)| sha == file.sha256).unwrap_or(false);
+        let same = hash_file(&live)
+            .map(|(sha, _)| sha == file.sha256)
+            .unwrap_or(false);
         if !same {
             let copy = root.join(&file.path);
-            let input = File::open(&copy).map_err(io_ctx(format!("reading `{}`", copy.display())))?;
-            write_atomic(&live, file.mode, |f| io::copy(&mut BufReader::new(input), f).map(|_| ()))
-                .map_err(|e| e.to_string())?;
+            let input =
+                File::open(&copy).map_err(io_ctx(format!("reading `{}`", copy.display())))?;
+            write_atomic(&live, file.mode, |f| {
+                io::copy(&mut BufReader::new(input), f).map(|_| ())
+            })
+            .map_err(|e| e.to_string())?;
             restored += 1;
         }
     }
@@ -398,13 +452,19 @@ pub fn restore_file(backup_dir: &Path, record: &FileRecord) -> Result<(), String
         },
         Some(rel) => {
             let copy = backup_dir.join(rel);
-            let mut input = File::open(&copy).map_err(io_ctx(format!("reading `{}`", copy.display())))?;
+            let mut input =
+                File::open(&copy).map_err(io_ctx(format!("reading `{}`", copy.display())))?;
             let mut hashing = HashingReader::new(&mut input);
-            write_atomic(&record.source, record.mode, |f| io::copy(&mut hashing, f).map(|_| ()))
-                .map_err(|e| e.to_string())?;
+            write_atomic(&record.source, record.mode, |f| {
+                io::copy(&mut hashing, f).map(|_| ())
+            })
+            .map_err(|e| e.to_string())?;
             let (sha, _) = hashing.finish();
             if Some(sha) != record.sha256 {
-                return Err(format!("backup copy `{}` does not match its recorded SHA-256", copy.display()));
+                return Err(format!(
+                    "backup copy `{}` does not match its recorded SHA-256",
+                    copy.display()
+                ));
             }
             Ok(())
         }
@@ -418,7 +478,8 @@ pub fn restore_file(backup_dir: &Path, record: &FileRecord) -> Result<(), String
 pub fn complete(backup_dir: &Path, manifest: &BackupManifest) -> Result<(), String> {
     let mut bytes = serde_json::to_vec_pretty(manifest).map_err(|e| e.to_string())?;
     bytes.push(b'\n');
-    write_bytes_atomic(&backup_dir.join(BACKUP_MANIFEST), 0o600, &bytes).map_err(|e| e.to_string())?;
+    write_bytes_atomic(&backup_dir.join(BACKUP_MANIFEST), 0o600, &bytes)
+        .map_err(|e| e.to_string())?;
     sync_dir(backup_dir).map_err(|e| e.to_string())
 }
 
@@ -476,9 +537,14 @@ pub fn prune(root: &Path, keep: usize, current: &Path) -> Result<Vec<PathBuf>, S
         .take(complete.len().saturating_sub(keep))
         .map(|b| b.dir.clone())
         .collect();
-    remove.extend(all.iter().filter(|b| b.manifest.is_none() && b.dir != current).map(|b| b.dir.clone()));
+    remove.extend(
+        all.iter()
+            .filter(|b| b.manifest.is_none() && b.dir != current)
+            .map(|b| b.dir.clone()),
+    );
     for dir in &remove {
-        fs::remove_dir_all(dir).map_err(io_ctx(format!("removing old backup `{}`", dir.display())))?;
+        fs::remove_dir_all(dir)
+            .map_err(io_ctx(format!("removing old backup `{}`", dir.display())))?;
     }
     if !remove.is_empty() {
         sync_dir(root).map_err(|e| e.to_string())?;
@@ -495,14 +561,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("app.db");
         let conn = Connection::open(&db).unwrap();
-        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1), (2);").unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1), (2);",
+        )
+        .unwrap();
         let backup_dir = dir.path().join("b");
         let record = backup_database(&backup_dir, "main", &db).unwrap();
-        conn.execute_batch("INSERT INTO t VALUES (3); CREATE TABLE u(y);").unwrap();
+        conn.execute_batch("INSERT INTO t VALUES (3); CREATE TABLE u(y);")
+            .unwrap();
         drop(conn);
         restore_database(&backup_dir, &record).unwrap();
         let conn = Connection::open(&db).unwrap();
-        let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 2);
         assert!(conn.prepare("SELECT * FROM u").is_err());
     }

@@ -43,7 +43,11 @@ fn recorded(conn: &Connection, version: &str) -> rusqlite::Result<Option<String>
 /// # Errors
 /// A message naming the database and migration when one was recorded with
 /// another SHA-256, or when the database cannot be read.
-pub fn pending<'a>(path: &Path, database: &'a str, manifest: &'a Manifest) -> Result<Vec<(&'a FileEntry, &'a MigrationInfo)>, String> {
+pub fn pending<'a>(
+    path: &Path,
+    database: &'a str,
+    manifest: &'a Manifest,
+) -> Result<Vec<(&'a FileEntry, &'a MigrationInfo)>, String> {
     let conn = if path.exists() {
         Some(
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -88,7 +92,14 @@ pub fn check_applied(path: &Path, database: &str, manifest: &Manifest) -> Result
 ///
 /// # Errors
 /// A message naming the database and migration, with SQLite's error.
-pub fn apply_one(path: &Path, database: &str, entry: &FileEntry, info: &MigrationInfo, sql: &str, bundle_version: &str) -> Result<(), String> {
+pub fn apply_one(
+    path: &Path,
+    database: &str,
+    entry: &FileEntry,
+    info: &MigrationInfo,
+    sql: &str,
+    bundle_version: &str,
+) -> Result<(), String> {
     let fail = |e: rusqlite::Error| {
         format!(
             "migration {} `{}` ({}) on database `{database}` ({}): {e}",
@@ -107,7 +118,10 @@ pub fn apply_one(path: &Path, database: &str, entry: &FileEntry, info: &Migratio
         return if sha == entry.sha256.to_hex() {
             Ok(())
         } else {
-            Err(format!("migration {} on database `{database}` was recorded with another SHA-256", info.version))
+            Err(format!(
+                "migration {} on database `{database}` was recorded with another SHA-256",
+                info.version
+            ))
         };
     }
     tx.execute_batch(sql).map_err(fail)?;

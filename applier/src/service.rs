@@ -44,7 +44,15 @@ impl CommandOutput {
         for (name, text) in [("stderr", &self.stderr), ("stdout", &self.stdout)] {
             let text = text.trim();
             if !text.is_empty() {
-                let tail: String = text.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n    ");
+                let tail: String = text
+                    .lines()
+                    .rev()
+                    .take(10)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n    ");
                 out.push_str(&format!("\n  {name}:\n    {tail}"));
             }
         }
@@ -62,7 +70,12 @@ const OUTPUT_LIMIT: u64 = 64 * 1024;
 ///
 /// # Errors
 /// An I/O error when the shell cannot be started.
-pub fn run_command(command: &str, dir: &Path, env: &[(&str, String)], timeout: Duration) -> std::io::Result<CommandOutput> {
+pub fn run_command(
+    command: &str,
+    dir: &Path,
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> std::io::Result<CommandOutput> {
     use std::os::unix::process::CommandExt as _;
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -78,8 +91,20 @@ pub fn run_command(command: &str, dir: &Path, env: &[(&str, String)], timeout: D
     let mut child = cmd.spawn()?;
     let (tx, rx) = mpsc::channel();
     for (is_err, pipe) in [
-        (false, child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
-        (true, child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        (
+            false,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            true,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
     ] {
         if let Some(pipe) = pipe {
             let tx = tx.clone();
@@ -145,7 +170,10 @@ pub struct ProbeResult {
 pub fn run_probe(probe: &Probe, dir: &Path, env: &[(&str, String)]) -> ProbeResult {
     if let Some(command) = &probe.command {
         match run_command(command, dir, env, probe.timeout()) {
-            Ok(out) if out.success() => ProbeResult { ok: true, output: out.stdout },
+            Ok(out) if out.success() => ProbeResult {
+                ok: true,
+                output: out.stdout,
+            },
             Ok(out) => ProbeResult {
                 ok: false,
                 output: out.describe(&format!("`{command}`")),
@@ -192,7 +220,13 @@ pub fn find_version(text: &str) -> Option<Version> {
 
 /// Polls the health check every 500 ms until it reports `want` (healthy or
 /// not) or `wait` passes. Returns the last result.
-pub fn wait_health(service: &Service, dir: &Path, env: &[(&str, String)], want: bool, wait: Duration) -> ProbeResult {
+pub fn wait_health(
+    service: &Service,
+    dir: &Path,
+    env: &[(&str, String)],
+    want: bool,
+    wait: Duration,
+) -> ProbeResult {
     let deadline = Instant::now() + wait;
     loop {
         let result = run_probe(&service.health, dir, env);
@@ -209,16 +243,28 @@ mod tests {
 
     #[test]
     fn finds_versions_in_probe_output() {
-        assert_eq!(find_version("demo v1.2.3 (abc)"), Some(Version::new(1, 2, 3)));
+        assert_eq!(
+            find_version("demo v1.2.3 (abc)"),
+            Some(Version::new(1, 2, 3))
+        );
         assert_eq!(find_version("1.1.0\n"), Some(Version::new(1, 1, 0)));
-        assert_eq!(find_version("etcd Version: 3.4.23"), Some(Version::new(3, 4, 23)));
+        assert_eq!(
+            find_version("etcd Version: 3.4.23"),
+            Some(Version::new(3, 4, 23))
+        );
         assert_eq!(find_version("no version"), None);
     }
 
     #[test]
     fn commands_time_out_and_report_output() {
         let dir = std::env::temp_dir();
-        let out = run_command("echo hi; echo oops >&2; exit 3", &dir, &[], Duration::from_secs(5)).unwrap();
+        let out = run_command(
+            "echo hi; echo oops >&2; exit 3",
+            &dir,
+            &[],
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert_eq!(out.code, Some(3));
         assert_eq!(out.stdout.trim(), "hi");
         assert!(out.describe("stop").contains("oops"));
@@ -232,7 +278,13 @@ mod tests {
     fn a_daemon_holding_the_pipes_does_not_hang_the_applier() {
         let dir = std::env::temp_dir();
         let started = Instant::now();
-        let out = run_command("sleep 20 & echo started", &dir, &[], Duration::from_secs(10)).unwrap();
+        let out = run_command(
+            "sleep 20 & echo started",
+            &dir,
+            &[],
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert!(out.success());
         assert!(started.elapsed() < Duration::from_secs(5));
     }

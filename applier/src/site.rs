@@ -166,7 +166,8 @@ impl Site {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
-        let mut profile: SiteProfile = toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
+        let mut profile: SiteProfile =
+            toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
         let dir = std::path::absolute(airlock_formats::durable::parent_of(path))
             .map_err(|e| site_err(e.to_string()))?;
         let abs = |p: &mut PathBuf| {
@@ -183,10 +184,15 @@ impl Site {
         abs(&mut profile.paths.state_dir);
         abs(&mut profile.paths.backup_dir);
         profile.paths.staging_dir.iter_mut().for_each(abs);
-        for (name, probe) in [("service.health", Some(&profile.service.health)), ("service.version", profile.service.version.as_ref())] {
+        for (name, probe) in [
+            ("service.health", Some(&profile.service.health)),
+            ("service.version", profile.service.version.as_ref()),
+        ] {
             if let Some(p) = probe {
                 if p.command.is_some() == p.url.is_some() {
-                    return Err(site_err(format!("{name}: give exactly one of `command` and `url`")));
+                    return Err(site_err(format!(
+                        "{name}: give exactly one of `command` and `url`"
+                    )));
                 }
             }
         }
@@ -202,7 +208,8 @@ impl Site {
                     .map_err(|e| site_err(format!("trust.keys: `{}`: {e}", key.display())))?,
             );
         }
-        let trust = Trust::new(keys, profile.trust.threshold).map_err(|e| site_err(format!("trust: {e}")))?;
+        let trust = Trust::new(keys, profile.trust.threshold)
+            .map_err(|e| site_err(format!("trust: {e}")))?;
         Ok(Self {
             path: path.to_owned(),
             dir,

@@ -25,7 +25,10 @@ impl StageSink {
         if root.exists() {
             fs::remove_dir_all(root)?;
         }
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(root)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)?;
         Ok(Self {
             root: root.to_owned(),
             on_bytes,
@@ -45,7 +48,11 @@ impl StageSink {
 }
 
 impl PayloadSink for StageSink {
-    fn write_file(&mut self, entry: &FileEntry, contents: &mut dyn Read) -> Result<(), BundleError> {
+    fn write_file(
+        &mut self,
+        entry: &FileEntry,
+        contents: &mut dyn Read,
+    ) -> Result<(), BundleError> {
         let partial = self.partial(entry);
         let ctx = || format!("staging `{}` to `{}`", entry.path, partial.display());
         if let Some(parent) = partial.parent() {
@@ -56,7 +63,11 @@ impl PayloadSink for StageSink {
                 .map_err(BundleError::io(ctx()))?;
         }
         // Hook scripts must be executable by their owner; nothing else needs to be.
-        let mode = if entry.role == Role::Script { 0o700 } else { 0o600 };
+        let mode = if entry.role == Role::Script {
+            0o700
+        } else {
+            0o600
+        };
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -66,14 +77,18 @@ impl PayloadSink for StageSink {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = contents.read(&mut buf).map_err(|e| airlock_formats::payload::unwrap_io(&ctx(), e))?;
+            let n = contents
+                .read(&mut buf)
+                .map_err(|e| airlock_formats::payload::unwrap_io(&ctx(), e))?;
             if n == 0 {
                 break;
             }
             out.write_all(&buf[..n]).map_err(BundleError::io(ctx()))?;
             (self.on_bytes)(n as u64);
         }
-        let file = out.into_inner().map_err(|e| BundleError::io(ctx())(e.into_error()))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| BundleError::io(ctx())(e.into_error()))?;
         file.sync_all().map_err(BundleError::io(ctx()))?;
         Ok(())
     }
@@ -104,7 +119,9 @@ pub fn available_space(path: &Path) -> io::Result<u64> {
 /// Device id of the filesystem holding `path` (or its nearest existing ancestor).
 pub fn device_of(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
-    path.ancestors().find_map(|p| fs::metadata(p).ok()).map(|m| m.dev())
+    path.ancestors()
+        .find_map(|p| fs::metadata(p).ok())
+        .map(|m| m.dev())
 }
 
 /// Total size of the regular files below `path` (a file counts itself); 0 when missing.

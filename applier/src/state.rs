@@ -149,8 +149,10 @@ impl State {
     /// # Errors
     /// [`ApplyError::State`] naming the file.
     pub fn open(state_dir: &Path) -> Result<Self, ApplyError> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(ApplyError::io(format!("creating state folder `{}`", state_dir.display())))?;
+        std::fs::create_dir_all(state_dir).map_err(ApplyError::io(format!(
+            "creating state folder `{}`",
+            state_dir.display()
+        )))?;
         let path = state_dir.join(STATE_DB);
         let conn = Connection::open(&path).map_err(|e| ApplyError::State {
             path: path.clone(),
@@ -195,7 +197,14 @@ impl State {
             .query_row(
                 "SELECT name, version, bundle_sha256, installed_at FROM installed WHERE id = 1",
                 [],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
             )
             .optional()
             .map_err(|e| self.err(e))?;
@@ -218,7 +227,14 @@ impl State {
     ///
     /// # Errors
     /// [`ApplyError::State`].
-    pub fn begin_apply(&self, bundle: &str, sha256: &str, name: &str, from: &str, to: &str) -> Result<i64, ApplyError> {
+    pub fn begin_apply(
+        &self,
+        bundle: &str,
+        sha256: &str,
+        name: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<i64, ApplyError> {
         self.conn
             .execute(
                 "INSERT INTO applies (bundle, bundle_sha256, name, from_version, to_version, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -296,7 +312,12 @@ impl State {
     ///
     /// # Errors
     /// [`ApplyError::State`].
-    pub fn finish_apply_simple(&mut self, apply_id: i64, outcome: &str, error: &str) -> Result<(), ApplyError> {
+    pub fn finish_apply_simple(
+        &mut self,
+        apply_id: i64,
+        outcome: &str,
+        error: &str,
+    ) -> Result<(), ApplyError> {
         self.finish_apply(apply_id, outcome, Some(error), None)
     }
 
@@ -365,16 +386,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = State::open(dir.path()).unwrap();
         assert!(state.installed().unwrap().is_none());
-        let id = state.begin_apply("b.airlock", "00", "demo", "1.0.0", "1.1.0").unwrap();
+        let id = state
+            .begin_apply("b.airlock", "00", "demo", "1.0.0", "1.1.0")
+            .unwrap();
         state.journal(id, "lock", "").unwrap();
         state.journal(id, "stage", "").unwrap();
         state
             .finish_apply(id, "ok", None, Some(("demo", &Version::new(1, 1, 0), "00")))
             .unwrap();
-        assert_eq!(state.installed().unwrap().unwrap().version, Version::new(1, 1, 0));
-        state.audit(&AuditEntry { action: "apply".into(), outcome: "ok".into(), ..Default::default() }).unwrap();
+        assert_eq!(
+            state.installed().unwrap().unwrap().version,
+            Version::new(1, 1, 0)
+        );
+        state
+            .audit(&AuditEntry {
+                action: "apply".into(),
+                outcome: "ok".into(),
+                ..Default::default()
+            })
+            .unwrap();
         assert!(state.conn.execute("DELETE FROM audit", []).is_err());
-        assert!(state.conn.execute("UPDATE audit SET outcome = 'x'", []).is_err());
+        assert!(state
+            .conn
+            .execute("UPDATE audit SET outcome = 'x'", [])
+            .is_err());
         assert_eq!(state.recent_applies(5).unwrap()[0].outcome, "ok");
     }
 }

@@ -10,7 +10,9 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use airlock_formats::digest::HashingReader;
-use airlock_formats::{read_bundle, BundleError, BundleHeader, KeyId, Manifest, PayloadSink, Role, Sha256Digest};
+use airlock_formats::{
+    read_bundle, BundleError, BundleHeader, KeyId, Manifest, PayloadSink, Role, Sha256Digest,
+};
 use semver::Version;
 
 use crate::error::ApplyError;
@@ -53,7 +55,11 @@ pub struct Verified {
 impl Verified {
     /// Signer key ids, comma-separated.
     pub fn signers_text(&self) -> String {
-        self.signers.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        self.signers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -61,7 +67,10 @@ impl Verified {
 ///
 /// # Errors
 /// [`ApplyError::Preflight`] when neither can tell.
-pub fn installed_version(site: &Site, state: Option<&State>) -> Result<InstalledVersion, ApplyError> {
+pub fn installed_version(
+    site: &Site,
+    state: Option<&State>,
+) -> Result<InstalledVersion, ApplyError> {
     if let Some(installed) = state.map(State::installed).transpose()?.flatten() {
         return Ok(InstalledVersion {
             version: installed.version,
@@ -77,10 +86,17 @@ pub fn installed_version(site: &Site, state: Option<&State>) -> Result<Installed
     })?;
     let result = run_probe(probe, &site.dir, &[]);
     if !result.ok {
-        return Err(preflight(format!("the version probe failed: {}", result.output)));
+        return Err(preflight(format!(
+            "the version probe failed: {}",
+            result.output
+        )));
     }
-    let version = find_version(&result.output)
-        .ok_or_else(|| preflight(format!("the version probe printed no SemVer version: `{}`", result.output.trim())))?;
+    let version = find_version(&result.output).ok_or_else(|| {
+        preflight(format!(
+            "the version probe printed no SemVer version: `{}`",
+            result.output.trim()
+        ))
+    })?;
     Ok(InstalledVersion {
         version,
         source: "version probe",
@@ -93,25 +109,40 @@ fn now() -> u64 {
 
 /// Checks the manifest against the site; returns the reason and the help text
 /// for a refusal.
-fn check_manifest(site: &Site, m: &Manifest, installed: &Version, opts: VerifyOptions) -> Result<(), (String, String)> {
+fn check_manifest(
+    site: &Site,
+    m: &Manifest,
+    installed: &Version,
+    opts: VerifyOptions,
+) -> Result<(), (String, String)> {
     if let Some(expires) = m.expires_at {
         if now() > expires {
             return Err((
-                format!("it expired at {expires} (Unix seconds); the clock here says {}", now()),
+                format!(
+                    "it expired at {expires} (Unix seconds); the clock here says {}",
+                    now()
+                ),
                 "ask the release engineer for a fresh bundle, or check this machine's clock".into(),
             ));
         }
     }
     if m.platform != site.platform() {
         return Err((
-            format!("it is built for {}, this site is {}", m.platform, site.platform()),
+            format!(
+                "it is built for {}, this site is {}",
+                m.platform,
+                site.platform()
+            ),
             "use the bundle built for this platform".into(),
         ));
     }
     let own = Version::parse(airlock_formats::VERSION).unwrap_or_else(|_| Version::new(0, 0, 0));
     if m.min_applier_version > own {
         return Err((
-            format!("it needs airlock-apply {} or newer, this is {own}", m.min_applier_version),
+            format!(
+                "it needs airlock-apply {} or newer, this is {own}",
+                m.min_applier_version
+            ),
             "bring a newer airlock-apply to the site first".into(),
         ));
     }
@@ -123,21 +154,31 @@ fn check_manifest(site: &Site, m: &Manifest, installed: &Version, opts: VerifyOp
     }
     if m.version < *installed && !opts.allow_downgrade {
         return Err((
-            format!("{} is older than the installed {installed} (a downgrade)", m.version),
+            format!(
+                "{} is older than the installed {installed} (a downgrade)",
+                m.version
+            ),
             "pass --allow-downgrade if a downgrade is really intended".into(),
         ));
     }
     if !m.upgrades_from.matches(installed) && !opts.allow_downgrade {
         return Err((
-            format!("it upgrades installed versions `{}`, but {installed} is installed", m.upgrades_from),
-            "apply the intermediate release first, or ask for a bundle that upgrades this version".into(),
+            format!(
+                "it upgrades installed versions `{}`, but {installed} is installed",
+                m.upgrades_from
+            ),
+            "apply the intermediate release first, or ask for a bundle that upgrades this version"
+                .into(),
         ));
     }
     for database in m.migrated_databases() {
         let Some(path) = site.profile.data.databases.get(database) else {
             return Err((
                 format!("it migrates database `{database}`, which site.toml does not list"),
-                format!("add `{database}` under [data.databases] in {}", site.path.display()),
+                format!(
+                    "add `{database}` under [data.databases] in {}",
+                    site.path.display()
+                ),
             ));
         };
         migrate::check_applied(path, database, m).map_err(|reason| {
@@ -152,7 +193,10 @@ fn check_manifest(site: &Site, m: &Manifest, installed: &Version, opts: VerifyOp
         if !site.profile.binaries.contains_key(name) && f.install_path.is_none() {
             return Err((
                 format!("binary `{name}` has no install path"),
-                format!("add `{name} = \"/path\"` under [binaries] in {}", site.path.display()),
+                format!(
+                    "add `{name} = \"/path\"` under [binaries] in {}",
+                    site.path.display()
+                ),
             ));
         }
     }
@@ -173,7 +217,10 @@ pub fn read_and_verify(
     sink: Option<&mut dyn PayloadSink>,
 ) -> Result<Verified, ApplyError> {
     let installed = installed_version(site, state)?;
-    let file = File::open(bundle).map_err(ApplyError::io(format!("opening bundle `{}`", bundle.display())))?;
+    let file = File::open(bundle).map_err(ApplyError::io(format!(
+        "opening bundle `{}`",
+        bundle.display()
+    )))?;
     let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, file));
     let mut signers = Vec::new();
     let mut refusal_help = None;
@@ -209,8 +256,10 @@ pub fn read_and_verify(
     })?;
     if read_payload {
         // Hash whatever padding follows the container too.
-        std::io::copy(&mut hashing, &mut std::io::sink())
-            .map_err(ApplyError::io(format!("reading bundle `{}`", bundle.display())))?;
+        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(ApplyError::io(format!(
+            "reading bundle `{}`",
+            bundle.display()
+        )))?;
     }
     let (bundle_sha256, _) = hashing.finish();
     Ok(Verified {

@@ -72,7 +72,10 @@ fn main() -> ExitCode {
                 eprintln!("\nhelp: {help}");
             }
             if json {
-                println!("{}", serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()})
+                );
             }
             ExitCode::from(e.exit_code())
         }
@@ -82,14 +85,25 @@ fn main() -> ExitCode {
 fn run(program: Program) -> Result<(), ApplyError> {
     let reporter = Reporter::new(program.json);
     match program.command {
-        Command::Verify { bundle, site, allow_downgrade } => {
+        Command::Verify {
+            bundle,
+            site,
+            allow_downgrade,
+        } => {
             let site = Site::load(&site)?;
             let state = State::open_existing(&site.profile.paths.state_dir)?;
             let opts = VerifyOptions { allow_downgrade };
-            let result = read_and_verify(&site, state.as_ref(), &bundle, opts, Some(&mut DiscardSink));
+            let result =
+                read_and_verify(&site, state.as_ref(), &bundle, opts, Some(&mut DiscardSink));
             if let Some(state) = &state {
                 let (outcome, error, version, sha, signers) = match &result {
-                    Ok(v) => ("ok", None, Some(v.header.manifest.version.to_string()), Some(v.bundle_sha256.to_hex()), Some(v.signers_text())),
+                    Ok(v) => (
+                        "ok",
+                        None,
+                        Some(v.header.manifest.version.to_string()),
+                        Some(v.bundle_sha256.to_hex()),
+                        Some(v.signers_text()),
+                    ),
                     Err(e) => ("refused", Some(e.to_string()), None, None, None),
                 };
                 let _ = state.audit(&AuditEntry {
@@ -120,7 +134,11 @@ fn run(program: Program) -> Result<(), ApplyError> {
                 ),
             );
         }
-        Command::Apply { bundle, site, allow_downgrade } => {
+        Command::Apply {
+            bundle,
+            site,
+            allow_downgrade,
+        } => {
             let site = Site::load(&site)?;
             let report = apply(&site, &bundle, VerifyOptions { allow_downgrade }, &reporter)?;
             reporter.event(
@@ -132,7 +150,11 @@ fn run(program: Program) -> Result<(), ApplyError> {
                     report.to,
                     reporter.elapsed().as_secs_f64(),
                     report.downtime.as_secs_f64(),
-                    if report.migrations.is_empty() { "none".into() } else { report.migrations.join(", ") },
+                    if report.migrations.is_empty() {
+                        "none".into()
+                    } else {
+                        report.migrations.join(", ")
+                    },
                     report.backup_dir.display()
                 ),
             );
@@ -171,7 +193,10 @@ fn run(program: Program) -> Result<(), ApplyError> {
                     println!("  none");
                 }
                 for a in &applies {
-                    println!("  #{} {} -> {} {} at {} ({})", a.id, a.from_version, a.to_version, a.outcome, a.started_at, a.bundle);
+                    println!(
+                        "  #{} {} -> {} {} at {} ({})",
+                        a.id, a.from_version, a.to_version, a.outcome, a.started_at, a.bundle
+                    );
                     if let Some(e) = &a.error {
                         println!("      {e}");
                     }
@@ -181,10 +206,10 @@ fn run(program: Program) -> Result<(), ApplyError> {
                     println!("  none");
                 }
                 for b in &backups {
-                    let what = b
-                        .manifest
-                        .as_ref()
-                        .map_or_else(|| "incomplete".to_string(), |m| format!("{} -> {}", m.from_version, m.to_version));
+                    let what = b.manifest.as_ref().map_or_else(
+                        || "incomplete".to_string(),
+                        |m| format!("{} -> {}", m.from_version, m.to_version),
+                    );
                     println!("  {}  {}  {} MiB", b.dir.display(), what, b.size >> 20);
                 }
             }

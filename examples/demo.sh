@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The README's demo: build a signed bundle from examples/demo, apply it to a
+# throwaway site running airlock-demo-service 1.0.0, then apply a broken 1.2.0
+# and watch it roll back by itself. Needs only this repository and cargo.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+echo "==> building airlock (cargo build)"
+cargo build --quiet -p airlock-builder -p airlock-applier -p airlock-tests --bin airlock-build --bin airlock-apply --bin airlock-demo-service
+bin="$repo/target/debug"
+build="$bin/airlock-build"
+apply="$bin/airlock-apply"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/airlock-demo.XXXXXX")
+stop_service() { if [ -f "$work/site/node/pid" ]; then kill "$(cat "$work/site/node/pid")" 2>/dev/null || true; fi; }
+trap 'stop_service' EXIT
+echo "==> throwaway folder: $work"
+
+echo "==> release engineer: make a release key"
+mkdir -p "$work/keys"
+"$build" keygen --out "$work/keys/release" --unencrypted
+
+echo "==> release engineer: build demo 1.1.0"
+cp -r examples/demo "$work/release"
+mkdir -p "$work/release/bin"
+cp "$bin/airlock-demo-service" "$work/release/bin/"
+export SOURCE_DATE_EPOCH=1767225600
+"$build" --no-progress build --spec "$work/release/bundle.toml" --key "$work/keys/release.key" --out "$work/out"
+"$build" inspect "$work/out/demo-1.1.0.airlock"
+
+echo "==> site operator: a node running demo 1.0.0"
+site="$work/site"
+mkdir -p "$site/node/bin" "$site/keys"
+cp "$work/release/site/site.toml" "$site/site.toml"
+cp "$work/keys/release.pub" "$site/keys/"
+cp "$bin/airlock-demo-service" "$site/node/bin/demo-service"
+echo "1.0.0" > "$site/node/RELEASE"
+echo "healthy = true" > "$site/node/service.conf"
+cd "$site"
+nohup node/bin/demo-service --listen 127.0.0.1:18431 --release-file node/RELEASE --config node/service.conf > node/service.log 2>&1 &
+echo $! > node/pid
+cd "$repo"
+sleep 0.5
+
+echo "==> site operator: verify, then apply 1.1.0"
+"$apply" verify "$work/out/demo-1.1.0.airlock" --site "$site/site.toml"
+"$apply" apply "$work/out/demo-1.1.0.airlock" --site "$site/site.toml"
+"$apply" status --site "$site/site.toml"
+
+echo "==> release engineer: build demo 1.2.0, whose config makes the health check fail"
+cd "$work/release"
+printf 'ALTER TABLE orders ADD COLUMN note TEXT;\n' > migrations/0003_add_note.sql
+printf 'healthy = false\n' > service.conf
+echo "1.2.0" > RELEASE
+sed -e 's/^version = .*/version = "1.2.0"/' -e 's/^upgrades_from = .*/upgrades_from = ">=1.1.0, <1.2.0"/' bundle.toml > bundle-1.2.0.toml
+printf '\n[[file]]\nsource = "service.conf"\ninstall_path = "/opt/demo/service.conf"\n' >> bundle-1.2.0.toml
+"$build" --no-progress build --spec bundle-1.2.0.toml --key "$work/keys/release.key" --out "$work/out"
+cd "$repo"
+
+echo "==> site operator: apply 1.2.0 (expected to fail and roll back, exit code 4)"
+set +e
+"$apply" apply "$work/out/demo-1.2.0.airlock" --site "$site/site.toml"
+code=$?
+set -e
+echo "airlock-apply exited with $code"
+[ "$code" -eq 4 ] || { echo "demo: expected exit code 4 (rolled back)"; exit 1; }
+echo "==> the node runs 1.1.0 again:"
+"$apply" status --site "$site/site.toml"
+version=$(cat "$site/node/RELEASE")
+[ "$version" = "1.1.0" ] || { echo "demo: RELEASE is $version, expected 1.1.0"; exit 1; }
+echo "demo finished: 1.0.0 -> 1.1.0 applied, broken 1.2.0 rolled back to 1.1.0"
+rm -rf "$work"
