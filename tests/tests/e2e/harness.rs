@@ -1,0 +1,440 @@
+//! What the end-to-end tests start and inspect: the real binaries, a real etcd
+//! member on 127.0.0.1 as the service, real SQLite files.
+
+use std::fs;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use rusqlite::Connection;
+use sha2::{Digest as _, Sha256};
+
+/// The workspace's `target/<profile>` folder, where cargo put the binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/e2e-HASH -> target/debug
+    exe.parent().and_then(Path::parent).expect("target folder").to_owned()
+}
+
+/// Path of a workspace binary, with a clear message when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Outcome of running a binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "command failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// Runs `airlock-build ARGS` with `SOURCE_DATE_EPOCH` fixed.
+pub fn airlock_build(args: &[&str]) -> Run {
+    Run::from(
+        Command::new(bin("airlock-build"))
+            .args(args)
+            .env("SOURCE_DATE_EPOCH", "1767225600")
+            .env_remove("AIRLOCK_PASSPHRASE")
+            .output()
+            .expect("run airlock-build"),
+    )
+}
+
+/// Runs `airlock-apply ARGS`.
+pub fn airlock_apply(args: &[&str]) -> Run {
+    Run::from(Command::new(bin("airlock-apply")).args(args).output().expect("run airlock-apply"))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("pick a free port")
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))))
+}
+
+/// SHA-256 over every file below `dir` (paths and contents), hex.
+pub fn sha256_tree(dir: &Path) -> String {
+    let mut h = Sha256::new();
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            h.update(entry.path().strip_prefix(dir).unwrap().to_string_lossy().as_bytes());
+            h.update(fs::read(entry.path()).unwrap());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// SHA-256 of a logical dump of a SQLite database: every table's schema and
+/// every row in rowid order.
+pub fn sqlite_dump_hash(path: &Path) -> String {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut h = Sha256::new();
+    let tables: Vec<(String, String)> = conn
+        .prepare("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (name, sql) in tables {
+        h.update(sql.as_bytes());
+        if !sql.starts_with("CREATE TABLE") {
+            continue;
+        }
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid")).unwrap();
+        let cols = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for i in 0..cols {
+                let v: rusqlite::types::Value = row.get(i).unwrap();
+                h.update(format!("{v:?}|").as_bytes());
+            }
+            h.update(b"\n");
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// Creates the service's database at version 1.0.0: 120,000 rows over three tables.
+pub fn create_app_db(path: &Path) {
+    let mut conn = Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, region TEXT NOT NULL);
+         CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL REFERENCES customers(id),
+                              amount_cents INTEGER NOT NULL, placed_at INTEGER NOT NULL);
+         CREATE TABLE order_lines (id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL REFERENCES orders(id),
+                                   sku TEXT NOT NULL, quantity INTEGER NOT NULL);",
+    )
+    .unwrap();
+    let tx = conn.transaction().unwrap();
+    {
+        let mut c = tx.prepare("INSERT INTO customers (id, name, region) VALUES (?1, ?2, ?3)").unwrap();
+        for i in 0..10_000i64 {
+            c.execute(rusqlite::params![i, format!("customer-{i}"), ["north", "south", "east", "west"][(i % 4) as usize]])
+                .unwrap();
+        }
+        let mut o = tx
+            .prepare("INSERT INTO orders (id, customer_id, amount_cents, placed_at) VALUES (?1, ?2, ?3, ?4)")
+            .unwrap();
+        for i in 0..50_000i64 {
+            o.execute(rusqlite::params![i, i % 10_000, (i * 37) % 100_000, 1_700_000_000 + i]).unwrap();
+        }
+        let mut l = tx
+            .prepare("INSERT INTO order_lines (id, order_id, sku, quantity) VALUES (?1, ?2, ?3, ?4)")
+            .unwrap();
+        for i in 0..60_000i64 {
+            l.execute(rusqlite::params![i, i % 50_000, format!("SKU-{:05}", i % 997), 1 + i % 5]).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+}
+
+/// The migrations of release 1.1.0, written as sqlx writes them.
+pub fn write_migrations(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(
+        dir.join("0001_add_order_status.sql"),
+        "ALTER TABLE orders ADD COLUMN status TEXT NOT NULL DEFAULT 'open';\n\
+         CREATE INDEX orders_by_status ON orders (status);\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("0002_customer_totals.sql"),
+        "CREATE TABLE customer_totals (customer_id INTEGER PRIMARY KEY, total_cents INTEGER NOT NULL);\n\
+         INSERT INTO customer_totals SELECT customer_id, SUM(amount_cents) FROM orders GROUP BY customer_id;\n",
+    )
+    .unwrap();
+}
+
+/// One node: a folder with an installed etcd, its data dir (the Raft data),
+/// the service's SQLite database, and a site profile.
+pub struct EtcdNode {
+    pub root: PathBuf,
+    pub client_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+pub const KEY_COUNT: usize = 3000;
+
+impl EtcdNode {
+    /// Sets up a node running release 1.0.0 (a copy of /usr/bin/etcd) with
+    /// `KEY_COUNT` keys written and the application database created; the
+    /// site trusts `trusted` keys with `threshold`.
+    pub fn start(trusted: &[&Path], threshold: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        for sub in ["node/bin", "keys", "state", "backups"] {
+            fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        fs::copy("/usr/bin/etcd", root.join("node/bin/etcd")).expect("copy /usr/bin/etcd (install etcd-server)");
+        fs::write(root.join("node/RELEASE"), "1.0.0\n").unwrap();
+        fs::write(root.join("node/etcd.conf"), "# service config, backed up with the data\nquota=2GiB\n").unwrap();
+        create_app_db(&root.join("node/app.db"));
+        let client_port = free_port();
+        let peer_port = free_port();
+        let mut keys = String::new();
+        for (i, key) in trusted.iter().enumerate() {
+            let name = format!("keys/trusted-{i}.pub");
+            fs::copy(key, root.join(&name)).unwrap();
+            keys.push_str(&format!("\"{name}\", "));
+        }
+        let start = format!(
+            "for v in $(env | grep -o '^ETCD_[A-Z_]*'); do unset $v; done; \
+             nohup node/bin/etcd --name n1 --data-dir node/data \
+             --listen-client-urls http://127.0.0.1:{client_port} --advertise-client-urls http://127.0.0.1:{client_port} \
+             --listen-peer-urls http://127.0.0.1:{peer_port} --initial-advertise-peer-urls http://127.0.0.1:{peer_port} \
+             --initial-cluster n1=http://127.0.0.1:{peer_port} > node/etcd.log 2>&1 & echo $! > node/pid"
+        );
+        fs::write(
+            root.join("stop.sh"),
+            "#!/bin/sh\n# Stops the member and waits until the process is gone (a zombie counts as gone).\n\
+             [ -f node/pid ] || exit 0\npid=$(cat node/pid)\nkill \"$pid\" 2>/dev/null\n\
+             while [ -d /proc/$pid ] && ! grep -q '^State:[[:space:]]*Z' /proc/$pid/status 2>/dev/null; do sleep 0.1; done\n\
+             rm -f node/pid\n",
+        )
+        .unwrap();
+        fs::set_permissions(root.join("stop.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        let site = format!(
+            r#"[service]
+name = "etcd member n1"
+start = '''{start}'''
+stop = "./stop.sh"
+health = {{ command = "etcdctl --endpoints http://127.0.0.1:{client_port} --dial-timeout 2s --command-timeout 3s endpoint health", timeout_secs = 8 }}
+version = {{ command = "cat node/RELEASE" }}
+health_wait_secs = 30
+stop_wait_secs = 30
+
+[binaries]
+etcd = "node/bin/etcd"
+
+[files]
+"files/RELEASE" = "node/RELEASE"
+
+[data]
+databases = {{ main = "node/app.db" }}
+raft_dir = "node/data"
+config_files = ["node/etcd.conf"]
+
+[trust]
+keys = [{keys}]
+threshold = {threshold}
+
+[paths]
+state_dir = "state"
+backup_dir = "backups"
+keep_backups = 2
+"#
+        );
+        fs::write(root.join("site.toml"), site).unwrap();
+        let node = Self {
+            root,
+            client_port,
+            _dir: dir,
+        };
+        node.run_sh(&start);
+        node.wait_healthy(Duration::from_secs(30));
+        node.put_keys(KEY_COUNT);
+        node
+    }
+
+    pub fn site(&self) -> String {
+        self.root.join("site.toml").display().to_string()
+    }
+
+    fn run_sh(&self, script: &str) {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&self.root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "`{script}` failed");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.client_port)
+    }
+
+    pub fn healthy(&self) -> bool {
+        Command::new("etcdctl")
+            .args(["--endpoints", &self.url(""), "--dial-timeout", "2s", "--command-timeout", "3s", "endpoint", "health"])
+            .env_remove("ETCDCTL_API")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    pub fn wait_healthy(&self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while !self.healthy() {
+            assert!(Instant::now() < deadline, "etcd did not become healthy; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.root.join("node/etcd.log")).unwrap_or_default()
+    }
+
+    fn post(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut resp = agent
+            .post(&self.url(path))
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    /// Writes `key/00000` .. through etcd's v3 HTTP gateway.
+    pub fn put_keys(&self, n: usize) {
+        for i in 0..n {
+            let key = BASE64.encode(format!("key/{i:05}"));
+            let value = BASE64.encode(format!("value-{i}"));
+            self.post("/v3/kv/put", &serde_json::json!({"key": key, "value": value}));
+        }
+    }
+
+    /// How many `key/` keys etcd holds.
+    pub fn count_keys(&self) -> usize {
+        let v = self.post(
+            "/v3/kv/range",
+            &serde_json::json!({"key": BASE64.encode("key/"), "range_end": BASE64.encode("key0"), "count_only": true}),
+        );
+        v["count"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    /// Hashes of what an apply may change: binary, release file, database, Raft data, config.
+    pub fn snapshot(&self) -> [String; 4] {
+        [
+            sha256_file(&self.root.join("node/bin/etcd")),
+            sha256_file(&self.root.join("node/RELEASE")),
+            sqlite_dump_hash(&self.root.join("node/app.db")),
+            sha256_file(&self.root.join("node/etcd.conf")),
+        ]
+    }
+
+    /// File-level hashes of the database file and the Raft folder (stable only while nothing writes).
+    pub fn file_snapshot(&self) -> [String; 2] {
+        [sha256_file(&self.root.join("node/app.db")), sha256_tree(&self.root.join("node/data"))]
+    }
+}
+
+impl Drop for EtcdNode {
+    fn drop(&mut self) {
+        let _ = Command::new("sh").arg("-c").arg("./stop.sh").current_dir(&self.root).status();
+    }
+}
+
+/// A release key made with `airlock-build keygen --unencrypted`.
+pub struct Keys {
+    pub dir: tempfile::TempDir,
+}
+
+impl Keys {
+    pub fn new(names: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for name in names {
+            airlock_build(&["keygen", "--out", &dir.path().join(name).display().to_string(), "--unencrypted"]).ok();
+        }
+        Self { dir }
+    }
+
+    pub fn secret(&self, name: &str) -> String {
+        self.dir.path().join(format!("{name}.key")).display().to_string()
+    }
+
+    pub fn public(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.pub"))
+    }
+}
+
+/// Writes a release folder for `version`: the etcd binary (with `marker`
+/// appended so each release's binary hashes differently, or replaced by a
+/// script when `broken`), a RELEASE file and the 1.1.0 migrations.
+pub fn write_release(dir: &Path, version: &str, upgrades_from: &str, broken: bool) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let binary = dir.join("etcd");
+    if broken {
+        fs::write(&binary, "#!/bin/sh\necho 'this build crashes at start' >&2\nexit 1\n").unwrap();
+    } else {
+        fs::copy("/usr/bin/etcd", &binary).unwrap();
+        let mut f = fs::OpenOptions::new().append(true).open(&binary).unwrap();
+        // Bytes after the ELF sections change the file's hash, not how it runs.
+        f.write_all(format!("\nairlock-test-release-{version}\n").as_bytes()).unwrap();
+    }
+    fs::write(dir.join("RELEASE"), format!("{version}\n")).unwrap();
+    write_migrations(&dir.join("migrations"));
+    let spec = dir.join("bundle.toml");
+    fs::write(
+        &spec,
+        format!(
+            r#"name = "etcd-node"
+version = "{version}"
+upgrades_from = "{upgrades_from}"
+
+[[binary]]
+name = "etcd"
+source = "etcd"
+install_path = "/opt/etcd/bin/etcd"
+
+[[file]]
+source = "RELEASE"
+install_path = "/opt/etcd/RELEASE"
+
+[[migrations]]
+database = "main"
+dir = "migrations"
+"#
+        ),
+    )
+    .unwrap();
+    spec
+}
+
+/// Builds the release at `spec` signed by `key` into `out`; returns the bundle path.
+pub fn build_bundle(spec: &Path, key: &str, out: &Path) -> PathBuf {
+    let run = airlock_build(&["--no-progress", "build", "--spec", &spec.display().to_string(), "--key", key, "--out", &out.display().to_string()]).ok();
+    PathBuf::from(run.stdout.trim())
+}
