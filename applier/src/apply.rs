@@ -700,15 +700,12 @@ fn run_steps(run: &mut Run<'_>) -> Result<ApplyReport, ApplyError> {
             .state
             .finish_apply_simple(run.apply_id, outcome, &error.to_string());
         audit(&run.state, outcome, Some(error.to_string()));
-        run.reporter.event(
-            "rollback",
-            if outcome == "rolled-back" {
-                "ok"
-            } else {
-                "failed"
-            },
-            &error.to_string(),
-        );
+        let (status, summary) = if problems.is_empty() {
+            ("ok", format!("the node runs {old} again, healthy"))
+        } else {
+            ("failed", format!("incomplete: {}", problems.join("; ")))
+        };
+        run.reporter.event("rollback", status, &summary);
         return Err(error);
     }
 

@@ -136,7 +136,7 @@ pub fn discover(dir: &Path) -> Result<Vec<FoundMigration>, BuildError> {
             ));
         }
     }
-    found.sort_by(|a, b| (a.order, a.direction).cmp(&(b.order, b.direction)));
+    found.sort_by_key(|m| (m.order, m.direction));
     Ok(found)
 }
 

@@ -149,11 +149,11 @@ pub fn rewrite_signatures<R: Read, W: Write>(
     signatures: &[Signature],
 ) -> Result<W, BundleError> {
     let mut archive = tar::Archive::new(reader);
-    let mut entries = archive
+    let entries = archive
         .entries()
         .map_err(BundleError::io("reading the bundle"))?;
     let mut manifest_bytes = None;
-    while let Some(entry) = entries.next() {
+    for entry in entries {
         let mut entry = entry.map_err(BundleError::io("reading the bundle"))?;
         let name = entry_name(&entry)?;
         if name == MANIFEST_ENTRY {

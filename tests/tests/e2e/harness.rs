@@ -18,7 +18,10 @@ use sha2::{Digest as _, Sha256};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/e2e-HASH -> target/debug
-    exe.parent().and_then(Path::parent).expect("target folder").to_owned()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target folder")
+        .to_owned()
 }
 
 /// Path of a workspace binary, with a clear message when it was not built.
@@ -50,7 +53,11 @@ impl Run {
 
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "command failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -69,7 +76,12 @@ pub fn airlock_build(args: &[&str]) -> Run {
 
 /// Runs `airlock-apply ARGS`.
 pub fn airlock_apply(args: &[&str]) -> Run {
-    Run::from(Command::new(bin("airlock-apply")).args(args).output().expect("run airlock-apply"))
+    Run::from(
+        Command::new(bin("airlock-apply"))
+            .args(args)
+            .output()
+            .expect("run airlock-apply"),
+    )
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -82,7 +94,9 @@ pub fn free_port() -> u16 {
 
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> String {
-    hex::encode(Sha256::digest(fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))))
+    hex::encode(Sha256::digest(
+        fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())),
+    ))
 }
 
 /// SHA-256 over every file below `dir` (paths and contents), hex.
@@ -91,7 +105,14 @@ pub fn sha256_tree(dir: &Path) -> String {
     for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
         let entry = entry.unwrap();
         if entry.file_type().is_file() {
-            h.update(entry.path().strip_prefix(dir).unwrap().to_string_lossy().as_bytes());
+            h.update(
+                entry
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
             h.update(fs::read(entry.path()).unwrap());
         }
     }
@@ -101,7 +122,8 @@ pub fn sha256_tree(dir: &Path) -> String {
 /// SHA-256 of a logical dump of a SQLite database: every table's schema and
 /// every row in rowid order.
 pub fn sqlite_dump_hash(path: &Path) -> String {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let conn =
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut h = Sha256::new();
     let tables: Vec<(String, String)> = conn
         .prepare("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name")
@@ -115,7 +137,9 @@ pub fn sqlite_dump_hash(path: &Path) -> String {
         if !sql.starts_with("CREATE TABLE") {
             continue;
         }
-        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid")).unwrap();
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid"))
+            .unwrap();
         let cols = stmt.column_count();
         let mut rows = stmt.query([]).unwrap();
         while let Some(row) = rows.next().unwrap() {
@@ -143,26 +167,47 @@ pub fn create_app_db(path: &Path) {
     .unwrap();
     let tx = conn.transaction().unwrap();
     {
-        let mut c = tx.prepare("INSERT INTO customers (id, name, region) VALUES (?1, ?2, ?3)").unwrap();
+        let mut c = tx
+            .prepare("INSERT INTO customers (id, name, region) VALUES (?1, ?2, ?3)")
+            .unwrap();
         for i in 0..10_000i64 {
-            c.execute(rusqlite::params![i, format!("customer-{i}"), ["north", "south", "east", "west"][(i % 4) as usize]])
-                .unwrap();
+            c.execute(rusqlite::params![
+                i,
+                format!("customer-{i}"),
+                ["north", "south", "east", "west"][(i % 4) as usize]
+            ])
+            .unwrap();
         }
         let mut o = tx
             .prepare("INSERT INTO orders (id, customer_id, amount_cents, placed_at) VALUES (?1, ?2, ?3, ?4)")
             .unwrap();
         for i in 0..50_000i64 {
-            o.execute(rusqlite::params![i, i % 10_000, (i * 37) % 100_000, 1_700_000_000 + i]).unwrap();
+            o.execute(rusqlite::params![
+                i,
+                i % 10_000,
+                (i * 37) % 100_000,
+                1_700_000_000 + i
+            ])
+            .unwrap();
         }
         let mut l = tx
-            .prepare("INSERT INTO order_lines (id, order_id, sku, quantity) VALUES (?1, ?2, ?3, ?4)")
+            .prepare(
+                "INSERT INTO order_lines (id, order_id, sku, quantity) VALUES (?1, ?2, ?3, ?4)",
+            )
             .unwrap();
         for i in 0..60_000i64 {
-            l.execute(rusqlite::params![i, i % 50_000, format!("SKU-{:05}", i % 997), 1 + i % 5]).unwrap();
+            l.execute(rusqlite::params![
+                i,
+                i % 50_000,
+                format!("SKU-{:05}", i % 997),
+                1 + i % 5
+            ])
+            .unwrap();
         }
     }
     tx.commit().unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
 }
 
 /// The migrations of release 1.1.0, written as sqlx writes them.
@@ -202,9 +247,14 @@ impl EtcdNode {
         for sub in ["node/bin", "keys", "state", "backups"] {
             fs::create_dir_all(root.join(sub)).unwrap();
         }
-        fs::copy("/usr/bin/etcd", root.join("node/bin/etcd")).expect("copy /usr/bin/etcd (install etcd-server)");
+        fs::copy("/usr/bin/etcd", root.join("node/bin/etcd"))
+            .expect("copy /usr/bin/etcd (install etcd-server)");
         fs::write(root.join("node/RELEASE"), "1.0.0\n").unwrap();
-        fs::write(root.join("node/etcd.conf"), "# service config, backed up with the data\nquota=2GiB\n").unwrap();
+        fs::write(
+            root.join("node/etcd.conf"),
+            "# service config, backed up with the data\nquota=2GiB\n",
+        )
+        .unwrap();
         create_app_db(&root.join("node/app.db"));
         let client_port = free_port();
         let peer_port = free_port();
@@ -295,7 +345,16 @@ keep_backups = 2
 
     pub fn healthy(&self) -> bool {
         Command::new("etcdctl")
-            .args(["--endpoints", &self.url(""), "--dial-timeout", "2s", "--command-timeout", "3s", "endpoint", "health"])
+            .args([
+                "--endpoints",
+                &self.url(""),
+                "--dial-timeout",
+                "2s",
+                "--command-timeout",
+                "3s",
+                "endpoint",
+                "health",
+            ])
             .env_remove("ETCDCTL_API")
             .output()
             .map(|o| o.status.success())
@@ -305,7 +364,11 @@ keep_backups = 2
     pub fn wait_healthy(&self, wait: Duration) {
         let deadline = Instant::now() + wait;
         while !self.healthy() {
-            assert!(Instant::now() < deadline, "etcd did not become healthy; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -332,7 +395,10 @@ keep_backups = 2
         for i in 0..n {
             let key = BASE64.encode(format!("key/{i:05}"));
             let value = BASE64.encode(format!("value-{i}"));
-            self.post("/v3/kv/put", &serde_json::json!({"key": key, "value": value}));
+            self.post(
+                "/v3/kv/put",
+                &serde_json::json!({"key": key, "value": value}),
+            );
         }
     }
 
@@ -342,7 +408,10 @@ keep_backups = 2
             "/v3/kv/range",
             &serde_json::json!({"key": BASE64.encode("key/"), "range_end": BASE64.encode("key0"), "count_only": true}),
         );
-        v["count"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+        v["count"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Hashes of what an apply may change: binary, release file, database, Raft data, config.
@@ -357,13 +426,20 @@ keep_backups = 2
 
     /// File-level hashes of the database file and the Raft folder (stable only while nothing writes).
     pub fn file_snapshot(&self) -> [String; 2] {
-        [sha256_file(&self.root.join("node/app.db")), sha256_tree(&self.root.join("node/data"))]
+        [
+            sha256_file(&self.root.join("node/app.db")),
+            sha256_tree(&self.root.join("node/data")),
+        ]
     }
 }
 
 impl Drop for EtcdNode {
     fn drop(&mut self) {
-        let _ = Command::new("sh").arg("-c").arg("./stop.sh").current_dir(&self.root).status();
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg("./stop.sh")
+            .current_dir(&self.root)
+            .status();
     }
 }
 
@@ -376,13 +452,23 @@ impl Keys {
     pub fn new(names: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         for name in names {
-            airlock_build(&["keygen", "--out", &dir.path().join(name).display().to_string(), "--unencrypted"]).ok();
+            airlock_build(&[
+                "keygen",
+                "--out",
+                &dir.path().join(name).display().to_string(),
+                "--unencrypted",
+            ])
+            .ok();
         }
         Self { dir }
     }
 
     pub fn secret(&self, name: &str) -> String {
-        self.dir.path().join(format!("{name}.key")).display().to_string()
+        self.dir
+            .path()
+            .join(format!("{name}.key"))
+            .display()
+            .to_string()
     }
 
     pub fn public(&self, name: &str) -> PathBuf {
@@ -397,12 +483,17 @@ pub fn write_release(dir: &Path, version: &str, upgrades_from: &str, broken: boo
     fs::create_dir_all(dir).unwrap();
     let binary = dir.join("etcd");
     if broken {
-        fs::write(&binary, "#!/bin/sh\necho 'this build crashes at start' >&2\nexit 1\n").unwrap();
+        fs::write(
+            &binary,
+            "#!/bin/sh\necho 'this build crashes at start' >&2\nexit 1\n",
+        )
+        .unwrap();
     } else {
         fs::copy("/usr/bin/etcd", &binary).unwrap();
         let mut f = fs::OpenOptions::new().append(true).open(&binary).unwrap();
         // Bytes after the ELF sections change the file's hash, not how it runs.
-        f.write_all(format!("\nairlock-test-release-{version}\n").as_bytes()).unwrap();
+        f.write_all(format!("\nairlock-test-release-{version}\n").as_bytes())
+            .unwrap();
     }
     fs::write(dir.join("RELEASE"), format!("{version}\n")).unwrap();
     write_migrations(&dir.join("migrations"));
@@ -435,6 +526,16 @@ dir = "migrations"
 
 /// Builds the release at `spec` signed by `key` into `out`; returns the bundle path.
 pub fn build_bundle(spec: &Path, key: &str, out: &Path) -> PathBuf {
-    let run = airlock_build(&["--no-progress", "build", "--spec", &spec.display().to_string(), "--key", key, "--out", &out.display().to_string()]).ok();
+    let run = airlock_build(&[
+        "--no-progress",
+        "build",
+        "--spec",
+        &spec.display().to_string(),
+        "--key",
+        key,
+        "--out",
+        &out.display().to_string(),
+    ])
+    .ok();
     PathBuf::from(run.stdout.trim())
 }

@@ -4,7 +4,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use airlock_formats::manifest::{PayloadInfo, FORMAT_MARKER};
-use airlock_formats::{write_bundle, BundlePath, FileEntry, Hooks, Manifest, Role, SecretKey, Sha256Digest};
+use airlock_formats::{
+    write_bundle, BundlePath, FileEntry, Hooks, Manifest, Role, SecretKey, Sha256Digest,
+};
 
 use crate::harness::*;
 
@@ -55,16 +57,30 @@ fn escaping_bundle(out: &Path, signers: &[SecretKey]) -> PathBuf {
         },
     };
     let bytes = manifest.to_json().unwrap();
-    let signatures: Vec<_> = signers.iter().map(|k| k.sign(&bytes, "timestamp:0")).collect();
+    let signatures: Vec<_> = signers
+        .iter()
+        .map(|k| k.sign(&bytes, "timestamp:0"))
+        .collect();
     let path = out.join("etcd-node-1.1.0-escaping.airlock");
-    let file = write_bundle(Vec::new(), &bytes, &signatures, &payload[..], payload.len() as u64, 0).unwrap();
+    let file = write_bundle(
+        Vec::new(),
+        &bytes,
+        &signatures,
+        &payload[..],
+        payload.len() as u64,
+        0,
+    )
+    .unwrap();
     fs::write(&path, file).unwrap();
     path
 }
 
 fn replace_once(bytes: &mut [u8], from: &[u8], to: &[u8]) {
     assert_eq!(from.len(), to.len());
-    let at = bytes.windows(from.len()).position(|w| w == from).expect("pattern in bundle");
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern in bundle");
     bytes[at..at + to.len()].copy_from_slice(to);
 }
 
@@ -79,7 +95,13 @@ fn bad_bundles_are_refused_and_the_node_is_unchanged() {
     let good = build_bundle(&spec, &keys.secret("release"), &out);
     let once_signed = work.path().join("once-signed.airlock");
     fs::copy(&good, &once_signed).unwrap();
-    airlock_build(&["sign", &good.display().to_string(), "--key", &keys.secret("second")]).ok();
+    airlock_build(&[
+        "sign",
+        &good.display().to_string(),
+        "--key",
+        &keys.secret("second"),
+    ])
+    .ok();
     let good_bytes = fs::read(&good).unwrap();
 
     let tampered_payload = work.path().join("tampered-payload.airlock");
@@ -90,46 +112,126 @@ fn bad_bundles_are_refused_and_the_node_is_unchanged() {
 
     let tampered_manifest = work.path().join("tampered-manifest.airlock");
     let mut bytes = good_bytes.clone();
-    replace_once(&mut bytes, b"\"/opt/etcd/bin/etcd\"", b"\"/opt/etcd/bin/etcX\"");
+    replace_once(
+        &mut bytes,
+        b"\"/opt/etcd/bin/etcd\"",
+        b"\"/opt/etcd/bin/etcX\"",
+    );
     fs::write(&tampered_manifest, &bytes).unwrap();
 
     let untrusted_spec = write_release(&work.path().join("untrusted"), "1.1.0", "^1.0.0", false);
-    let untrusted = build_bundle(&untrusted_spec, &keys.secret("stranger"), &work.path().join("untrusted-out"));
+    let untrusted = build_bundle(
+        &untrusted_spec,
+        &keys.secret("stranger"),
+        &work.path().join("untrusted-out"),
+    );
 
-    let escaping = escaping_bundle(work.path(), &[secret(&keys, "release"), secret(&keys, "second")]);
+    let escaping = escaping_bundle(
+        work.path(),
+        &[secret(&keys, "release"), secret(&keys, "second")],
+    );
 
     let downgrade_spec = write_release(&work.path().join("old"), "0.9.0", "*", false);
-    let downgrade = build_bundle(&downgrade_spec, &keys.secret("release"), &work.path().join("old-out"));
-    airlock_build(&["sign", &downgrade.display().to_string(), "--key", &keys.secret("second")]).ok();
+    let downgrade = build_bundle(
+        &downgrade_spec,
+        &keys.secret("release"),
+        &work.path().join("old-out"),
+    );
+    airlock_build(&[
+        "sign",
+        &downgrade.display().to_string(),
+        "--key",
+        &keys.secret("second"),
+    ])
+    .ok();
 
     let cases: [(&str, &Path, &str); 6] = [
-        ("tampered payload byte", &tampered_payload, "does not match its digest in the manifest"),
-        ("tampered manifest", &tampered_manifest, "does not match the manifest"),
-        ("untrusted signer", &untrusted, "is not trusted by this site"),
-        ("too few signatures", &once_signed, "signed by 1 trusted key(s), the threshold is 2"),
-        ("entry with ../", &escaping, "`..` components are not allowed"),
-        ("downgrade", &downgrade, "older than the installed 1.0.0 (a downgrade)"),
+        (
+            "tampered payload byte",
+            &tampered_payload,
+            "does not match its digest in the manifest",
+        ),
+        (
+            "tampered manifest",
+            &tampered_manifest,
+            "does not match the manifest",
+        ),
+        (
+            "untrusted signer",
+            &untrusted,
+            "is not trusted by this site",
+        ),
+        (
+            "too few signatures",
+            &once_signed,
+            "signed by 1 trusted key(s), the threshold is 2",
+        ),
+        (
+            "entry with ../",
+            &escaping,
+            "`..` components are not allowed",
+        ),
+        (
+            "downgrade",
+            &downgrade,
+            "older than the installed 1.0.0 (a downgrade)",
+        ),
     ];
 
     let before = node.snapshot();
     let files_before = node.file_snapshot();
     for (name, bundle, want) in cases {
         for command in ["verify", "apply"] {
-            let run = airlock_apply(&[command, &bundle.display().to_string(), "--site", &node.site()]);
+            let run = airlock_apply(&[
+                command,
+                &bundle.display().to_string(),
+                "--site",
+                &node.site(),
+            ]);
             eprintln!("{name} ({command}): exit {}\n{}", run.code, run.stderr);
-            assert_eq!(run.code, 3, "{name} ({command}): expected exit 3 (refused):\n{}", run.stderr);
-            assert!(run.stderr.contains(want), "{name} ({command}): expected `{want}` in:\n{}", run.stderr);
-            assert!(run.stderr.contains("help:"), "{name} ({command}): no help line:\n{}", run.stderr);
-            assert_eq!(node.snapshot(), before, "{name} ({command}) changed the node");
-            assert_eq!(node.file_snapshot(), files_before, "{name} ({command}) changed database or Raft files");
+            assert_eq!(
+                run.code, 3,
+                "{name} ({command}): expected exit 3 (refused):\n{}",
+                run.stderr
+            );
+            assert!(
+                run.stderr.contains(want),
+                "{name} ({command}): expected `{want}` in:\n{}",
+                run.stderr
+            );
+            assert!(
+                run.stderr.contains("help:"),
+                "{name} ({command}): no help line:\n{}",
+                run.stderr
+            );
+            assert_eq!(
+                node.snapshot(),
+                before,
+                "{name} ({command}) changed the node"
+            );
+            assert_eq!(
+                node.file_snapshot(),
+                files_before,
+                "{name} ({command}) changed database or Raft files"
+            );
         }
     }
     assert!(!Path::new("/tmp/evil").exists());
-    assert_eq!(fs::read_dir(node.root.join("backups")).unwrap().count(), 0, "a refused bundle made a backup");
+    assert_eq!(
+        fs::read_dir(node.root.join("backups")).unwrap().count(),
+        0,
+        "a refused bundle made a backup"
+    );
     assert!(node.healthy());
     assert_eq!(node.count_keys(), KEY_COUNT);
 
     // The good bundle, signed by both keys, passes verification.
-    let run = airlock_apply(&["verify", &good.display().to_string(), "--site", &node.site()]).ok();
+    let run = airlock_apply(&[
+        "verify",
+        &good.display().to_string(),
+        "--site",
+        &node.site(),
+    ])
+    .ok();
     assert!(run.stderr.contains("may be applied here"), "{}", run.stderr);
 }

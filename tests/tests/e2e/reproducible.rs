@@ -22,22 +22,57 @@ fn builder_refuses_bad_specs_with_the_reason() {
     let spec = write_release(&dir, "1.1.0", "^1.0.0", false);
     let original = std::fs::read_to_string(&spec).unwrap();
     let out = work.path().join("out");
-    let cases: Vec<(&str, String, Box<dyn Fn()>)> = vec![
-        ("missing source", original.replace("source = \"etcd\"", "source = \"nope\""), Box::new(|| {})),
-        ("version not SemVer", original.replace("version = \"1.1.0\"", "version = \"1.1\""), Box::new(|| {})),
-        ("relative install path", original.replace("/opt/etcd/bin/etcd", "opt/etcd"), Box::new(|| {})),
-        ("duplicate migration number", original.clone(), {
-            let d = dir.clone();
-            Box::new(move || std::fs::write(d.join("migrations/1_again.sql"), "SELECT 1;").unwrap())
-        }),
+    // (case, spec text, extra migration file, expected words in the error)
+    let cases = [
+        (
+            "missing source",
+            original.replace("source = \"etcd\"", "source = \"nope\""),
+            false,
+            "nope",
+        ),
+        (
+            "version not SemVer",
+            original.replace("version = \"1.1.0\"", "version = \"1.1\""),
+            false,
+            "not SemVer",
+        ),
+        (
+            "relative install path",
+            original.replace("/opt/etcd/bin/etcd", "opt/etcd"),
+            false,
+            "not absolute",
+        ),
+        (
+            "duplicate migration number",
+            original.clone(),
+            true,
+            "used twice",
+        ),
     ];
-    let expected = ["nope", "not SemVer", "not absolute", "used twice"];
-    for ((name, text, prepare), want) in cases.into_iter().zip(expected) {
+    for (name, text, duplicate, want) in cases {
         std::fs::write(&spec, text).unwrap();
-        prepare();
-        let run = airlock_build(&["--no-progress", "build", "--spec", &spec.display().to_string(), "--key", &keys.secret("release"), "--out", &out.display().to_string()]);
+        if duplicate {
+            std::fs::write(dir.join("migrations/1_again.sql"), "SELECT 1;").unwrap();
+        }
+        let run = airlock_build(&[
+            "--no-progress",
+            "build",
+            "--spec",
+            &spec.display().to_string(),
+            "--key",
+            &keys.secret("release"),
+            "--out",
+            &out.display().to_string(),
+        ]);
         assert_eq!(run.code, 1, "{name}: {}", run.stderr);
-        assert!(run.stderr.contains(want), "{name}: expected `{want}` in:\n{}", run.stderr);
-        assert!(!out.join("etcd-node-1.1.0.airlock").exists(), "{name}: a bundle was written");
+        assert!(
+            run.stderr.contains(want),
+            "{name}: expected `{want}` in:\n{}",
+            run.stderr
+        );
+        assert!(
+            !out.join("etcd-node-1.1.0.airlock").exists(),
+            "{name}: a bundle was written"
+        );
     }
 }

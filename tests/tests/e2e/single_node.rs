@@ -20,7 +20,13 @@ fn upgrade_installs_binary_runs_migrations_and_keeps_every_key() {
     let db_rows_before = sqlite_dump_hash(&node.root.join("node/app.db"));
 
     let started = Instant::now();
-    let run = airlock_apply(&["apply", &bundle.display().to_string(), "--site", &node.site()]).ok();
+    let run = airlock_apply(&[
+        "apply",
+        &bundle.display().to_string(),
+        "--site",
+        &node.site(),
+    ])
+    .ok();
     let apply_secs = started.elapsed().as_secs_f64();
     eprintln!(
         "upgrade 1.0.0 -> 1.1.0: bundle {bundle_size} bytes built in {build_secs:.2}s, apply took {apply_secs:.2}s\n{}",
@@ -28,15 +34,23 @@ fn upgrade_installs_binary_runs_migrations_and_keeps_every_key() {
     );
 
     // The new binary is in place and etcd runs it, healthy, with every key.
-    assert_eq!(sha256_file(&node.root.join("node/bin/etcd")), expected_binary);
-    assert_eq!(std::fs::read_to_string(node.root.join("node/RELEASE")).unwrap(), "1.1.0\n");
+    assert_eq!(
+        sha256_file(&node.root.join("node/bin/etcd")),
+        expected_binary
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.root.join("node/RELEASE")).unwrap(),
+        "1.1.0\n"
+    );
     assert!(node.healthy());
     assert_eq!(node.count_keys(), KEY_COUNT);
 
     // Both migrations ran and are recorded with their checksums.
     let db = Connection::open(node.root.join("node/app.db")).unwrap();
     let recorded: Vec<(String, String, String, String)> = db
-        .prepare("SELECT version, name, sha256, bundle_version FROM airlock_migrations ORDER BY version")
+        .prepare(
+            "SELECT version, name, sha256, bundle_version FROM airlock_migrations ORDER BY version",
+        )
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .unwrap()
@@ -45,26 +59,52 @@ fn upgrade_installs_binary_runs_migrations_and_keeps_every_key() {
     assert_eq!(recorded.len(), 2);
     assert_eq!(recorded[0].0, "0001");
     assert_eq!(recorded[0].1, "add_order_status");
-    assert_eq!(recorded[0].2, sha256_file(&work.path().join("release/migrations/0001_add_order_status.sql")));
+    assert_eq!(
+        recorded[0].2,
+        sha256_file(
+            &work
+                .path()
+                .join("release/migrations/0001_add_order_status.sql")
+        )
+    );
     assert_eq!(recorded[1].3, "1.1.0");
-    let totals: i64 = db.query_row("SELECT count(*) FROM customer_totals", [], |r| r.get(0)).unwrap();
+    let totals: i64 = db
+        .query_row("SELECT count(*) FROM customer_totals", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(totals, 10_000);
-    let open: i64 = db.query_row("SELECT count(*) FROM orders WHERE status = 'open'", [], |r| r.get(0)).unwrap();
+    let open: i64 = db
+        .query_row(
+            "SELECT count(*) FROM orders WHERE status = 'open'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(open, 50_000);
 
     // The backup holds a checked copy of the database as it was, and the Raft folder.
-    let backups: Vec<_> = std::fs::read_dir(node.root.join("backups")).unwrap().map(|e| e.unwrap().path()).collect();
+    let backups: Vec<_> = std::fs::read_dir(node.root.join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(backups.len(), 1);
     let backup = &backups[0];
     assert!(backup.join("backup.json").exists());
     let copy = backup.join("databases/main.sqlite");
-    let check: String = Connection::open(&copy).unwrap().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = Connection::open(&copy)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
     assert_eq!(sqlite_dump_hash(&copy), db_rows_before);
     assert!(backup.join("raft/member/wal").is_dir());
     assert!(backup.join("raft/member/snap").is_dir());
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(backup.join("backup.json")).unwrap()).unwrap();
-    assert!(manifest["raft"]["files"].as_array().unwrap().iter().all(|f| f["sha256"].as_str().unwrap().len() == 64));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(backup.join("backup.json")).unwrap()).unwrap();
+    assert!(manifest["raft"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["sha256"].as_str().unwrap().len() == 64));
 
     // The applier's own state knows the new version.
     let status = airlock_apply(&["--json", "status", "--site", &node.site()]).ok();
@@ -74,9 +114,18 @@ fn upgrade_installs_binary_runs_migrations_and_keeps_every_key() {
     assert_eq!(status["applies"][0]["outcome"], "ok");
 
     // Applying the same bundle again is refused: it is installed.
-    let again = airlock_apply(&["apply", &bundle.display().to_string(), "--site", &node.site()]);
+    let again = airlock_apply(&[
+        "apply",
+        &bundle.display().to_string(),
+        "--site",
+        &node.site(),
+    ]);
     assert_eq!(again.code, 3, "{}", again.stderr);
-    assert!(again.stderr.contains("1.1.0 is already installed"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("1.1.0 is already installed"),
+        "{}",
+        again.stderr
+    );
 }
 
 #[test]
@@ -89,13 +138,37 @@ fn failed_health_check_rolls_back_binary_and_database_and_keeps_every_key() {
     let before = node.snapshot();
 
     let started = Instant::now();
-    let run = airlock_apply(&["apply", &bundle.display().to_string(), "--site", &node.site()]);
+    let run = airlock_apply(&[
+        "apply",
+        &bundle.display().to_string(),
+        "--site",
+        &node.site(),
+    ]);
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("failed upgrade with rollback took {secs:.2}s\n{}", run.stderr);
-    assert_eq!(run.code, 4, "expected exit code 4 (rolled back):\n{}", run.stderr);
-    assert!(run.stderr.contains("did not become healthy"), "{}", run.stderr);
-    assert!(run.stderr.contains("rolled back to 1.0.0"), "{}", run.stderr);
-    assert!(run.stderr.contains("raft data: kept as it is"), "{}", run.stderr);
+    eprintln!(
+        "failed upgrade with rollback took {secs:.2}s\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.code, 4,
+        "expected exit code 4 (rolled back):\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("did not become healthy"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("rolled back to 1.0.0"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("raft data: kept as it is"),
+        "{}",
+        run.stderr
+    );
 
     // Old binary back and running, every key there, database exactly as before.
     assert_eq!(node.snapshot(), before);
@@ -103,7 +176,11 @@ fn failed_health_check_rolls_back_binary_and_database_and_keeps_every_key() {
     assert_eq!(node.count_keys(), KEY_COUNT);
     let db = Connection::open(node.root.join("node/app.db")).unwrap();
     let has_table: i64 = db
-        .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'airlock_migrations'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'airlock_migrations'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(has_table, 0);
 

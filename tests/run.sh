@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: unit tests and the end-to-end tests, which
+# start a real etcd member on 127.0.0.1. Installs etcd from Debian's packages
+# when it is missing (needs root or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${need[@]}"
+fi
+
+# The end-to-end tests run the binaries of the other crates: build them first.
+cargo build --workspace --bins
+cargo test --workspace
