@@ -325,6 +325,62 @@ impl Run<'_> {
         Ok(applied)
     }
 
+    /// Decides what happens to the Raft data on rollback (DESIGN.md, safety
+    /// invariants): unchanged since the backup, nothing to do; changed while
+    /// the member never ran, restored; changed because the member ran the new
+    /// version, never restored (it may hold acknowledged entries its cluster
+    /// relies on), and the old version starts on it only when the bundle
+    /// declares that both versions run side by side.
+    fn settle_raft(
+        &self,
+        dir: &Path,
+        raft: &backup::TreeRecord,
+        started: bool,
+    ) -> Result<(), String> {
+        let diff = backup::diff_tree(raft)?;
+        let folder = raft.source.display();
+        if diff.is_empty() {
+            self.reporter.event(
+                "raft data",
+                "ok",
+                &format!("`{folder}` is unchanged since the backup"),
+            );
+            return Ok(());
+        }
+        if !started {
+            self.reporter.event(
+                "restore raft",
+                "start",
+                &format!("{} file(s) of `{folder}` differ", diff.len()),
+            );
+            let n = backup::restore_tree(dir, raft)?;
+            self.reporter
+                .event("restore raft", "ok", &format!("{n} file(s) restored"));
+            return Ok(());
+        }
+        let m = self.manifest();
+        if m.rolling_allowed {
+            self.reporter.event(
+                "raft data",
+                "info",
+                &format!(
+                    "`{folder}` changed while {v} ran ({n} file(s)); kept as it is: restoring it could make the member forget acknowledged writes, and the bundle says {v} and the old version run side by side",
+                    v = m.version,
+                    n = diff.len(),
+                ),
+            );
+            return Ok(());
+        }
+        Err(format!(
+            "the Raft data in `{folder}` changed while {v} ran ({n} file(s)) and this bundle does not allow mixed versions, so the old version may not read it; \
+             airlock does not restore it, because a member that forgets acknowledged entries can break its cluster. \
+             Safe procedure: remove this member from its cluster, clear its data directory and add it back so it copies the current data from the leader \
+             (etcd: `etcdctl member remove`, then `member add`); for a single-member cluster, start {v} again or restore the cluster from a snapshot",
+            v = m.version,
+            n = diff.len(),
+        ))
+    }
+
     /// Undoes what `done` lists and starts the old version. Returns what could not be undone.
     fn rollback(&self, done: &Done) -> Vec<String> {
         let mut problems = Vec::new();
@@ -365,29 +421,8 @@ impl Run<'_> {
                 }
             }
             if let Some(raft) = &record.raft {
-                if done.started {
-                    // DESIGN.md, safety invariants: the member ran since the
-                    // backup and may have acknowledged entries; restoring its
-                    // old log could make it forget them.
-                    self.reporter.event(
-                        "raft data",
-                        "info",
-                        "kept as it is: the member ran since the backup, so restoring it could lose acknowledged writes",
-                    );
-                } else {
-                    self.reporter.event(
-                        "restore raft",
-                        "start",
-                        &raft.source.display().to_string(),
-                    );
-                    match backup::restore_tree(dir, raft) {
-                        Ok(n) => self.reporter.event(
-                            "restore raft",
-                            "ok",
-                            &format!("{n} file(s) differed"),
-                        ),
-                        Err(e) => problems.push(e),
-                    }
+                if let Err(e) = self.settle_raft(dir, raft, done.started) {
+                    problems.push(e);
                 }
             }
         } else if !done.installed.is_empty() || !done.migrated.is_empty() {
@@ -474,11 +509,17 @@ pub fn apply(
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&stage_dir);
-            let _ = state.finish_apply_simple(apply_id, "refused", &e.to_string());
+            let label = if matches!(e, ApplyError::Refused { .. }) {
+                "refused"
+            } else {
+                "failed"
+            };
+            let _ = state.finish_apply_simple(apply_id, label, &e.to_string());
             audit_refusal(&state, bundle, &e);
             return Err(e);
         }
     };
+    state.set_bundle_sha256(apply_id, &verified.bundle_sha256.to_hex())?;
     reporter.event(
         "stage",
         "ok",
@@ -709,13 +750,24 @@ fn run_steps(run: &mut Run<'_>) -> Result<ApplyReport, ApplyError> {
         return Err(error);
     }
 
-    run.step("commit", &m.version.to_string())
-        .map_err(|reason| ApplyError::Preflight {
+    let committed = run.step("commit", &m.version.to_string()).and_then(|()| {
+        run.state
+            .finish_apply(run.apply_id, "ok", None, Some((&m.name, &m.version, &sha)))
+            .map_err(|e| e.to_string())
+    });
+    if let Err(reason) = committed {
+        // The new version runs and is healthy; only recording it failed.
+        // Rolling a healthy node back for that would cost more than it saves.
+        return Err(ApplyError::NeedsOperator {
+            version: m.version.to_string(),
             step: "commit".into(),
             reason,
-        })?;
-    run.state
-        .finish_apply(run.apply_id, "ok", None, Some((&m.name, &m.version, &sha)))?;
+            rollback: format!(
+                "not attempted: {} runs and is healthy, but the state database still names {old}; repair the state database before the next apply",
+                m.version
+            ),
+        });
+    }
     audit(&run.state, "ok", None);
     let backup_dir = done
         .backup

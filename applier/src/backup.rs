@@ -356,24 +356,36 @@ pub fn backup_tree(backup_dir: &Path, name: &str, source: &Path) -> Result<TreeR
     Ok(record)
 }
 
-/// Makes the live folder of `record` equal to its backup: changed and missing
-/// files are copied back, files the backup does not have are removed.
+/// How a live folder differs from its backup.
+#[derive(Debug, Default)]
+pub struct TreeDiff {
+    /// Files the backup does not have.
+    pub extra: Vec<PathBuf>,
+    /// Files of the backup that are missing or differ, by index into `TreeRecord::files`.
+    pub changed: Vec<usize>,
+}
+
+impl TreeDiff {
+    /// Number of files that differ.
+    pub fn len(&self) -> usize {
+        self.extra.len() + self.changed.len()
+    }
+
+    /// Whether the live folder equals the backup.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Compares the live folder of `record` with the hashes taken at backup time.
 ///
 /// # Errors
-/// A message naming the file.
-pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, String> {
-    let root = backup_dir.join(&record.dir);
-    let mut restored = 0;
-    for dir in &record.dirs {
-        create_private_dir(&record.source.join(dir))?;
-    }
+/// A message naming the folder that could not be read.
+pub fn diff_tree(record: &TreeRecord) -> Result<TreeDiff, String> {
+    let mut diff = TreeDiff::default();
     let keep: std::collections::HashSet<&str> =
         record.files.iter().map(|f| f.path.as_str()).collect();
-    let mut extra = Vec::new();
-    for entry in walkdir::WalkDir::new(&record.source)
-        .min_depth(1)
-        .contents_first(true)
-    {
+    for entry in walkdir::WalkDir::new(&record.source).min_depth(1) {
         let entry = entry.map_err(|e| format!("reading `{}`: {e}", record.source.display()))?;
         if entry.file_type().is_dir() {
             continue;
@@ -383,30 +395,52 @@ pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, Str
             .strip_prefix(&record.source)
             .map_err(|e| e.to_string())?;
         if !keep.contains(rel.to_string_lossy().as_ref()) {
-            extra.push(entry.path().to_owned());
+            diff.extra.push(entry.path().to_owned());
         }
     }
-    for path in extra {
-        fs::remove_file(&path).map_err(io_ctx(format!("removing `{}`", path.display())))?;
-        restored += 1;
-    }
-    for file in &record.files {
-        let live = record.source.join(&file.path);
-        let same = hash_file(&live)
+    for (i, file) in record.files.iter().enumerate() {
+        let same = hash_file(&record.source.join(&file.path))
             .map(|(sha, _)| sha == file.sha256)
             .unwrap_or(false);
         if !same {
-            let copy = root.join(&file.path);
-            let input =
-                File::open(&copy).map_err(io_ctx(format!("reading `{}`", copy.display())))?;
-            write_atomic(&live, file.mode, |f| {
-                io::copy(&mut BufReader::new(input), f).map(|_| ())
-            })
-            .map_err(|e| e.to_string())?;
-            restored += 1;
+            diff.changed.push(i);
         }
     }
-    Ok(restored)
+    Ok(diff)
+}
+
+/// Makes the live folder of `record` equal to its backup: changed and missing
+/// files are copied back (each copy checked against its SHA-256 first), files
+/// the backup does not have are removed. Returns how many files it touched.
+///
+/// # Errors
+/// A message naming the file.
+pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, String> {
+    let root = backup_dir.join(&record.dir);
+    for dir in &record.dirs {
+        create_private_dir(&record.source.join(dir))?;
+    }
+    let diff = diff_tree(record)?;
+    for path in &diff.extra {
+        fs::remove_file(path).map_err(io_ctx(format!("removing `{}`", path.display())))?;
+    }
+    for &i in &diff.changed {
+        let file = &record.files[i];
+        let copy = root.join(&file.path);
+        let (sha, _) = hash_file(&copy)?;
+        if sha != file.sha256 {
+            return Err(format!(
+                "backup copy `{}` does not match its recorded SHA-256",
+                copy.display()
+            ));
+        }
+        let input = File::open(&copy).map_err(io_ctx(format!("reading `{}`", copy.display())))?;
+        write_atomic(&record.source.join(&file.path), file.mode, |f| {
+            io::copy(&mut BufReader::new(input), f).map(|_| ())
+        })
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(diff.len())
 }
 
 /// Copies a single file (a config file or a binary about to be replaced) to
@@ -452,21 +486,20 @@ pub fn restore_file(backup_dir: &Path, record: &FileRecord) -> Result<(), String
         },
         Some(rel) => {
             let copy = backup_dir.join(rel);
-            let mut input =
-                File::open(&copy).map_err(io_ctx(format!("reading `{}`", copy.display())))?;
-            let mut hashing = HashingReader::new(&mut input);
-            write_atomic(&record.source, record.mode, |f| {
-                io::copy(&mut hashing, f).map(|_| ())
-            })
-            .map_err(|e| e.to_string())?;
-            let (sha, _) = hashing.finish();
+            // Check the copy before it replaces anything.
+            let (sha, _) = hash_file(&copy)?;
             if Some(sha) != record.sha256 {
                 return Err(format!(
                     "backup copy `{}` does not match its recorded SHA-256",
                     copy.display()
                 ));
             }
-            Ok(())
+            let mut input =
+                File::open(&copy).map_err(io_ctx(format!("reading `{}`", copy.display())))?;
+            write_atomic(&record.source, record.mode, |f| {
+                io::copy(&mut input, f).map(|_| ())
+            })
+            .map_err(|e| e.to_string())
         }
     }
 }

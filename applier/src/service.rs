@@ -18,9 +18,9 @@ pub struct CommandOutput {
     pub code: Option<i32>,
     /// Whether the timeout killed it.
     pub timed_out: bool,
-    /// Standard output, lossily decoded, at most 64 KiB.
+    /// Standard output, lossily decoded: its last 64 KiB.
     pub stdout: String,
-    /// Standard error, lossily decoded, at most 64 KiB.
+    /// Standard error, lossily decoded: its last 64 KiB.
     pub stderr: String,
 }
 
@@ -60,7 +60,7 @@ impl CommandOutput {
     }
 }
 
-const OUTPUT_LIMIT: u64 = 64 * 1024;
+const OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// Runs `sh -c COMMAND` in `dir` with extra environment `env`, killing its
 /// process group after `timeout`.
@@ -109,9 +109,24 @@ pub fn run_command(
         if let Some(pipe) = pipe {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let _ = pipe.take(OUTPUT_LIMIT).read_to_end(&mut buf);
-                let _ = tx.send((is_err, String::from_utf8_lossy(&buf).into_owned()));
+                // Read to the end, so a chatty command never dies of SIGPIPE,
+                // and keep the last OUTPUT_LIMIT bytes, where errors usually are.
+                let mut pipe = pipe;
+                let mut kept: Vec<u8> = Vec::new();
+                let mut chunk = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    kept.extend_from_slice(&chunk[..n]);
+                    if kept.len() > 2 * OUTPUT_LIMIT {
+                        kept.drain(..kept.len() - OUTPUT_LIMIT);
+                    }
+                }
+                if kept.len() > OUTPUT_LIMIT {
+                    kept.drain(..kept.len() - OUTPUT_LIMIT);
+                }
+                let _ = tx.send((is_err, String::from_utf8_lossy(&kept).into_owned()));
             });
         }
     }

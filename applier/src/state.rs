@@ -108,7 +108,7 @@ pub struct AuditEntry {
     pub bundle_sha256: Option<String>,
     /// Key ids that counted, comma-separated.
     pub signers: Option<String>,
-    /// `ok`, `refused`, `rolled-back`, `failed`.
+    /// `ok`, `refused`, `rolled-back`, `needs-operator`, `failed`.
     pub outcome: String,
     /// Error text.
     pub error: Option<String>,
@@ -129,7 +129,7 @@ pub struct ApplyRecord {
     pub started_at: i64,
     /// End, Unix seconds.
     pub finished_at: Option<i64>,
-    /// `running`, `ok`, `rolled-back`, `failed`.
+    /// `running`, `ok`, `refused`, `rolled-back`, `needs-operator`, `failed`.
     pub outcome: String,
     /// Backup folder.
     pub backup_dir: Option<String>,
@@ -242,6 +242,20 @@ impl State {
             )
             .map_err(|e| self.err(e))?;
         Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records the SHA-256 of the bundle file an apply staged.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn set_bundle_sha256(&self, apply_id: i64, sha256: &str) -> Result<(), ApplyError> {
+        self.conn
+            .execute(
+                "UPDATE applies SET bundle_sha256 = ?1 WHERE id = ?2",
+                params![sha256, apply_id],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     /// Records the backup folder of an apply.

@@ -46,6 +46,14 @@ pub enum BuildError {
         /// What is wrong.
         reason: String,
     },
+    /// The bundle already carries a signature by this key.
+    #[error("bundle `{bundle}` is already signed by key {key_id}")]
+    AlreadySigned {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The key id.
+        key_id: String,
+    },
     /// Writing output failed.
     #[error(transparent)]
     Durable(#[from] DurableError),

@@ -37,6 +37,11 @@ pub fn keygen(
             });
         }
     }
+    let folder = airlock_formats::durable::parent_of(&secret_path);
+    std::fs::create_dir_all(folder).map_err(|source| BuildError::Io {
+        context: format!("creating folder `{}`", folder.display()),
+        source,
+    })?;
     let generated = SecretKey::generate(passphrase)?;
     write_bytes_atomic(&secret_path, 0o600, generated.secret_text.as_bytes())?;
     write_bytes_atomic(
@@ -90,9 +95,9 @@ pub fn sign_bundle(bundle: &Path, key: &SecretKey, timestamp: u64) -> Result<usi
         Some(&mut DiscardSink),
     )?;
     if header.signatures.iter().any(|s| s.key_id() == key.key_id()) {
-        return Err(BuildError::Key {
-            path: bundle.to_owned(),
-            reason: format!("is already signed by key {}", key.key_id()),
+        return Err(BuildError::AlreadySigned {
+            bundle: bundle.to_owned(),
+            key_id: key.key_id().to_string(),
         });
     }
     let mut signatures = header.signatures.clone();

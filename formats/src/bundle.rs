@@ -116,7 +116,7 @@ pub fn write_bundle<W: Write>(
         &mut &manifest_bytes[..],
     )?;
     let mut sorted: Vec<&Signature> = signatures.iter().collect();
-    sorted.sort_by_key(|s| s.key_id());
+    sorted.sort_by_key(|s| s.key_id().to_string());
     for sig in sorted {
         let text = sig.to_minisign();
         append(
@@ -439,10 +439,10 @@ fn read_payload(
     }
     // Read the rest of the decompressed stream (end-of-archive zeros) and the
     // rest of the compressed one, so every chunk and the zstd checksum are checked.
-    let mut decoder = inner.into_inner().into_inner();
+    let mut bounded = inner.into_inner();
     let mut zeros = [0u8; 8192];
     loop {
-        let n = decoder
+        let n = bounded
             .read(&mut zeros)
             .map_err(|e| unwrap_io("reading the end of the payload", e))?;
         if n == 0 {
@@ -454,7 +454,12 @@ fn read_payload(
             ));
         }
     }
-    let mut verifier = decoder.finish();
+    if bounded.limit() == 0 {
+        return Err(BundleError::Malformed(
+            "the payload decompresses to more than its manifest allows".into(),
+        ));
+    }
+    let mut verifier = bounded.into_inner().finish();
     let n = io::copy(&mut verifier, &mut io::sink())
         .map_err(|e| unwrap_io("reading the end of the payload", e))?;
     if n != 0 {
@@ -589,5 +594,157 @@ mod tests {
             unwrap_io("x", err),
             BundleError::ChunkMismatch { index: 0, .. }
         ));
+    }
+
+    /// A bundle whose payload tar holds `entries` (raw name, type, data) while
+    /// the signed manifest lists `listed` (path, data).
+    fn craft(
+        entries: &[(&str, tar::EntryType, &[u8])],
+        listed: &[(&str, &[u8])],
+    ) -> (Vec<u8>, SecretKey) {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, kind, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_size(if *kind == tar::EntryType::Regular {
+                data.len() as u64
+            } else {
+                0
+            });
+            header.set_mode(0o644);
+            header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            if *kind == tar::EntryType::Symlink {
+                header.set_link_name("/etc/passwd").unwrap();
+            }
+            header.set_cksum();
+            let body: &[u8] = if *kind == tar::EntryType::Regular {
+                data
+            } else {
+                &[]
+            };
+            tar.append(&header, body).unwrap();
+        }
+        let payload = zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap();
+        let mut manifest = sample();
+        manifest.files = listed
+            .iter()
+            .map(|(path, data)| FileEntry {
+                path: BundlePath::parse(path).unwrap(),
+                role: Role::Script,
+                size: data.len() as u64,
+                mode: 0o644,
+                sha256: Sha256Digest::of(data),
+                name: None,
+                install_path: None,
+                migration: None,
+            })
+            .collect();
+        manifest.payload = PayloadInfo {
+            compression: "zstd".into(),
+            size: payload.len() as u64,
+            chunk_size: 64 * 1024,
+            chunks: payload.chunks(64 * 1024).map(Sha256Digest::of).collect(),
+            unpacked_size: listed.iter().map(|(_, d)| d.len() as u64).sum(),
+        };
+        let bytes = manifest.to_json().unwrap();
+        let key = SecretKey::from_minisign(&SecretKey::generate(None).unwrap().secret_text, None)
+            .unwrap();
+        let sig = key.sign(&bytes, "t");
+        let out = write_bundle(
+            Vec::new(),
+            &bytes,
+            &[sig],
+            &payload[..],
+            payload.len() as u64,
+            0,
+        )
+        .unwrap();
+        (out, key)
+    }
+
+    #[track_caller]
+    fn refused(entries: &[(&str, tar::EntryType, &[u8])], listed: &[(&str, &[u8])], want: &str) {
+        let (bytes, key) = craft(entries, listed);
+        let err = read(&bytes, &key)
+            .err()
+            .expect("bundle was accepted")
+            .to_string();
+        assert!(err.contains(want), "expected `{want}` in `{err}`");
+    }
+
+    #[test]
+    fn payload_rules_are_enforced_with_the_entry_named() {
+        use tar::EntryType::{Char, Regular, Symlink};
+        let hello: &[u8] = b"hello";
+        refused(
+            &[("a", Symlink, hello)],
+            &[("a", hello)],
+            "payload entry `a`: is a symbolic link",
+        );
+        refused(
+            &[("a", Char, hello)],
+            &[("a", hello)],
+            "payload entry `a`: is a device file",
+        );
+        refused(
+            &[("a", Regular, hello), ("a", Regular, hello)],
+            &[("a", hello)],
+            "payload entry `a`: appears twice",
+        );
+        refused(
+            &[("a", Regular, hello), ("b", Regular, hello)],
+            &[("a", hello)],
+            "payload entry `b`: is not listed in the manifest",
+        );
+        refused(
+            &[("a", Regular, hello)],
+            &[("a", hello), ("b", hello)],
+            "payload entry `b`: is listed in the manifest but missing",
+        );
+        refused(
+            &[("a", Regular, hello)],
+            &[("a", b"hell")],
+            "payload entry `a`: is 5 bytes but the manifest says 4",
+        );
+        refused(
+            &[("a", Regular, hello)],
+            &[("a", b"hellO")],
+            "payload entry `a`: SHA-256 is",
+        );
+        refused(
+            &[("/etc/x", Regular, hello)],
+            &[("a", hello)],
+            "invalid path `/etc/x`: absolute paths are not allowed",
+        );
+        refused(
+            &[("a/../../x", Regular, hello)],
+            &[("a", hello)],
+            "invalid path `a/../../x`: `..` components are not allowed",
+        );
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_by_its_version() {
+        let (mut bytes, key) = build(&[("a", b"x")]);
+        let at = bytes
+            .windows(17)
+            .position(|w| w == b"airlock-bundle/1\n")
+            .unwrap();
+        bytes[at + 15] = b'2';
+        let err = read(&bytes, &key).err().unwrap().to_string();
+        assert!(
+            err.contains("bundle format `airlock-bundle/2` is not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn inspect_reads_no_payload() {
+        let (bytes, _) = build(&[("a", b"x")]);
+        // Cut the file in the middle of the payload: the header still reads.
+        let cut = &bytes[..bytes.len() - 1100];
+        let header = read_bundle(cut, |_| Ok(()), None).unwrap();
+        assert_eq!(header.signatures.len(), 1);
+        assert!(read_bundle(cut, |_| Ok(()), Some(&mut DiscardSink)).is_err());
     }
 }

@@ -26,7 +26,7 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
 pub struct Manifest {
     /// Always [`FORMAT_MARKER`].
     pub format: String,
-    /// Bundle name: `[a-z0-9][a-z0-9._-]*`, at most 64 bytes; the file is `NAME-VERSION.airlock`.
+    /// Bundle name: `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 64 bytes; the file is `NAME-VERSION.airlock`.
     pub name: String,
     /// The release this bundle installs (SemVer 2.0.0).
     pub version: Version,
@@ -46,7 +46,7 @@ pub struct Manifest {
     /// Scripts the applier runs around the service restart.
     #[serde(default)]
     pub hooks: Hooks,
-    /// Every payload file, sorted by path; migrations in the order they apply.
+    /// Every payload file, sorted by path (migrations apply in [`MigrationInfo::order`]).
     pub files: Vec<FileEntry>,
     /// The compressed payload: its size and the digest of each chunk.
     pub payload: PayloadInfo,

@@ -181,7 +181,14 @@ impl SecretKey {
             let passphrase = passphrase.ok_or_else(|| {
                 SignatureError::SecretKey("the key is encrypted and no passphrase was given".into())
             })?;
-            boxed.into_secret_key(Some(passphrase)).map_err(err)?
+            boxed
+                .into_secret_key(Some(passphrase))
+                .map_err(|e| match e.kind() {
+                    minisign::ErrorKind::Verify => {
+                        SignatureError::SecretKey("wrong passphrase for this key".into())
+                    }
+                    _ => err(e),
+                })?
         } else {
             boxed.into_unencrypted_secret_key().map_err(err)?
         };

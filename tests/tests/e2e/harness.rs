@@ -480,6 +480,19 @@ impl Keys {
 /// appended so each release's binary hashes differently, or replaced by a
 /// script when `broken`), a RELEASE file and the 1.1.0 migrations.
 pub fn write_release(dir: &Path, version: &str, upgrades_from: &str, broken: bool) -> PathBuf {
+    write_release_with(dir, version, upgrades_from, broken, version, true)
+}
+
+/// As [`write_release`], with the RELEASE file saying `reports` (what the
+/// version probe will read) and `rolling_allowed` set as given.
+pub fn write_release_with(
+    dir: &Path,
+    version: &str,
+    upgrades_from: &str,
+    broken: bool,
+    reports: &str,
+    rolling_allowed: bool,
+) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
     let binary = dir.join("etcd");
     if broken {
@@ -495,7 +508,7 @@ pub fn write_release(dir: &Path, version: &str, upgrades_from: &str, broken: boo
         f.write_all(format!("\nairlock-test-release-{version}\n").as_bytes())
             .unwrap();
     }
-    fs::write(dir.join("RELEASE"), format!("{version}\n")).unwrap();
+    fs::write(dir.join("RELEASE"), format!("{reports}\n")).unwrap();
     write_migrations(&dir.join("migrations"));
     let spec = dir.join("bundle.toml");
     fs::write(
@@ -504,6 +517,7 @@ pub fn write_release(dir: &Path, version: &str, upgrades_from: &str, broken: boo
             r#"name = "etcd-node"
 version = "{version}"
 upgrades_from = "{upgrades_from}"
+rolling_allowed = {rolling_allowed}
 
 [[binary]]
 name = "etcd"

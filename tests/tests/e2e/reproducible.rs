@@ -76,3 +76,62 @@ fn builder_refuses_bad_specs_with_the_reason() {
         );
     }
 }
+
+#[test]
+fn encrypted_keys_need_their_passphrase() {
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("release");
+    let keygen = |passphrase: Option<&str>| {
+        let mut cmd = std::process::Command::new(bin("airlock-build"));
+        cmd.args(["keygen", "--out", &key.display().to_string()])
+            .stdin(std::process::Stdio::null())
+            .env_remove("AIRLOCK_PASSPHRASE");
+        if let Some(p) = passphrase {
+            cmd.env("AIRLOCK_PASSPHRASE", p);
+        }
+        cmd.output().unwrap()
+    };
+    // Without a terminal and without AIRLOCK_PASSPHRASE there is no passphrase to use.
+    let out = keygen(None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AIRLOCK_PASSPHRASE"));
+    assert!(!work.path().join("release.key").exists());
+
+    assert!(keygen(Some("correct horse")).status.success());
+    let text = std::fs::read_to_string(work.path().join("release.key")).unwrap();
+    assert!(airlock_formats::SecretKey::is_encrypted(&text).unwrap());
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(work.path().join("release.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Refuses to overwrite an existing key.
+    assert_eq!(keygen(Some("x")).status.code(), Some(1));
+
+    let spec = write_release(&work.path().join("rel"), "1.1.0", "^1.0.0", false);
+    let build = |passphrase: &str| {
+        std::process::Command::new(bin("airlock-build"))
+            .args([
+                "--no-progress",
+                "build",
+                "--spec",
+                &spec.display().to_string(),
+                "--key",
+            ])
+            .arg(work.path().join("release.key"))
+            .args(["--out", &work.path().join("out").display().to_string()])
+            .env("AIRLOCK_PASSPHRASE", passphrase)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let wrong = build("wrong");
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase for this key"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    assert!(build("correct horse").status.success());
+}

@@ -165,7 +165,7 @@ fn failed_health_check_rolls_back_binary_and_database_and_keeps_every_key() {
         run.stderr
     );
     assert!(
-        run.stderr.contains("raft data: kept as it is"),
+        run.stderr.contains("is unchanged since the backup"),
         "{}",
         run.stderr
     );
@@ -188,4 +188,72 @@ fn failed_health_check_rolls_back_binary_and_database_and_keeps_every_key() {
     let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
     assert_eq!(status["installed"]["version"], "1.0.0");
     assert_eq!(status["applies"][0]["outcome"], "rolled-back");
+}
+
+/// The new version starts and runs (so the member writes to its Raft log) but
+/// reports the wrong version: the Raft data is never restored.
+fn new_version_ran_then_failed(rolling_allowed: bool) -> (EtcdNode, Run) {
+    let keys = Keys::new(&["release"]);
+    let node = EtcdNode::start(&[&keys.public("release")], 1);
+    let work = tempfile::tempdir().unwrap();
+    let spec = write_release_with(
+        &work.path().join("release"),
+        "1.1.0",
+        "^1.0.0",
+        false,
+        "1.0.9",
+        rolling_allowed,
+    );
+    let bundle = build_bundle(&spec, &keys.secret("release"), &work.path().join("out"));
+    let run = airlock_apply(&[
+        "apply",
+        &bundle.display().to_string(),
+        "--site",
+        &node.site(),
+    ]);
+    eprintln!("{}", run.stderr);
+    (node, run)
+}
+
+#[test]
+fn member_that_ran_the_new_version_keeps_its_raft_data_when_versions_mix() {
+    let (node, run) = new_version_ran_then_failed(true);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("reports version 1.0.9, expected 1.1.0"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("kept as it is"), "{}", run.stderr);
+    assert!(node.healthy());
+    assert_eq!(node.count_keys(), KEY_COUNT);
+    assert_eq!(
+        std::fs::read_to_string(node.root.join("node/RELEASE")).unwrap(),
+        "1.0.0\n"
+    );
+}
+
+#[test]
+fn member_that_ran_a_version_that_cannot_mix_is_left_to_the_operator() {
+    let (node, run) = new_version_ran_then_failed(false);
+    assert_eq!(
+        run.code, 5,
+        "expected exit 5 (needs the operator):\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("does not allow mixed versions"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("Safe procedure"), "{}", run.stderr);
+    // Binary and database were restored; the old version was not started on the new data.
+    assert_eq!(
+        std::fs::read_to_string(node.root.join("node/RELEASE")).unwrap(),
+        "1.0.0\n"
+    );
+    assert!(!node.healthy());
+    let status = airlock_apply(&["--json", "status", "--site", &node.site()]).ok();
+    let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(status["applies"][0]["outcome"], "needs-operator");
 }

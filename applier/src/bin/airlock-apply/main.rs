@@ -30,14 +30,16 @@ struct Program {
 #[derive(Subcommand)]
 enum Command {
     /// Check a bundle against this site: signatures, threshold, expiry,
-    /// platform, version rules, every payload byte. Changes nothing.
+    /// platform, version rules, every payload byte. Changes nothing on the
+    /// node; the check is recorded in the audit log when a state database exists.
     Verify {
         /// The bundle file.
         bundle: PathBuf,
         /// The site profile.
         #[arg(long)]
         site: PathBuf,
-        /// Accept the same or a lower version than the installed one.
+        /// Accept the same or a lower version than the installed one, and an
+        /// installed version outside the bundle's `upgrades_from`.
         #[arg(long)]
         allow_downgrade: bool,
     },
@@ -49,7 +51,8 @@ enum Command {
         /// The site profile.
         #[arg(long)]
         site: PathBuf,
-        /// Accept the same or a lower version than the installed one.
+        /// Accept the same or a lower version than the installed one, and an
+        /// installed version outside the bundle's `upgrades_from`.
         #[arg(long)]
         allow_downgrade: bool,
     },

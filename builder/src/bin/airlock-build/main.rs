@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use airlock_builder::keys::{keygen, load_secret_key, sign_bundle};
 use airlock_builder::{build, BuildError, BuildOptions};
-use airlock_formats::{read_bundle, BundleError, BundleHeader, DiscardSink, PublicKey, Trust};
+use airlock_formats::{
+    read_bundle, BundleError, BundleHeader, DiscardSink, PublicKey, SignatureError, Trust,
+};
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 
@@ -91,13 +93,30 @@ fn main() -> ExitCode {
     match run(program) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {:#}", failure.error);
+            eprintln!("error: {}", report(&failure.error));
             if let Some(help) = failure.help {
                 eprintln!("\nhelp: {help}");
             }
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// The error and its causes as one line; a cause that the message before it
+/// already ends with (our errors print their source) is not repeated.
+fn report(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 struct Failure {
@@ -125,6 +144,7 @@ fn help_for(error: &anyhow::Error) -> Option<String> {
             Some("name migrations VERSION_DESCRIPTION.sql (sqlx) or VERSION_DESCRIPTION/up.sql (diesel), one version each".into())
         }
         BuildError::Key { .. } => Some("check the key file and passphrase (AIRLOCK_PASSPHRASE)".into()),
+        BuildError::AlreadySigned { .. } => Some("each key signs once; a second signature must come from another release key".into()),
         _ => None,
     }
 }
@@ -281,13 +301,18 @@ fn run(program: Program) -> Result<(), Failure> {
                 }
                 Err(e) => {
                     let io = matches!(e, BundleError::Io { .. });
+                    let help = if matches!(
+                        e,
+                        BundleError::Signature(SignatureError::Threshold { .. })
+                    ) {
+                        "if the signatures are good but too few, ask another release key holder to run `airlock-build sign`"
+                    } else {
+                        "do not use this bundle; build it again or get a fresh copy"
+                    };
                     return Err(Failure {
                         error: anyhow::Error::new(e)
                             .context(format!("bundle {} is not valid", bundle.display())),
-                        help: Some(
-                            "do not use this bundle; get a fresh copy from the release engineer"
-                                .into(),
-                        ),
+                        help: Some(help.into()),
                         code: if io { EXIT_FAILED } else { EXIT_INVALID },
                     });
                 }
