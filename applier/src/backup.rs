@@ -108,7 +108,13 @@ pub struct TreeFile {
 }
 
 fn io_ctx(context: String) -> impl FnOnce(io::Error) -> String {
-    move |e| format!("{context}: {e}")
+    move |e| {
+        if e.kind() == io::ErrorKind::StorageFull {
+            format!("{context}: the filesystem is full (no space left on device); free space there or move paths.backup_dir")
+        } else {
+            format!("{context}: {e}")
+        }
+    }
 }
 
 /// Creates `dir` (mode 0700) and its parents.
@@ -210,8 +216,13 @@ pub fn backup_database(
     let rel = format!("databases/{name}.sqlite");
     let dst = backup_dir.join(&rel);
     create_private_dir(&backup_dir.join("databases"))?;
-    let fail =
-        |e: rusqlite::Error| format!("backing up database `{name}` ({}): {e}", source.display());
+    let fail = |e: rusqlite::Error| {
+        format!(
+            "backing up database `{name}` ({}) into `{}`: {e}",
+            source.display(),
+            dst.display()
+        )
+    };
     let src =
         Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(fail)?;
     src.busy_timeout(Duration::from_secs(10)).map_err(fail)?;
@@ -527,6 +538,39 @@ pub fn load(backup_dir: &Path) -> Result<BackupManifest, String> {
         .and_then(|mut f| f.read_to_string(&mut text))
         .map_err(io_ctx(format!("reading `{}`", path.display())))?;
     serde_json::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))
+}
+
+/// Checks every copy in a complete backup against the SHA-256 recorded in
+/// `backup.json`. Returns the problems found (none: the backup is intact).
+pub fn verify(backup_dir: &Path, manifest: &BackupManifest) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |rel: &str, expected: Option<Sha256Digest>| {
+        let path = backup_dir.join(rel);
+        match hash_file(&path) {
+            Ok((sha, _)) if Some(sha) == expected => {}
+            Ok(_) => problems.push(format!(
+                "`{}` does not match its recorded SHA-256",
+                path.display()
+            )),
+            Err(e) => problems.push(e),
+        }
+    };
+    for db in &manifest.databases {
+        if let Some(rel) = &db.file {
+            check(rel, db.sha256);
+        }
+    }
+    for file in manifest.config_files.iter().chain(&manifest.installed) {
+        if let Some(rel) = &file.file {
+            check(rel, file.sha256);
+        }
+    }
+    if let Some(raft) = &manifest.raft {
+        for file in &raft.files {
+            check(&format!("{}/{}", raft.dir, file.path), Some(file.sha256));
+        }
+    }
+    problems
 }
 
 /// A backup folder found below the backup folder.

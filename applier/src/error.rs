@@ -31,8 +31,26 @@ pub enum ApplyError {
         help: String,
     },
     /// Another apply holds the node's lock.
-    #[error("another airlock-apply is running on this node (lock `{0}` is held)")]
-    Busy(PathBuf),
+    #[error("another airlock-apply (pid {holder}) is running on this node: lock `{lock}` is held")]
+    Busy {
+        /// The lock file.
+        lock: PathBuf,
+        /// The holder's pid, as it wrote it.
+        holder: String,
+    },
+    /// An earlier apply was interrupted and must be finished or undone first.
+    #[error("apply #{id} ({from} -> {to}) was interrupted and is not finished")]
+    Interrupted {
+        /// The interrupted apply's id.
+        id: i64,
+        /// Its from version.
+        from: String,
+        /// Its to version.
+        to: String,
+    },
+    /// A check of stored data found damage (audit log, backups).
+    #[error("{0}")]
+    CheckFailed(String),
     /// A step failed before the service was stopped; nothing on the node changed.
     #[error("{step} failed: {reason}")]
     Preflight {
@@ -103,6 +121,10 @@ pub mod exit {
     pub const NEEDS_OPERATOR: u8 = 5;
     /// Another apply holds the lock.
     pub const BUSY: u8 = 6;
+    /// An interrupted apply must be resumed first.
+    pub const INTERRUPTED: u8 = 7;
+    /// `history --check` or `backups verify` found damage.
+    pub const CHECK_FAILED: u8 = 8;
 }
 
 impl ApplyError {
@@ -112,7 +134,9 @@ impl ApplyError {
             Self::Refused { .. } => exit::REFUSED,
             Self::RolledBack { .. } => exit::ROLLED_BACK,
             Self::NeedsOperator { .. } => exit::NEEDS_OPERATOR,
-            Self::Busy(_) => exit::BUSY,
+            Self::Busy { .. } => exit::BUSY,
+            Self::Interrupted { .. } => exit::INTERRUPTED,
+            Self::CheckFailed(_) => exit::CHECK_FAILED,
             _ => exit::FAILED,
         }
     }
@@ -121,7 +145,10 @@ impl ApplyError {
     pub fn help(&self) -> Option<String> {
         match self {
             Self::Refused { help, .. } => Some(help.clone()),
-            Self::Busy(_) => Some("wait for the other apply to finish; `airlock-apply status` shows it".into()),
+            Self::Busy { .. } => Some("wait for the other apply to finish; `airlock-apply status` shows it".into()),
+            Self::Interrupted { .. } => Some(
+                "run `airlock-apply resume --site SITE`: it rolls the apply back, or completes it if the new version was already healthy".into(),
+            ),
             Self::RolledBack { .. } => Some(
                 "the node runs the old version; read the failure above, fix the bundle or the site, and apply again".into(),
             ),

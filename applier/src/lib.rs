@@ -1,12 +1,18 @@
 //! The site operator's side of airlock: verify a bundle against the site
-//! profile and apply it to a node with backups and automatic rollback. The
+//! profile, plan and apply it to a node with backups and automatic rollback,
+//! finish or undo an interrupted apply, and keep an audit trail. The
 //! `airlock-apply` binary is a thin command line over this crate.
 
 pub mod apply;
 pub mod backup;
 pub mod error;
+pub mod interrupt;
+pub mod lock;
 pub mod migrate;
+pub mod plan;
+pub mod recovery;
 pub mod report;
+pub mod run;
 pub mod service;
 pub mod site;
 pub mod stage;
@@ -15,6 +21,7 @@ pub mod verify;
 
 pub use apply::{apply, ApplyReport};
 pub use error::{exit, ApplyError};
+pub use interrupt::Interrupt;
 pub use report::Reporter;
 pub use site::Site;
 pub use verify::{read_and_verify, VerifyOptions};

@@ -15,6 +15,13 @@ use crate::error::ApplyError;
 /// File name of the state database inside the state folder.
 pub const STATE_DB: &str = "airlock-state.sqlite";
 
+/// File beside the state database holding the id and hash of the newest audit
+/// entry, so that deleting the newest entries is detected too.
+pub const AUDIT_HEAD: &str = "audit.head";
+
+/// `prev_hash` of the first audit entry.
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS installed (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -34,7 +41,9 @@ CREATE TABLE IF NOT EXISTS applies (
     finished_at INTEGER,
     outcome TEXT NOT NULL DEFAULT 'running',
     backup_dir TEXT,
-    error TEXT
+    error TEXT,
+    manifest_json TEXT NOT NULL DEFAULT '',
+    signers TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS journal (
     apply_id INTEGER NOT NULL REFERENCES applies(id),
@@ -54,7 +63,9 @@ CREATE TABLE IF NOT EXISTS audit (
     bundle_sha256 TEXT,
     signers TEXT,
     outcome TEXT NOT NULL,
-    error TEXT
+    error TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
 );
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
@@ -114,6 +125,74 @@ pub struct AuditEntry {
     pub error: Option<String>,
 }
 
+/// One audit entry as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditRow {
+    /// Sequence number, from 1 with no gaps.
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// OS user.
+    pub user: String,
+    /// What was done.
+    pub action: String,
+    /// Bundle file.
+    pub bundle: Option<String>,
+    /// Bundle version.
+    pub version: Option<String>,
+    /// SHA-256 of the bundle file.
+    pub bundle_sha256: Option<String>,
+    /// Key ids that counted.
+    pub signers: Option<String>,
+    /// Outcome.
+    pub outcome: String,
+    /// Error text.
+    pub error: Option<String>,
+    /// Hash of the entry before (64 zeros for the first).
+    pub prev_hash: String,
+    /// SHA-256 over this entry's fields and `prev_hash`.
+    pub hash: String,
+}
+
+impl AuditRow {
+    /// The hash this row should carry: SHA-256 of the JSON array of its
+    /// fields, `prev_hash` last.
+    pub fn compute_hash(&self) -> String {
+        let fields = serde_json::json!([
+            self.id,
+            self.at,
+            self.user,
+            self.action,
+            self.bundle,
+            self.version,
+            self.bundle_sha256,
+            self.signers,
+            self.outcome,
+            self.error,
+            self.prev_hash
+        ]);
+        airlock_formats::Sha256Digest::of(fields.to_string().as_bytes()).to_hex()
+    }
+}
+
+/// What an apply is about, recorded when it starts so that `resume` can finish
+/// or undo it without the bundle.
+#[derive(Debug, Clone)]
+pub struct NewApply<'a> {
+    /// Bundle file as given.
+    pub bundle: &'a str,
+    /// Bundle name.
+    pub name: &'a str,
+    /// Installed version.
+    pub from: &'a str,
+    /// Version being applied.
+    pub to: &'a str,
+    /// The signed manifest bytes.
+    pub manifest_json: &'a str,
+    /// Key ids that counted.
+    pub signers: &'a str,
+}
+
 /// A past apply, for `status`.
 #[derive(Debug, Clone)]
 pub struct ApplyRecord {
@@ -135,12 +214,49 @@ pub struct ApplyRecord {
     pub backup_dir: Option<String>,
     /// Error.
     pub error: Option<String>,
+    /// The manifest it applied.
+    pub manifest_json: String,
+    /// Key ids that counted.
+    pub signers: String,
+    /// SHA-256 of the bundle file.
+    pub bundle_sha256: String,
+}
+
+/// One journal row.
+#[derive(Debug, Clone)]
+pub struct JournalRow {
+    /// Order within the apply.
+    pub seq: i64,
+    /// Step name.
+    pub step: String,
+    /// Detail.
+    pub detail: String,
+}
+
+const APPLY_COLUMNS: &str = "id, bundle, from_version, to_version, started_at, finished_at, outcome, backup_dir, error, manifest_json, signers, bundle_sha256";
+
+fn apply_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApplyRecord> {
+    Ok(ApplyRecord {
+        id: r.get(0)?,
+        bundle: r.get(1)?,
+        from_version: r.get(2)?,
+        to_version: r.get(3)?,
+        started_at: r.get(4)?,
+        finished_at: r.get(5)?,
+        outcome: r.get(6)?,
+        backup_dir: r.get(7)?,
+        error: r.get(8)?,
+        manifest_json: r.get(9)?,
+        signers: r.get(10)?,
+        bundle_sha256: r.get(11)?,
+    })
 }
 
 /// The open state database.
 pub struct State {
     conn: Connection,
     path: PathBuf,
+    dir: PathBuf,
 }
 
 impl State {
@@ -158,7 +274,11 @@ impl State {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let state = Self { conn, path };
+        let state = Self {
+            conn,
+            path,
+            dir: state_dir.to_owned(),
+        };
         state.exec("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")?;
         state.exec(SCHEMA)?;
         Ok(state)
@@ -227,18 +347,12 @@ impl State {
     ///
     /// # Errors
     /// [`ApplyError::State`].
-    pub fn begin_apply(
-        &self,
-        bundle: &str,
-        sha256: &str,
-        name: &str,
-        from: &str,
-        to: &str,
-    ) -> Result<i64, ApplyError> {
+    pub fn begin_apply(&self, new: &NewApply<'_>) -> Result<i64, ApplyError> {
         self.conn
             .execute(
-                "INSERT INTO applies (bundle, bundle_sha256, name, from_version, to_version, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![bundle, sha256, name, from, to, now()],
+                "INSERT INTO applies (bundle, bundle_sha256, name, from_version, to_version, started_at, manifest_json, signers)
+                 VALUES (?1, '', ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![new.bundle, new.name, new.from, new.to, now(), new.manifest_json, new.signers],
             )
             .map_err(|e| self.err(e))?;
         Ok(self.conn.last_insert_rowid())
@@ -335,29 +449,186 @@ impl State {
         self.finish_apply(apply_id, outcome, Some(error), None)
     }
 
-    /// Appends an audit entry with the time and OS user.
+    /// Appends an audit entry with the time and OS user, chained by hash to
+    /// the one before, and records the new head in `audit.head`.
     ///
     /// # Errors
     /// [`ApplyError::State`].
     pub fn audit(&self, entry: &AuditEntry) -> Result<(), ApplyError> {
+        let last: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let (id, prev_hash) = match last {
+            Some((id, hash)) => (id + 1, hash),
+            None => (1, GENESIS.to_owned()),
+        };
+        let mut row = AuditRow {
+            id,
+            at: now(),
+            user: os_user(),
+            action: entry.action.clone(),
+            bundle: entry.bundle.clone(),
+            version: entry.version.clone(),
+            bundle_sha256: entry.bundle_sha256.clone(),
+            signers: entry.signers.clone(),
+            outcome: entry.outcome.clone(),
+            error: entry.error.clone(),
+            prev_hash,
+            hash: String::new(),
+        };
+        row.hash = row.compute_hash();
         self.conn
             .execute(
-                "INSERT INTO audit (at, user, action, bundle, version, bundle_sha256, signers, outcome, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO audit (id, at, user, action, bundle, version, bundle_sha256, signers, outcome, error, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
-                    now(),
-                    os_user(),
-                    entry.action,
-                    entry.bundle,
-                    entry.version,
-                    entry.bundle_sha256,
-                    entry.signers,
-                    entry.outcome,
-                    entry.error
+                    row.id,
+                    row.at,
+                    row.user,
+                    row.action,
+                    row.bundle,
+                    row.version,
+                    row.bundle_sha256,
+                    row.signers,
+                    row.outcome,
+                    row.error,
+                    row.prev_hash,
+                    row.hash
                 ],
             )
-            .map(|_| ())
+            .map_err(|e| self.err(e))?;
+        airlock_formats::durable::write_bytes_atomic(
+            &self.dir.join(AUDIT_HEAD),
+            0o600,
+            format!("{} {}\n", row.id, row.hash).as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Audit entries, oldest first.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn history(&self) -> Result<Vec<AuditRow>, ApplyError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, at, user, action, bundle, version, bundle_sha256, signers, outcome, error, prev_hash, hash
+                 FROM audit ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AuditRow {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    user: r.get(2)?,
+                    action: r.get(3)?,
+                    bundle: r.get(4)?,
+                    version: r.get(5)?,
+                    bundle_sha256: r.get(6)?,
+                    signers: r.get(7)?,
+                    outcome: r.get(8)?,
+                    error: r.get(9)?,
+                    prev_hash: r.get(10)?,
+                    hash: r.get(11)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Checks the audit chain: ids from 1 without gaps, each hash right, each
+    /// `prev_hash` the hash before, and the newest entry the one `audit.head`
+    /// names. Returns the number of entries checked, or every problem found.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`] when the database cannot be read.
+    pub fn check_history(&self) -> Result<Result<usize, Vec<String>>, ApplyError> {
+        let rows = self.history()?;
+        let mut problems = Vec::new();
+        let mut prev = GENESIS.to_owned();
+        for (i, row) in rows.iter().enumerate() {
+            let expected_id = i as i64 + 1;
+            if row.id != expected_id {
+                problems.push(format!(
+                    "entry {expected_id} is missing (found entry {} in its place)",
+                    row.id
+                ));
+            }
+            if row.prev_hash != prev {
+                problems.push(format!("entry {} does not follow the entry before it: an entry before it was deleted or changed", row.id));
+            }
+            if row.compute_hash() != row.hash {
+                problems.push(format!("entry {} was changed after it was written", row.id));
+            }
+            prev = row.hash.clone();
+        }
+        let head_path = self.dir.join(AUDIT_HEAD);
+        match std::fs::read_to_string(&head_path) {
+            Ok(text) => {
+                let mut parts = text.split_whitespace();
+                let (id, hash) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let last = rows.last().map(|r| (r.id.to_string(), r.hash.as_str()));
+                if last.as_ref().map(|(i, h)| (i.as_str(), *h)) != Some((id, hash)) {
+                    problems.push(format!(
+                        "the newest entry should be {id} with hash {hash} (from `{}`), but the log ends at {}: entries were deleted or changed",
+                        head_path.display(),
+                        last.map_or_else(|| "nothing".to_string(), |(i, _)| format!("entry {i}"))
+                    ));
+                }
+            }
+            Err(_) if rows.is_empty() => {}
+            Err(e) => problems.push(format!("cannot read `{}`: {e}", head_path.display())),
+        }
+        Ok(if problems.is_empty() {
+            Ok(rows.len())
+        } else {
+            Err(problems)
+        })
+    }
+
+    /// The apply that was interrupted (still `running`), if any. Only
+    /// meaningful while holding the node's lock.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn interrupted(&self) -> Result<Option<ApplyRecord>, ApplyError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {APPLY_COLUMNS} FROM applies WHERE outcome = 'running' ORDER BY id DESC LIMIT 1"),
+                [],
+                apply_row,
+            )
+            .optional()
             .map_err(|e| self.err(e))
+    }
+
+    /// The journal of an apply, in order.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn journal_rows(&self, apply_id: i64) -> Result<Vec<JournalRow>, ApplyError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, step, detail FROM journal WHERE apply_id = ?1 ORDER BY seq")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![apply_id], |r| {
+                Ok(JournalRow {
+                    seq: r.get(0)?,
+                    step: r.get(1)?,
+                    detail: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
     /// The most recent applies, newest first.
@@ -367,25 +638,12 @@ impl State {
     pub fn recent_applies(&self, limit: usize) -> Result<Vec<ApplyRecord>, ApplyError> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT id, bundle, from_version, to_version, started_at, finished_at, outcome, backup_dir, error
-                 FROM applies ORDER BY id DESC LIMIT ?1",
-            )
+            .prepare(&format!(
+                "SELECT {APPLY_COLUMNS} FROM applies ORDER BY id DESC LIMIT ?1"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![limit as i64], |r| {
-                Ok(ApplyRecord {
-                    id: r.get(0)?,
-                    bundle: r.get(1)?,
-                    from_version: r.get(2)?,
-                    to_version: r.get(3)?,
-                    started_at: r.get(4)?,
-                    finished_at: r.get(5)?,
-                    outcome: r.get(6)?,
-                    backup_dir: r.get(7)?,
-                    error: r.get(8)?,
-                })
-            })
+            .query_map(params![limit as i64], apply_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
@@ -401,8 +659,16 @@ mod tests {
         let mut state = State::open(dir.path()).unwrap();
         assert!(state.installed().unwrap().is_none());
         let id = state
-            .begin_apply("b.airlock", "00", "demo", "1.0.0", "1.1.0")
+            .begin_apply(&NewApply {
+                bundle: "b.airlock",
+                name: "demo",
+                from: "1.0.0",
+                to: "1.1.0",
+                manifest_json: "{}",
+                signers: "",
+            })
             .unwrap();
+        assert_eq!(state.interrupted().unwrap().unwrap().id, id);
         state.journal(id, "lock", "").unwrap();
         state.journal(id, "stage", "").unwrap();
         state
@@ -425,5 +691,41 @@ mod tests {
             .execute("UPDATE audit SET outcome = 'x'", [])
             .is_err());
         assert_eq!(state.recent_applies(5).unwrap()[0].outcome, "ok");
+    }
+
+    #[test]
+    fn history_check_finds_changed_and_deleted_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        for outcome in ["ok", "refused", "ok"] {
+            state
+                .audit(&AuditEntry {
+                    action: "verify".into(),
+                    outcome: outcome.into(),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        assert_eq!(state.check_history().unwrap(), Ok(3));
+        // Someone drops the guard and edits a row.
+        state
+            .exec("DROP TRIGGER audit_no_update; UPDATE audit SET outcome = 'ok' WHERE id = 2;")
+            .unwrap();
+        let problems = state.check_history().unwrap().unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.contains("entry 2 was changed")),
+            "{problems:?}"
+        );
+        // And deletes the newest one.
+        state
+            .exec("UPDATE audit SET outcome = 'refused' WHERE id = 2; DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE id = 3;")
+            .unwrap();
+        let problems = state.check_history().unwrap().unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("the newest entry should be 3")),
+            "{problems:?}"
+        );
     }
 }

@@ -3,16 +3,23 @@
 //! Exit codes (docs/OPERATIONS.md): 0 success; 1 failed before anything
 //! changed; 2 wrong command line; 3 bundle refused by verification, nothing
 //! changed; 4 apply failed and was rolled back, the old version runs healthy;
-//! 5 apply failed and the rollback did not complete, the operator must act;
-//! 6 another apply holds this node's lock.
+//! 5 the node needs the operator (a rollback did not complete, or the new
+//! version runs but could not be recorded); 6 another apply holds this node's
+//! lock; 7 an interrupted apply must be resumed first; 8 `history --check` or
+//! `backups verify` found damage.
 
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use airlock_applier::backup;
+use airlock_applier::plan::plan;
+use airlock_applier::recovery::{resume, rollback, Resumed, RollbackPlan};
 use airlock_applier::state::{AuditEntry, State};
 use airlock_applier::verify::installed_version;
-use airlock_applier::{apply, exit, read_and_verify, ApplyError, Reporter, Site, VerifyOptions};
+use airlock_applier::{
+    apply, exit, read_and_verify, ApplyError, Interrupt, Reporter, Site, VerifyOptions,
+};
 use airlock_formats::DiscardSink;
 use clap::{Parser, Subcommand};
 
@@ -20,7 +27,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "airlock-apply", version, about)]
 struct Program {
-    /// Print machine-readable JSON lines on stdout (human text stays on stderr).
+    /// Print machine-readable JSON on stdout: one object per step for
+    /// apply, resume and rollback (human text stays on stderr).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -43,6 +51,18 @@ enum Command {
         #[arg(long)]
         allow_downgrade: bool,
     },
+    /// Print what `apply` would do, step by step, with sizes and free space.
+    /// Changes nothing.
+    Plan {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// The site profile.
+        #[arg(long)]
+        site: PathBuf,
+        /// As for `apply`.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
     /// Apply a bundle to this node: verify, stage, stop, back up, install,
     /// migrate, start, check health; roll back by itself on failure.
     Apply {
@@ -56,11 +76,67 @@ enum Command {
         #[arg(long)]
         allow_downgrade: bool,
     },
+    /// Finish or undo an interrupted apply (killed, power cut): roll it back,
+    /// or complete it when the new version was already healthy.
+    Resume {
+        /// The site profile.
+        #[arg(long)]
+        site: PathBuf,
+    },
+    /// Return this node to the version before the last apply, from its backup.
+    /// Database writes made since that apply are lost.
+    Rollback {
+        /// The site profile.
+        #[arg(long)]
+        site: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Show the installed version, the last applies and the backups.
     Status {
         /// The site profile.
         #[arg(long)]
         site: PathBuf,
+    },
+    /// List, check or prune backups.
+    Backups {
+        #[command(subcommand)]
+        action: BackupsAction,
+    },
+    /// Show the audit trail: every verify, apply, resume and rollback.
+    History {
+        /// The site profile.
+        #[arg(long)]
+        site: PathBuf,
+        /// Check the hash chain and exit 8 if an entry was changed or deleted.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupsAction {
+    /// Each backup's versions, time, size and whether its hash list still matches.
+    List {
+        /// The site profile.
+        #[arg(long)]
+        site: PathBuf,
+    },
+    /// Re-hash every copy; exit 8 if any backup is damaged or incomplete.
+    Verify {
+        /// The site profile.
+        #[arg(long)]
+        site: PathBuf,
+    },
+    /// Remove old backups, keeping the newest `keep_backups` (or `--keep`).
+    Prune {
+        /// The site profile.
+        #[arg(long)]
+        site: PathBuf,
+        /// How many complete backups to keep.
+        #[arg(long)]
+        keep: Option<usize>,
     },
 }
 
@@ -68,7 +144,7 @@ fn main() -> ExitCode {
     let program = Program::parse();
     let json = program.json;
     match run(program) {
-        Ok(()) => ExitCode::from(exit::OK),
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
             if let Some(help) = e.help() {
@@ -85,8 +161,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(program: Program) -> Result<(), ApplyError> {
+fn interrupt() -> Result<Interrupt, ApplyError> {
+    Interrupt::install().map_err(ApplyError::io("installing signal handlers"))
+}
+
+fn confirm(plan: &RollbackPlan) -> bool {
+    let a = &plan.apply;
+    eprintln!(
+        "roll back apply #{} ({} -> {}) to {} from `{}`?",
+        a.id,
+        a.from_version,
+        a.to_version,
+        a.from_version,
+        plan.backup_dir.display()
+    );
+    if !plan.databases.is_empty() {
+        eprintln!(
+            "database(s) {} go back to their state before that apply: writes made since then are lost.",
+            plan.databases.join(", ")
+        );
+    }
+    if !std::io::stdin().is_terminal() {
+        eprintln!("no terminal to confirm on: pass --yes");
+        return false;
+    }
+    eprint!("type `yes` to go on: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    answer.trim() == "yes"
+}
+
+fn run(program: Program) -> Result<u8, ApplyError> {
     let reporter = Reporter::new(program.json);
+    let json = program.json;
     match program.command {
         Command::Verify {
             bundle,
@@ -137,13 +245,33 @@ fn run(program: Program) -> Result<(), ApplyError> {
                 ),
             );
         }
+        Command::Plan {
+            bundle,
+            site,
+            allow_downgrade,
+        } => {
+            let site = Site::load(&site)?;
+            let plan = plan(&site, &bundle, VerifyOptions { allow_downgrade })?;
+            if json {
+                println!("{}", serde_json::to_string(&plan).unwrap_or_default());
+            } else {
+                print!("{}", plan.render());
+            }
+        }
         Command::Apply {
             bundle,
             site,
             allow_downgrade,
         } => {
             let site = Site::load(&site)?;
-            let report = apply(&site, &bundle, VerifyOptions { allow_downgrade }, &reporter)?;
+            let interrupt = interrupt()?;
+            let report = apply(
+                &site,
+                &bundle,
+                VerifyOptions { allow_downgrade },
+                &reporter,
+                &interrupt,
+            )?;
             reporter.event(
                 "done",
                 "ok",
@@ -162,61 +290,240 @@ fn run(program: Program) -> Result<(), ApplyError> {
                 ),
             );
         }
-        Command::Status { site } => {
+        Command::Resume { site } => {
             let site = Site::load(&site)?;
-            let state = State::open_existing(&site.profile.paths.state_dir)?;
-            let installed = installed_version(&site, state.as_ref());
-            let applies = match &state {
-                Some(s) => s.recent_applies(5)?,
-                None => Vec::new(),
+            let interrupt = interrupt()?;
+            match resume(&site, &reporter, &interrupt)? {
+                Resumed::Nothing => {}
+                Resumed::Completed { id, version } => {
+                    reporter.event(
+                        "done",
+                        "ok",
+                        &format!("apply #{id} completed: {version} is installed"),
+                    );
+                }
+                Resumed::RolledBack { id, version } => {
+                    reporter.event(
+                        "done",
+                        "ok",
+                        &format!("apply #{id} rolled back: {version} runs"),
+                    );
+                    return Ok(exit::ROLLED_BACK);
+                }
+            }
+        }
+        Command::Rollback { site, yes } => {
+            let site = Site::load(&site)?;
+            let interrupt = interrupt()?;
+            let version = rollback(&site, &reporter, &interrupt, |plan| yes || confirm(plan))?;
+            reporter.event("done", "ok", &format!("rolled back: {version} runs"));
+        }
+        Command::Status { site } => status(&Site::load(&site)?, json)?,
+        Command::Backups { action } => return backups(action, json),
+        Command::History { site, check } => {
+            let site = Site::load(&site)?;
+            let Some(state) = State::open_existing(&site.profile.paths.state_dir)? else {
+                println!(
+                    "no history yet: `{}` has no state database",
+                    site.profile.paths.state_dir.display()
+                );
+                return Ok(exit::OK);
             };
-            let backups = backup::list(&site.profile.paths.backup_dir);
-            if program.json {
-                let value = serde_json::json!({
-                    "installed": installed.as_ref().ok().map(|i| serde_json::json!({"version": i.version.to_string(), "source": i.source})),
-                    "applies": applies.iter().map(|a| serde_json::json!({
-                        "id": a.id, "bundle": a.bundle, "from": a.from_version, "to": a.to_version,
-                        "started_at": a.started_at, "finished_at": a.finished_at, "outcome": a.outcome,
-                        "backup_dir": a.backup_dir, "error": a.error,
-                    })).collect::<Vec<_>>(),
-                    "backups": backups.iter().map(|b| serde_json::json!({
-                        "dir": b.dir, "complete": b.manifest.is_some(), "size": b.size,
-                        "from": b.manifest.as_ref().map(|m| m.from_version.clone()),
-                        "to": b.manifest.as_ref().map(|m| m.to_version.clone()),
-                    })).collect::<Vec<_>>(),
-                });
-                println!("{value}");
-            } else {
-                match &installed {
-                    Ok(i) => println!("installed   {} (from the {})", i.version, i.source),
-                    Err(e) => println!("installed   unknown: {e}"),
-                }
-                println!("last applies:");
-                if applies.is_empty() {
-                    println!("  none");
-                }
-                for a in &applies {
-                    println!(
-                        "  #{} {} -> {} {} at {} ({})",
-                        a.id, a.from_version, a.to_version, a.outcome, a.started_at, a.bundle
-                    );
-                    if let Some(e) = &a.error {
-                        println!("      {e}");
+            if check {
+                return match state.check_history()? {
+                    Ok(n) => {
+                        println!("audit log intact: {n} entries, hash chain and head match");
+                        Ok(exit::OK)
                     }
-                }
-                println!("backups in {}:", site.profile.paths.backup_dir.display());
-                if backups.is_empty() {
-                    println!("  none");
-                }
-                for b in &backups {
-                    let what = b.manifest.as_ref().map_or_else(
-                        || "incomplete".to_string(),
-                        |m| format!("{} -> {}", m.from_version, m.to_version),
+                    Err(problems) => Err(ApplyError::CheckFailed(format!(
+                        "the audit log was tampered with: {}",
+                        problems.join("; ")
+                    ))),
+                };
+            }
+            let rows = state.history()?;
+            if json {
+                println!("{}", serde_json::to_string(&rows).unwrap_or_default());
+            } else {
+                for r in rows {
+                    println!(
+                        "#{:<4} {} {:<10} {:<8} {:<14} {} {} sha256 {} signers {}{}",
+                        r.id,
+                        r.at,
+                        r.user,
+                        r.action,
+                        r.outcome,
+                        r.bundle.as_deref().unwrap_or("-"),
+                        r.version.as_deref().unwrap_or("-"),
+                        r.bundle_sha256
+                            .as_deref()
+                            .filter(|s| !s.is_empty())
+                            .map_or("-", |s| &s[..s.len().min(16)]),
+                        r.signers
+                            .as_deref()
+                            .filter(|s| !s.is_empty())
+                            .unwrap_or("-"),
+                        r.error.map(|e| format!("\n       {e}")).unwrap_or_default()
                     );
-                    println!("  {}  {}  {} MiB", b.dir.display(), what, b.size >> 20);
                 }
             }
         }
     }
+    Ok(exit::OK)
+}
+
+fn status(site: &Site, json: bool) -> Result<(), ApplyError> {
+    let state = State::open_existing(&site.profile.paths.state_dir)?;
+    let installed = installed_version(site, state.as_ref());
+    let applies = match &state {
+        Some(s) => s.recent_applies(5)?,
+        None => Vec::new(),
+    };
+    let interrupted = applies
+        .iter()
+        .find(|a| a.outcome == "running")
+        .map(|a| a.id);
+    let backups = backup::list(&site.profile.paths.backup_dir);
+    if json {
+        let value = serde_json::json!({
+            "installed": installed.as_ref().ok().map(|i| serde_json::json!({"version": i.version.to_string(), "source": i.source})),
+            "interrupted_apply": interrupted,
+            "applies": applies.iter().map(|a| serde_json::json!({
+                "id": a.id, "bundle": a.bundle, "from": a.from_version, "to": a.to_version,
+                "started_at": a.started_at, "finished_at": a.finished_at, "outcome": a.outcome,
+                "backup_dir": a.backup_dir, "error": a.error,
+            })).collect::<Vec<_>>(),
+            "backups": backups.iter().map(|b| serde_json::json!({
+                "dir": b.dir, "complete": b.manifest.is_some(), "size": b.size,
+                "from": b.manifest.as_ref().map(|m| m.from_version.clone()),
+                "to": b.manifest.as_ref().map(|m| m.to_version.clone()),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    match &installed {
+        Ok(i) => println!("installed   {} (from the {})", i.version, i.source),
+        Err(e) => println!("installed   unknown: {e}"),
+    }
+    if let Some(id) = interrupted {
+        println!(
+            "INTERRUPTED apply #{id}: run `airlock-apply resume --site {}`",
+            site.path.display()
+        );
+    }
+    println!("last applies:");
+    if applies.is_empty() {
+        println!("  none");
+    }
+    for a in &applies {
+        println!(
+            "  #{} {} -> {} {} at {} ({})",
+            a.id, a.from_version, a.to_version, a.outcome, a.started_at, a.bundle
+        );
+        if let Some(e) = &a.error {
+            println!("      {e}");
+        }
+    }
+    println!("backups in {}:", site.profile.paths.backup_dir.display());
+    if backups.is_empty() {
+        println!("  none");
+    }
+    for b in &backups {
+        let what = b.manifest.as_ref().map_or_else(
+            || "incomplete".to_string(),
+            |m| format!("{} -> {}", m.from_version, m.to_version),
+        );
+        println!("  {}  {}  {} MiB", b.dir.display(), what, b.size >> 20);
+    }
     Ok(())
+}
+
+fn backups(action: BackupsAction, json: bool) -> Result<u8, ApplyError> {
+    let verify_only = matches!(action, BackupsAction::Verify { .. });
+    match action {
+        BackupsAction::List { site } | BackupsAction::Verify { site } => {
+            let site = Site::load(&site)?;
+            let mut damaged = Vec::new();
+            let mut rows = Vec::new();
+            for b in backup::list(&site.profile.paths.backup_dir) {
+                let problems = match &b.manifest {
+                    Some(m) => backup::verify(&b.dir, m),
+                    None => vec![
+                        "incomplete: no backup.json (the apply stopped while backing up)".into(),
+                    ],
+                };
+                if !problems.is_empty() {
+                    damaged.push(format!("`{}`: {}", b.dir.display(), problems.join("; ")));
+                }
+                rows.push(serde_json::json!({
+                    "dir": b.dir,
+                    "from": b.manifest.as_ref().map(|m| m.from_version.clone()),
+                    "to": b.manifest.as_ref().map(|m| m.to_version.clone()),
+                    "created_at": b.manifest.as_ref().map(|m| m.created_at),
+                    "size": b.size,
+                    "intact": problems.is_empty(),
+                    "problems": problems,
+                }));
+            }
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+            } else if rows.is_empty() {
+                println!(
+                    "no backups in `{}`",
+                    site.profile.paths.backup_dir.display()
+                );
+            } else {
+                for r in &rows {
+                    println!(
+                        "{}  {} -> {}  at {}  {} MiB  {}",
+                        r["dir"].as_str().unwrap_or_default(),
+                        r["from"].as_str().unwrap_or("?"),
+                        r["to"].as_str().unwrap_or("?"),
+                        r["created_at"]
+                            .as_i64()
+                            .map_or_else(|| "?".into(), |t| t.to_string()),
+                        r["size"].as_u64().unwrap_or(0) >> 20,
+                        if r["intact"].as_bool().unwrap_or(false) {
+                            "hashes match"
+                        } else {
+                            "DAMAGED"
+                        }
+                    );
+                }
+            }
+            if verify_only && !damaged.is_empty() {
+                return Err(ApplyError::CheckFailed(format!(
+                    "damaged backups: {}",
+                    damaged.join("; ")
+                )));
+            }
+        }
+        BackupsAction::Prune { site, keep } => {
+            let site = Site::load(&site)?;
+            let _lock = airlock_applier::lock::lock(&site)?;
+            if let Some(state) = State::open_existing(&site.profile.paths.state_dir)? {
+                // An interrupted apply may still need its backup.
+                airlock_applier::apply::refuse_if_interrupted(&state)?;
+            }
+            let keep = keep.unwrap_or(site.profile.paths.keep_backups).max(1);
+            let removed = backup::prune(
+                &site.profile.paths.backup_dir,
+                keep,
+                std::path::Path::new(""),
+            )
+            .map_err(|e| ApplyError::Preflight {
+                step: "prune".into(),
+                reason: e,
+            })?;
+            for dir in &removed {
+                println!("removed {}", dir.display());
+            }
+            println!(
+                "kept the newest {keep} complete backup(s); removed {}",
+                removed.len()
+            );
+        }
+    }
+    Ok(exit::OK)
 }

@@ -1,0 +1,59 @@
+//! One apply at a time per node: an flock(2) on `STATE_DIR/apply.lock`
+//! (`File::try_lock`). The kernel drops the lock when its holder dies, so a
+//! lock left by a killed process is taken over at once, and a live holder is
+//! never overridden. The holder writes its pid into the file for messages.
+
+use std::fs::File;
+use std::io::{Read as _, Seek as _, Write as _};
+
+use crate::error::ApplyError;
+use crate::site::Site;
+
+/// Name of the lock file in the state folder.
+pub const LOCK_FILE: &str = "apply.lock";
+
+/// Holds the node's apply lock until dropped.
+pub struct NodeLock {
+    _file: File,
+}
+
+/// Takes the node's apply lock.
+///
+/// # Errors
+/// [`ApplyError::Busy`] naming the holder's pid when another live process holds it.
+pub fn lock(site: &Site) -> Result<NodeLock, ApplyError> {
+    let dir = &site.profile.paths.state_dir;
+    std::fs::create_dir_all(dir).map_err(ApplyError::io(format!(
+        "creating state folder `{}`",
+        dir.display()
+    )))?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(ApplyError::io(format!("opening lock `{}`", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {
+            let pid = std::process::id().to_string();
+            let _ = file
+                .set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| file.write_all(pid.as_bytes()));
+            Ok(NodeLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(ApplyError::Busy {
+                lock: path,
+                holder: holder.trim().to_owned(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(ApplyError::io(format!("locking `{}`", path.display()))(e))
+        }
+    }
+}
