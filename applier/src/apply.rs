@@ -281,7 +281,15 @@ pub fn apply(
         }
     };
     run.ctx.sha256 = verified.bundle_sha256.to_hex();
-    run.state.set_bundle_sha256(apply_id, &run.ctx.sha256)?;
+    if let Err(e) = run.state.set_bundle_sha256(apply_id, &run.ctx.sha256) {
+        let _ = std::fs::remove_dir_all(&stage_dir);
+        return Err(preflight_failure(
+            &mut run,
+            "apply",
+            steps::STAGE,
+            e.to_string(),
+        ));
+    }
     reporter.event(
         steps::STAGE,
         "ok",

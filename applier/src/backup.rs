@@ -394,6 +394,10 @@ impl TreeDiff {
 /// A message naming the folder that could not be read.
 pub fn diff_tree(record: &TreeRecord) -> Result<TreeDiff, String> {
     let mut diff = TreeDiff::default();
+    if !record.source.exists() {
+        diff.changed = (0..record.files.len()).collect();
+        return Ok(diff);
+    }
     let keep: std::collections::HashSet<&str> =
         record.files.iter().map(|f| f.path.as_str()).collect();
     for entry in walkdir::WalkDir::new(&record.source).min_depth(1) {
@@ -432,20 +436,23 @@ pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, Str
         create_private_dir(&record.source.join(dir))?;
     }
     let diff = diff_tree(record)?;
+    // Check every copy first, so a bad one leaves the live folder untouched.
+    for &i in &diff.changed {
+        let file = &record.files[i];
+        let copy = root.join(&file.path);
+        if hash_file(&copy)?.0 != file.sha256 {
+            return Err(format!("backup copy `{}` does not match its recorded SHA-256; the live folder was not changed", copy.display()));
+        }
+    }
     for path in &diff.extra {
         fs::remove_file(path).map_err(io_ctx(format!("removing `{}`", path.display())))?;
     }
     for &i in &diff.changed {
         let file = &record.files[i];
-        let copy = root.join(&file.path);
-        let (sha, _) = hash_file(&copy)?;
-        if sha != file.sha256 {
-            return Err(format!(
-                "backup copy `{}` does not match its recorded SHA-256",
-                copy.display()
-            ));
-        }
-        let input = File::open(&copy).map_err(io_ctx(format!("reading `{}`", copy.display())))?;
+        let input = File::open(root.join(&file.path)).map_err(io_ctx(format!(
+            "reading `{}`",
+            root.join(&file.path).display()
+        )))?;
         write_atomic(&record.source.join(&file.path), file.mode, |f| {
             io::copy(&mut BufReader::new(input), f).map(|_| ())
         })
@@ -601,22 +608,25 @@ pub fn list(root: &Path) -> Vec<BackupInfo> {
     out
 }
 
-/// Removes complete backups beyond the newest `keep`, and incomplete ones
-/// other than `current`. Returns the folders removed.
+/// Removes complete backups beyond the newest `keep`, and incomplete ones;
+/// never a folder in `protect` (the backup the `rollback` command would use,
+/// the one being written). Returns the folders removed.
 ///
 /// # Errors
 /// A message naming the folder that could not be removed.
-pub fn prune(root: &Path, keep: usize, current: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn prune(root: &Path, keep: usize, protect: &[&Path]) -> Result<Vec<PathBuf>, String> {
     let all = list(root);
+    let kept = |b: &BackupInfo| !protect.contains(&b.dir.as_path());
     let complete: Vec<&BackupInfo> = all.iter().filter(|b| b.manifest.is_some()).collect();
     let mut remove: Vec<PathBuf> = complete
         .iter()
         .take(complete.len().saturating_sub(keep))
+        .filter(|b| kept(b))
         .map(|b| b.dir.clone())
         .collect();
     remove.extend(
         all.iter()
-            .filter(|b| b.manifest.is_none() && b.dir != current)
+            .filter(|b| b.manifest.is_none() && kept(b))
             .map(|b| b.dir.clone()),
     );
     for dir in &remove {

@@ -153,7 +153,7 @@ impl ApplyError {
                 "the node runs the old version; read the failure above, fix the bundle or the site, and apply again".into(),
             ),
             Self::NeedsOperator { .. } => Some(
-                "the node may be down: see docs/OPERATIONS.md, \"Rollback did not complete\"; backups are listed by `airlock-apply status`".into(),
+                "the node needs you: the error says what is running and what is not; docs/OPERATIONS.md, \"Rollback did not complete\", has the procedure, and `airlock-apply status` lists the backups".into(),
             ),
             Self::Site { .. } => Some("fix the field named above; docs/SITE.md describes every field".into()),
             _ => None,

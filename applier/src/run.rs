@@ -519,7 +519,7 @@ impl<'a> Run<'a> {
             match backup::prune(
                 &self.site.profile.paths.backup_dir,
                 self.site.profile.paths.keep_backups,
-                current,
+                &[current],
             ) {
                 Ok(removed) if !removed.is_empty() => self.ok(
                     "prune backups",
@@ -605,7 +605,11 @@ impl<'a> Run<'a> {
             // The new version may be half up: nothing may run while files go back.
             if let Err(e) = self.stop() {
                 if done.started {
-                    problems.push(format!("stopping the new version: {e}"));
+                    // Restoring files and databases under a running service
+                    // could corrupt them: leave everything for the operator.
+                    return vec![format!(
+                        "stopping the new version failed, so nothing was restored (the backup is intact): {e}"
+                    )];
                 }
             }
         }

@@ -281,6 +281,7 @@ impl State {
         };
         state.exec("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")?;
         state.exec(SCHEMA)?;
+        state.upgrade_schema()?;
         Ok(state)
     }
 
@@ -294,6 +295,57 @@ impl State {
         } else {
             Ok(None)
         }
+    }
+
+    /// Brings a state database written by airlock 0.1's first slice (schema
+    /// version 0) to the current schema (version 1): the columns `resume` and
+    /// the audit chain need. Existing audit rows get no hash; `history --check`
+    /// reports them.
+    fn upgrade_schema(&self) -> Result<(), ApplyError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if version >= 1 {
+            return Ok(());
+        }
+        let has = |table: &str, column: &str| -> Result<bool, ApplyError> {
+            self.conn
+                .query_row(
+                    &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    params![column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n > 0)
+                .map_err(|e| self.err(e))
+        };
+        for (table, column, ddl) in [
+            (
+                "applies",
+                "manifest_json",
+                "ALTER TABLE applies ADD COLUMN manifest_json TEXT NOT NULL DEFAULT ''",
+            ),
+            (
+                "applies",
+                "signers",
+                "ALTER TABLE applies ADD COLUMN signers TEXT NOT NULL DEFAULT ''",
+            ),
+            (
+                "audit",
+                "prev_hash",
+                "ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT ''",
+            ),
+            (
+                "audit",
+                "hash",
+                "ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT ''",
+            ),
+        ] {
+            if !has(table, column)? {
+                self.exec(ddl)?;
+            }
+        }
+        self.exec("PRAGMA user_version = 1")
     }
 
     fn err(&self, e: rusqlite::Error) -> ApplyError {

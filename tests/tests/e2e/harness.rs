@@ -553,3 +553,135 @@ pub fn build_bundle(spec: &Path, key: &str, out: &Path) -> PathBuf {
     .ok();
     PathBuf::from(run.stdout.trim())
 }
+
+/// `sqlite_dump_hash` without airlock's own bookkeeping table, to compare a
+/// migrated database with one migrated by hand.
+pub fn sqlite_content_hash(path: &Path) -> String {
+    let copy = tempfile::NamedTempFile::new().unwrap();
+    fs::copy(path, copy.path()).unwrap();
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    if wal.exists() {
+        fs::copy(&wal, format!("{}-wal", copy.path().display())).unwrap();
+    }
+    let conn = Connection::open(copy.path()).unwrap();
+    conn.execute_batch("DROP TABLE IF EXISTS airlock_migrations;")
+        .unwrap();
+    drop(conn);
+    sqlite_dump_hash(copy.path())
+}
+
+/// The content hash the database should have after release 1.1.0's migrations.
+pub fn migrated_content_hash(original: &Path, migrations: &Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("app.db");
+    let conn = Connection::open(original).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    drop(conn);
+    fs::copy(original, &copy).unwrap();
+    let conn = Connection::open(&copy).unwrap();
+    let mut files: Vec<_> = fs::read_dir(migrations)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        conn.execute_batch(&fs::read_to_string(f).unwrap()).unwrap();
+    }
+    drop(conn);
+    sqlite_content_hash(&copy)
+}
+
+/// One JSON event of `airlock-apply --json`.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub step: String,
+    pub status: String,
+}
+
+/// Runs `airlock-apply --json ARGS`, reading its events; when `act` returns
+/// true for an event, `signal` (`KILL` or `TERM`) goes to the process, once
+/// or `repeat` times. Returns the events, the exit code and stderr.
+pub fn apply_with_signal(
+    args: &[&str],
+    signal: &str,
+    repeat: usize,
+    mut act: impl FnMut(&Event, usize) -> bool,
+) -> (Vec<Event>, i32, String) {
+    use std::io::{BufRead as _, Read as _};
+    let mut child = Command::new(bin("airlock-apply"))
+        .arg("--json")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut events = Vec::new();
+    let mut counts = std::collections::HashMap::new();
+    let mut fired = false;
+    for line in stdout.lines() {
+        let Ok(line) = line else { break };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let event = Event {
+            step: v["step"].as_str().unwrap_or_default().to_owned(),
+            status: v["status"].as_str().unwrap_or_default().to_owned(),
+        };
+        let n = counts
+            .entry((event.step.clone(), event.status.clone()))
+            .or_insert(0usize);
+        *n += 1;
+        let nth = *n;
+        if !fired && act(&event, nth) {
+            fired = true;
+            for _ in 0..repeat {
+                Command::new("kill")
+                    .args([&format!("-{signal}"), &child.id().to_string()])
+                    .status()
+                    .unwrap();
+            }
+        }
+        events.push(event);
+    }
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    let stderr = err_thread.join().unwrap();
+    (events, code, stderr)
+}
+
+/// A tmpfs of `mib` MiB mounted on `dir` until dropped (needs root).
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, mib: u64) -> Self {
+        fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a {mib} MiB tmpfs on {} failed: this test needs root",
+            dir.display()
+        );
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod harness;
+mod recovery;
 mod refusals;
 mod reproducible;
 mod single_node;

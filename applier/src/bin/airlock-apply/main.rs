@@ -215,7 +215,10 @@ fn run(program: Program) -> Result<u8, ApplyError> {
                         Some(v.bundle_sha256.to_hex()),
                         Some(v.signers_text()),
                     ),
-                    Err(e) => ("refused", Some(e.to_string()), None, None, None),
+                    Err(e @ ApplyError::Refused { .. }) => {
+                        ("refused", Some(e.to_string()), None, None, None)
+                    }
+                    Err(e) => ("failed", Some(e.to_string()), None, None, None),
                 };
                 let _ = state.audit(&AuditEntry {
                     action: "verify".into(),
@@ -502,20 +505,29 @@ fn backups(action: BackupsAction, json: bool) -> Result<u8, ApplyError> {
         BackupsAction::Prune { site, keep } => {
             let site = Site::load(&site)?;
             let _lock = airlock_applier::lock::lock(&site)?;
+            let mut protect = Vec::new();
             if let Some(state) = State::open_existing(&site.profile.paths.state_dir)? {
                 // An interrupted apply may still need its backup.
                 airlock_applier::apply::refuse_if_interrupted(&state)?;
+                // So does `rollback`: the backup of the last completed apply stays.
+                if let Some(dir) = state
+                    .recent_applies(1000)?
+                    .into_iter()
+                    .find(|a| a.outcome == "ok" && !a.bundle.starts_with("rollback of"))
+                    .and_then(|a| a.backup_dir)
+                {
+                    protect.push(PathBuf::from(dir));
+                }
             }
             let keep = keep.unwrap_or(site.profile.paths.keep_backups).max(1);
-            let removed = backup::prune(
-                &site.profile.paths.backup_dir,
-                keep,
-                std::path::Path::new(""),
-            )
-            .map_err(|e| ApplyError::Preflight {
-                step: "prune".into(),
-                reason: e,
-            })?;
+            let protected: Vec<&std::path::Path> = protect.iter().map(PathBuf::as_path).collect();
+            let removed =
+                backup::prune(&site.profile.paths.backup_dir, keep, &protected).map_err(|e| {
+                    ApplyError::Preflight {
+                        step: "prune".into(),
+                        reason: e,
+                    }
+                })?;
             for dir in &removed {
                 println!("removed {}", dir.display());
             }
