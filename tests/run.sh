@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests and the end-to-end tests, which
-# start a real etcd member on 127.0.0.1. Installs etcd from Debian's packages
-# when it is missing (needs root or sudo).
+# start real etcd members and a real sshd on 127.0.0.1. Installs etcd and
+# OpenSSH from Debian's packages when they are missing (needs root or sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v scp >/dev/null 2>&1 || need+=(openssh-client)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     sudo=""

@@ -48,6 +48,18 @@ pub enum ApplyError {
         /// Its to version.
         to: String,
     },
+    /// A rolling upgrade stopped at a node; the others are as they were.
+    #[error("rolling upgrade to {version} stopped at node {node}: {reason}")]
+    RolloutStopped {
+        /// Version being rolled out.
+        version: String,
+        /// The node where it stopped.
+        node: String,
+        /// Why.
+        reason: String,
+        /// Whether that node needs the operator (its own rollback did not complete).
+        needs_operator: bool,
+    },
     /// A check of stored data found damage (audit log, backups).
     #[error("{0}")]
     CheckFailed(String),
@@ -137,6 +149,11 @@ impl ApplyError {
             Self::Busy { .. } => exit::BUSY,
             Self::Interrupted { .. } => exit::INTERRUPTED,
             Self::CheckFailed(_) => exit::CHECK_FAILED,
+            Self::RolloutStopped {
+                needs_operator: true,
+                ..
+            } => exit::NEEDS_OPERATOR,
+            Self::RolloutStopped { .. } => exit::ROLLED_BACK,
             _ => exit::FAILED,
         }
     }
@@ -146,6 +163,9 @@ impl ApplyError {
         match self {
             Self::Refused { help, .. } => Some(help.clone()),
             Self::Busy { .. } => Some("wait for the other apply to finish; `airlock-apply status` shows it".into()),
+            Self::RolloutStopped { node, .. } => Some(format!(
+                "fix the cause on node {node}, then run `airlock-apply resume --site CLUSTER.toml` to continue; `airlock-apply rollout status --site CLUSTER.toml` shows every node"
+            )),
             Self::Interrupted { .. } => Some(
                 "run `airlock-apply resume --site SITE`: it rolls the apply back, or completes it if the new version was already healthy".into(),
             ),

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod backup;
+pub mod cluster;
 pub mod error;
 pub mod interrupt;
 pub mod lock;
@@ -12,6 +13,7 @@ pub mod migrate;
 pub mod plan;
 pub mod recovery;
 pub mod report;
+pub mod rolling;
 pub mod run;
 pub mod service;
 pub mod site;

@@ -155,6 +155,37 @@ fn default_keep() -> usize {
     3
 }
 
+/// Reads the trusted keys (paths already absolute) into a [`Trust`].
+///
+/// # Errors
+/// A message naming the key file or the threshold problem.
+pub fn load_trust(profile: &TrustProfile) -> Result<Trust, String> {
+    let mut keys = Vec::new();
+    for key in &profile.keys {
+        let text = std::fs::read_to_string(key)
+            .map_err(|e| format!("trust.keys: `{}`: {e}", key.display()))?;
+        keys.push(
+            PublicKey::from_minisign(&text)
+                .map_err(|e| format!("trust.keys: `{}`: {e}", key.display()))?,
+        );
+    }
+    Trust::new(keys, profile.threshold).map_err(|e| format!("trust: {e}"))
+}
+
+/// Whether the profile at `path` describes a cluster (has a `[cluster]` table).
+///
+/// # Errors
+/// [`ApplyError::Site`] when the file cannot be read or is not TOML.
+pub fn is_cluster_profile(path: &Path) -> Result<bool, ApplyError> {
+    let site_err = |reason: String| ApplyError::Site {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
+    let value: toml::Table = toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
+    Ok(value.contains_key("cluster"))
+}
+
 impl Site {
     /// Loads and checks `site.toml`, reading the trusted keys.
     ///
@@ -199,17 +230,7 @@ impl Site {
         if profile.paths.keep_backups == 0 {
             return Err(site_err("paths.keep_backups must be at least 1".into()));
         }
-        let mut keys = Vec::new();
-        for key in &profile.trust.keys {
-            let text = std::fs::read_to_string(key)
-                .map_err(|e| site_err(format!("trust.keys: `{}`: {e}", key.display())))?;
-            keys.push(
-                PublicKey::from_minisign(&text)
-                    .map_err(|e| site_err(format!("trust.keys: `{}`: {e}", key.display())))?,
-            );
-        }
-        let trust = Trust::new(keys, profile.trust.threshold)
-            .map_err(|e| site_err(format!("trust: {e}")))?;
+        let trust = load_trust(&profile.trust).map_err(site_err)?;
         Ok(Self {
             path: path.to_owned(),
             dir,

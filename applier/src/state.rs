@@ -67,6 +67,29 @@ CREATE TABLE IF NOT EXISTS audit (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+    id INTEGER PRIMARY KEY,
+    bundle TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    outcome TEXT NOT NULL DEFAULT 'running',
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS rollout_nodes (
+    rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
+    node TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    version TEXT,
+    state TEXT NOT NULL,
+    step TEXT NOT NULL DEFAULT '',
+    stopped_ms INTEGER,
+    apply_ms INTEGER,
+    error TEXT,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (rollout_id, node)
+);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -220,6 +243,65 @@ pub struct ApplyRecord {
     pub signers: String,
     /// SHA-256 of the bundle file.
     pub bundle_sha256: String,
+}
+
+/// A rolling upgrade, as the coordinator records it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RolloutRecord {
+    /// Id.
+    pub id: i64,
+    /// Bundle file on the coordinator.
+    pub bundle: String,
+    /// Bundle name.
+    pub name: String,
+    /// Version being rolled out.
+    pub version: String,
+    /// Start, Unix seconds.
+    pub started_at: i64,
+    /// End, Unix seconds.
+    pub finished_at: Option<i64>,
+    /// `running`, `ok`, `stopped` (a node failed; `resume` continues), `refused`.
+    pub outcome: String,
+    /// Why it stopped.
+    pub error: Option<String>,
+}
+
+/// One node of a rollout.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RolloutNode {
+    /// Member name.
+    pub node: String,
+    /// Position in the cluster profile.
+    pub position: i64,
+    /// Version it runs, as last seen.
+    pub version: Option<String>,
+    /// `pending`, `verified`, `upgrading`, `upgraded`, `rolled-back`, `failed`.
+    pub state: String,
+    /// Last step seen.
+    pub step: String,
+    /// How long its service was down, milliseconds.
+    pub stopped_ms: Option<i64>,
+    /// How long its apply took, milliseconds.
+    pub apply_ms: Option<i64>,
+    /// What failed.
+    pub error: Option<String>,
+}
+
+/// A change to a rollout node's row; `None` fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct NodeUpdate<'a> {
+    /// New state.
+    pub state: Option<&'a str>,
+    /// New step.
+    pub step: Option<&'a str>,
+    /// Version seen.
+    pub version: Option<&'a str>,
+    /// Service down time, ms.
+    pub stopped_ms: Option<i64>,
+    /// Apply time, ms.
+    pub apply_ms: Option<i64>,
+    /// Error.
+    pub error: Option<&'a str>,
 }
 
 /// One journal row.
@@ -677,6 +759,149 @@ impl State {
                     seq: r.get(0)?,
                     step: r.get(1)?,
                     detail: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Starts a rollout record with its nodes, all `pending`.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn begin_rollout(
+        &self,
+        bundle: &str,
+        name: &str,
+        version: &str,
+        nodes: &[String],
+    ) -> Result<i64, ApplyError> {
+        self.conn
+            .execute(
+                "INSERT INTO rollouts (bundle, name, version, started_at) VALUES (?1, ?2, ?3, ?4)",
+                params![bundle, name, version, now()],
+            )
+            .map_err(|e| self.err(e))?;
+        let id = self.conn.last_insert_rowid();
+        for (i, node) in nodes.iter().enumerate() {
+            self.conn
+                .execute(
+                    "INSERT INTO rollout_nodes (rollout_id, node, position, state, updated_at) VALUES (?1, ?2, ?3, 'pending', ?4)",
+                    params![id, node, i as i64, now()],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(id)
+    }
+
+    /// Updates a rollout node's row.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn update_rollout_node(
+        &self,
+        rollout: i64,
+        node: &str,
+        u: &NodeUpdate<'_>,
+    ) -> Result<(), ApplyError> {
+        self.conn
+            .execute(
+                "UPDATE rollout_nodes SET state = COALESCE(?3, state), step = COALESCE(?4, step),
+                   version = COALESCE(?5, version), stopped_ms = COALESCE(?6, stopped_ms),
+                   apply_ms = COALESCE(?7, apply_ms), error = ?8, updated_at = ?9
+                 WHERE rollout_id = ?1 AND node = ?2",
+                params![
+                    rollout,
+                    node,
+                    u.state,
+                    u.step,
+                    u.version,
+                    u.stopped_ms,
+                    u.apply_ms,
+                    u.error,
+                    now()
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Ends (or pauses, with `stopped`) a rollout.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn finish_rollout(
+        &self,
+        rollout: i64,
+        outcome: &str,
+        error: Option<&str>,
+    ) -> Result<(), ApplyError> {
+        self.conn
+            .execute(
+                "UPDATE rollouts SET outcome = ?2, error = ?3, finished_at = ?4 WHERE id = ?1",
+                params![rollout, outcome, error, now()],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks a stopped rollout as running again (for `resume`).
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn reopen_rollout(&self, rollout: i64) -> Result<(), ApplyError> {
+        self.finish_rollout(rollout, "running", None)
+    }
+
+    /// The newest rollout.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn latest_rollout(&self) -> Result<Option<RolloutRecord>, ApplyError> {
+        self.conn
+            .query_row(
+                "SELECT id, bundle, name, version, started_at, finished_at, outcome, error FROM rollouts ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(RolloutRecord {
+                        id: r.get(0)?,
+                        bundle: r.get(1)?,
+                        name: r.get(2)?,
+                        version: r.get(3)?,
+                        started_at: r.get(4)?,
+                        finished_at: r.get(5)?,
+                        outcome: r.get(6)?,
+                        error: r.get(7)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The nodes of a rollout, in profile order.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn rollout_nodes(&self, rollout: i64) -> Result<Vec<RolloutNode>, ApplyError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT node, position, version, state, step, stopped_ms, apply_ms, error
+                 FROM rollout_nodes WHERE rollout_id = ?1 ORDER BY position",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![rollout], |r| {
+                Ok(RolloutNode {
+                    node: r.get(0)?,
+                    position: r.get(1)?,
+                    version: r.get(2)?,
+                    state: r.get(3)?,
+                    step: r.get(4)?,
+                    stopped_ms: r.get(5)?,
+                    apply_ms: r.get(6)?,
+                    error: r.get(7)?,
                 })
             })
             .map_err(|e| self.err(e))?;

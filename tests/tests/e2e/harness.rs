@@ -237,57 +237,89 @@ pub struct EtcdNode {
 
 pub const KEY_COUNT: usize = 3000;
 
-impl EtcdNode {
-    /// Sets up a node running release 1.0.0 (a copy of /usr/bin/etcd) with
-    /// `KEY_COUNT` keys written and the application database created; the
-    /// site trusts `trusted` keys with `threshold`.
-    pub fn start(trusted: &[&Path], threshold: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_owned();
-        for sub in ["node/bin", "keys", "state", "backups"] {
-            fs::create_dir_all(root.join(sub)).unwrap();
+/// A member's name and ports.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+impl Member {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            client_port: free_port(),
+            peer_port: free_port(),
         }
-        fs::copy("/usr/bin/etcd", root.join("node/bin/etcd"))
-            .expect("copy /usr/bin/etcd (install etcd-server)");
-        fs::write(root.join("node/RELEASE"), "1.0.0\n").unwrap();
-        fs::write(
-            root.join("node/etcd.conf"),
-            "# service config, backed up with the data\nquota=2GiB\n",
-        )
-        .unwrap();
-        create_app_db(&root.join("node/app.db"));
-        let client_port = free_port();
-        let peer_port = free_port();
-        let mut keys = String::new();
-        for (i, key) in trusted.iter().enumerate() {
-            let name = format!("keys/trusted-{i}.pub");
-            fs::copy(key, root.join(&name)).unwrap();
-            keys.push_str(&format!("\"{name}\", "));
-        }
-        let start = format!(
-            "for v in $(env | grep -o '^ETCD_[A-Z_]*'); do unset $v; done; \
-             nohup node/bin/etcd --name n1 --data-dir node/data \
-             --listen-client-urls http://127.0.0.1:{client_port} --advertise-client-urls http://127.0.0.1:{client_port} \
-             --listen-peer-urls http://127.0.0.1:{peer_port} --initial-advertise-peer-urls http://127.0.0.1:{peer_port} \
-             --initial-cluster n1=http://127.0.0.1:{peer_port} > node/etcd.log 2>&1 & echo $! > node/pid"
-        );
-        fs::write(
-            root.join("stop.sh"),
-            "#!/bin/sh\n# Stops the member and waits until the process is gone (a zombie counts as gone).\n\
-             [ -f node/pid ] || exit 0\npid=$(cat node/pid)\nkill \"$pid\" 2>/dev/null\n\
-             while [ -d /proc/$pid ] && ! grep -q '^State:[[:space:]]*Z' /proc/$pid/status 2>/dev/null; do sleep 0.1; done\n\
-             rm -f node/pid\n",
-        )
-        .unwrap();
-        fs::set_permissions(root.join("stop.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-        let site = format!(
-            r#"[service]
-name = "etcd member n1"
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `NAME=PEER_URL`, an entry of etcd's `--initial-cluster`.
+    pub fn initial_cluster_entry(&self) -> String {
+        format!("{}=http://127.0.0.1:{}", self.name, self.peer_port)
+    }
+}
+
+/// Lays out a node under `root`: an installed etcd 1.0.0 (a copy of
+/// /usr/bin/etcd), its RELEASE file, config, the application database, a stop
+/// script and the node's own `site.toml`. Returns the start command.
+pub fn prepare_node(
+    root: &Path,
+    member: &Member,
+    initial_cluster: &str,
+    cluster_state: &str,
+    trusted: &[&Path],
+    threshold: usize,
+    health_wait_secs: u64,
+) -> String {
+    for sub in ["node/bin", "keys", "state", "backups"] {
+        fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    fs::copy("/usr/bin/etcd", root.join("node/bin/etcd"))
+        .expect("copy /usr/bin/etcd (install etcd-server)");
+    fs::write(root.join("node/RELEASE"), "1.0.0\n").unwrap();
+    fs::write(
+        root.join("node/etcd.conf"),
+        "# service config, backed up with the data\nquota=2GiB\n",
+    )
+    .unwrap();
+    create_app_db(&root.join("node/app.db"));
+    let mut keys = String::new();
+    for (i, key) in trusted.iter().enumerate() {
+        let name = format!("keys/trusted-{i}.pub");
+        fs::copy(key, root.join(&name)).unwrap();
+        keys.push_str(&format!("\"{name}\", "));
+    }
+    let (name, client_port, peer_port) = (&member.name, member.client_port, member.peer_port);
+    let start = format!(
+        "for v in $(env | grep -o '^ETCD_[A-Z_]*'); do unset $v; done; \
+         nohup node/bin/etcd --name {name} --data-dir node/data \
+         --listen-client-urls http://127.0.0.1:{client_port} --advertise-client-urls http://127.0.0.1:{client_port} \
+         --listen-peer-urls http://127.0.0.1:{peer_port} --initial-advertise-peer-urls http://127.0.0.1:{peer_port} \
+         --initial-cluster {initial_cluster} --initial-cluster-state {cluster_state} --initial-cluster-token airlock-test \
+         > node/etcd.log 2>&1 & echo $! > node/pid"
+    );
+    fs::write(
+        root.join("stop.sh"),
+        "#!/bin/sh\n# Stops the member and waits until the process is gone (a zombie counts as gone).\n\
+         [ -f node/pid ] || exit 0\npid=$(cat node/pid)\nkill \"$pid\" 2>/dev/null\n\
+         while [ -d /proc/$pid ] && ! grep -q '^State:[[:space:]]*Z' /proc/$pid/status 2>/dev/null; do sleep 0.1; done\n\
+         rm -f node/pid\n",
+    )
+    .unwrap();
+    fs::set_permissions(root.join("stop.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    let site = format!(
+        r#"[service]
+name = "etcd member {name}"
 start = '''{start}'''
 stop = "./stop.sh"
 health = {{ command = "etcdctl --endpoints http://127.0.0.1:{client_port} --dial-timeout 2s --command-timeout 3s endpoint health", timeout_secs = 8 }}
 version = {{ command = "cat node/RELEASE" }}
-health_wait_secs = 30
+health_wait_secs = {health_wait_secs}
 stop_wait_secs = 30
 
 [binaries]
@@ -310,11 +342,23 @@ state_dir = "state"
 backup_dir = "backups"
 keep_backups = 2
 "#
-        );
-        fs::write(root.join("site.toml"), site).unwrap();
+    );
+    fs::write(root.join("site.toml"), site).unwrap();
+    start
+}
+
+impl EtcdNode {
+    /// Sets up a node running release 1.0.0 (a copy of /usr/bin/etcd) with
+    /// `KEY_COUNT` keys written and the application database created; the
+    /// site trusts `trusted` keys with `threshold`.
+    pub fn start(trusted: &[&Path], threshold: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let member = Member::new("n1");
+        let initial = member.initial_cluster_entry();
+        let start = prepare_node(dir.path(), &member, &initial, "new", trusted, threshold, 30);
         let node = Self {
-            root,
-            client_port,
+            root: dir.path().to_owned(),
+            client_port: member.client_port,
             _dir: dir,
         };
         node.run_sh(&start);
@@ -323,11 +367,20 @@ keep_backups = 2
         node
     }
 
+    /// A node prepared by [`prepare_node`] under `root`, not owning its folder.
+    pub fn member_at(root: &Path, client_port: u16, dir: tempfile::TempDir) -> Self {
+        Self {
+            root: root.to_owned(),
+            client_port,
+            _dir: dir,
+        }
+    }
+
     pub fn site(&self) -> String {
         self.root.join("site.toml").display().to_string()
     }
 
-    fn run_sh(&self, script: &str) {
+    pub fn run_sh(&self, script: &str) {
         let status = Command::new("sh")
             .arg("-c")
             .arg(script)

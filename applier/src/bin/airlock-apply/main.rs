@@ -13,8 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use airlock_applier::backup;
+use airlock_applier::cluster::ClusterSite;
 use airlock_applier::plan::plan;
 use airlock_applier::recovery::{resume, rollback, Resumed, RollbackPlan};
+use airlock_applier::rolling;
+use airlock_applier::site::is_cluster_profile;
 use airlock_applier::state::{AuditEntry, State};
 use airlock_applier::verify::installed_version;
 use airlock_applier::{
@@ -64,20 +67,25 @@ enum Command {
         allow_downgrade: bool,
     },
     /// Apply a bundle to this node: verify, stage, stop, back up, install,
-    /// migrate, start, check health; roll back by itself on failure.
+    /// migrate, start, check health; roll back by itself on failure. With
+    /// `--mode rolling` and a cluster profile: a rolling upgrade of every node.
     Apply {
         /// The bundle file.
         bundle: PathBuf,
-        /// The site profile.
+        /// The site profile (a cluster profile with `--mode rolling`).
         #[arg(long)]
         site: PathBuf,
+        /// `single`: this node; `rolling`: the cluster, one node at a time.
+        #[arg(long, value_enum, default_value_t = Mode::Single)]
+        mode: Mode,
         /// Accept the same or a lower version than the installed one, and an
         /// installed version outside the bundle's `upgrades_from`.
         #[arg(long)]
         allow_downgrade: bool,
     },
     /// Finish or undo an interrupted apply (killed, power cut): roll it back,
-    /// or complete it when the new version was already healthy.
+    /// or complete it when the new version was already healthy. With a cluster
+    /// profile: continue the stopped rolling upgrade.
     Resume {
         /// The site profile.
         #[arg(long)]
@@ -99,6 +107,11 @@ enum Command {
         #[arg(long)]
         site: PathBuf,
     },
+    /// The state of the newest rolling upgrade.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutAction,
+    },
     /// List, check or prune backups.
     Backups {
         #[command(subcommand)]
@@ -112,6 +125,24 @@ enum Command {
         /// Check the hash chain and exit 8 if an entry was changed or deleted.
         #[arg(long)]
         check: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// This node.
+    Single,
+    /// Every node of a cluster, one at a time.
+    Rolling,
+}
+
+#[derive(Subcommand)]
+enum RolloutAction {
+    /// Each node's version, state and step in the newest rolling upgrade.
+    Status {
+        /// The cluster profile.
+        #[arg(long)]
+        site: PathBuf,
     },
 }
 
@@ -265,7 +296,25 @@ fn run(program: Program) -> Result<u8, ApplyError> {
             bundle,
             site,
             allow_downgrade,
+            mode,
         } => {
+            if mode == Mode::Rolling {
+                if allow_downgrade {
+                    return Err(ApplyError::Preflight {
+                        step: "rollout".into(),
+                        reason: "--allow-downgrade is for one node at a time; a rolling downgrade is not supported".into(),
+                    });
+                }
+                let cluster = ClusterSite::load(&site)?;
+                rolling::rollout(&cluster, Some(&bundle), &reporter)?;
+                return Ok(exit::OK);
+            }
+            if is_cluster_profile(&site)? {
+                return Err(ApplyError::Site {
+                    path: site,
+                    reason: "this is a cluster profile: use `--mode rolling`, or the node's own site profile for one node".into(),
+                });
+            }
             let site = Site::load(&site)?;
             let interrupt = interrupt()?;
             let report = apply(
@@ -294,6 +343,10 @@ fn run(program: Program) -> Result<u8, ApplyError> {
             );
         }
         Command::Resume { site } => {
+            if is_cluster_profile(&site)? {
+                rolling::rollout(&ClusterSite::load(&site)?, None, &reporter)?;
+                return Ok(exit::OK);
+            }
             let site = Site::load(&site)?;
             let interrupt = interrupt()?;
             match resume(&site, &reporter, &interrupt)? {
@@ -323,6 +376,35 @@ fn run(program: Program) -> Result<u8, ApplyError> {
         }
         Command::Status { site } => status(&Site::load(&site)?, json)?,
         Command::Backups { action } => return backups(action, json),
+        Command::Rollout {
+            action: RolloutAction::Status { site },
+        } => {
+            let cluster = ClusterSite::load(&site)?;
+            match rolling::status(&cluster)? {
+                None => println!(
+                    "no rolling upgrade recorded in `{}`",
+                    cluster.profile.paths.state_dir.display()
+                ),
+                Some((r, nodes)) if json => {
+                    println!("{}", serde_json::json!({"rollout": r, "nodes": nodes}));
+                }
+                Some((r, _)) => {
+                    println!(
+                        "rollout #{} of {} {}: {}{}",
+                        r.id,
+                        r.name,
+                        r.version,
+                        r.outcome,
+                        r.error
+                            .as_deref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    );
+                    let state = State::open(&cluster.profile.paths.state_dir)?;
+                    print!("{}", rolling::render_table(&state, r.id)?);
+                }
+            }
+        }
         Command::History { site, check } => {
             let site = Site::load(&site)?;
             let Some(state) = State::open_existing(&site.profile.paths.state_dir)? else {

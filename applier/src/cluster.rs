@@ -1,0 +1,446 @@
+//! The cluster profile: a `site.toml` with a `[cluster]` table, kept on the
+//! host that coordinates a rolling upgrade (docs/SITE.md, "Cluster profile").
+//! It names the nodes, how to reach each (`local`, or `ssh` through the
+//! operator's own OpenSSH client, so their ssh config, keys and jump hosts
+//! work), the path of each node's own site profile on that node, per-node
+//! values, and the cluster probes. Every node keeps its own profile, keys and
+//! backups: a node verifies each bundle itself and never takes the
+//! coordinator's word for it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use airlock_formats::Trust;
+use serde::Deserialize;
+
+use crate::error::ApplyError;
+use crate::service::{run_probe, ProbeResult};
+use crate::site::{load_trust, Probe, TrustProfile};
+
+/// A loaded cluster profile.
+#[derive(Debug, Clone)]
+pub struct ClusterSite {
+    /// The profile file.
+    pub path: PathBuf,
+    /// Its folder; probes run here.
+    pub dir: PathBuf,
+    /// Contents, paths made absolute.
+    pub profile: ClusterProfile,
+    /// Keys the coordinator checks the bundle against before copying it.
+    pub trust: Trust,
+}
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterProfile {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// Keys the coordinator trusts (each node checks against its own too).
+    pub trust: TrustProfile,
+    /// Where the coordinator keeps its lock and rollout state.
+    pub paths: CoordinatorPaths,
+}
+
+/// The coordinator's own folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorPaths {
+    /// Rollout state and lock.
+    pub state_dir: PathBuf,
+}
+
+/// Nodes and probes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Members, in the order followers are upgraded.
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeProfile>,
+    /// Exit 0 when `{node}` is the leader.
+    pub leader: Probe,
+    /// Exit 0 when `{node}` is healthy.
+    pub healthy: Probe,
+    /// Exit 0 when `{node}` has caught up with the leader `{leader}`.
+    pub caught_up: Probe,
+    /// Moves leadership from `{leader}` to `{node}`.
+    pub move_leader: Probe,
+    /// After a node's apply: how long to wait for it to be healthy and caught up, seconds (default 30, at least 15).
+    #[serde(default = "default_wait")]
+    pub wait_secs: u64,
+    /// How long to wait for a leadership move to show, seconds (default 30).
+    #[serde(default = "default_wait")]
+    pub move_wait_secs: u64,
+    /// Extra arguments for every `ssh` and `scp` call, e.g. `["-o", "ConnectTimeout=5"]`.
+    #[serde(default)]
+    pub ssh_options: Vec<String>,
+}
+
+fn default_wait() -> u64 {
+    30
+}
+
+/// How to reach a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// On this host.
+    Local,
+    /// Over ssh.
+    Ssh,
+}
+
+/// One member.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeProfile {
+    /// Member name, as the cluster knows it.
+    pub name: String,
+    /// `local` or `ssh`.
+    pub transport: TransportKind,
+    /// ssh: host name or address (an alias from the user's ssh config works).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// ssh: port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// ssh: user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// ssh: identity file on the coordinator.
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+    /// The node's own site profile, as a path on that node.
+    pub site: String,
+    /// The `airlock-apply` to run on the node (default: this one for `local`, `airlock-apply` on the PATH for `ssh`).
+    #[serde(default)]
+    pub airlock_apply: Option<String>,
+    /// ssh: folder on the node the bundle is copied to (default `/tmp`).
+    #[serde(default)]
+    pub bundle_dir: Option<String>,
+    /// Values substituted into the probes as `{NAME}` (and `{leader_NAME}` for the leader).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+impl ClusterSite {
+    /// Loads and checks a cluster profile.
+    ///
+    /// # Errors
+    /// [`ApplyError::Site`] naming the file and field.
+    pub fn load(path: &Path) -> Result<Self, ApplyError> {
+        let site_err = |reason: String| ApplyError::Site {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
+        let mut profile: ClusterProfile =
+            toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
+        let dir = std::path::absolute(airlock_formats::durable::parent_of(path))
+            .map_err(|e| site_err(e.to_string()))?;
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        profile.trust.keys.iter_mut().for_each(abs);
+        abs(&mut profile.paths.state_dir);
+        let c = &mut profile.cluster;
+        if c.nodes.len() < 2 {
+            return Err(site_err(
+                "cluster: a rolling upgrade needs at least two [[cluster.node]] entries".into(),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for node in &mut c.nodes {
+            if !names.insert(node.name.clone()) {
+                return Err(site_err(format!(
+                    "cluster.node `{}` is listed twice",
+                    node.name
+                )));
+            }
+            if node.transport == TransportKind::Local
+                && std::path::Path::new(&node.site).is_relative()
+            {
+                node.site = dir.join(&node.site).display().to_string();
+            }
+            if node.transport == TransportKind::Ssh && node.host.is_none() {
+                return Err(site_err(format!(
+                    "cluster.node `{}`: transport `ssh` needs `host`",
+                    node.name
+                )));
+            }
+            node.identity_file.iter_mut().for_each(abs);
+        }
+        for (name, p) in [
+            ("leader", &c.leader),
+            ("healthy", &c.healthy),
+            ("caught_up", &c.caught_up),
+            ("move_leader", &c.move_leader),
+        ] {
+            if p.command.is_some() == p.url.is_some() {
+                return Err(site_err(format!(
+                    "cluster.{name}: give exactly one of `command` and `url`"
+                )));
+            }
+        }
+        c.wait_secs = c.wait_secs.max(15);
+        let trust = load_trust(&profile.trust).map_err(site_err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            dir,
+            profile,
+            trust,
+        })
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[NodeProfile] {
+        &self.profile.cluster.nodes
+    }
+
+    /// Runs `probe` for `node`, with `leader`'s values as `{leader_*}`.
+    pub fn probe(
+        &self,
+        probe: &Probe,
+        node: &NodeProfile,
+        leader: Option<&NodeProfile>,
+    ) -> ProbeResult {
+        let vars = substitutions(node, leader);
+        let rendered = Probe {
+            command: probe.command.as_deref().map(|c| render(c, &vars)),
+            url: probe.url.as_deref().map(|u| render(u, &vars)),
+            timeout_secs: probe.timeout_secs,
+        };
+        run_probe(&rendered, &self.dir, &[])
+    }
+}
+
+fn substitutions(node: &NodeProfile, leader: Option<&NodeProfile>) -> BTreeMap<String, String> {
+    let mut vars = node.vars.clone();
+    vars.insert("node".into(), node.name.clone());
+    vars.insert(
+        "host".into(),
+        node.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+    );
+    if let Some(l) = leader {
+        for (k, v) in &l.vars {
+            vars.insert(format!("leader_{k}"), v.clone());
+        }
+        vars.insert("leader".into(), l.name.clone());
+    }
+    vars
+}
+
+/// Replaces each `{NAME}` in `template` with its value; unknown names stay as written.
+pub fn render(template: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = template.to_owned();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    out
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The outcome of a command run on a node.
+#[derive(Debug, Clone)]
+pub struct NodeRun {
+    /// Exit code; -1 when killed or unknown.
+    pub code: i32,
+    /// JSON events it printed.
+    pub events: Vec<serde_json::Value>,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl NodeProfile {
+    fn ssh_base(&self, program: &str, options: &[String]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.arg("-o").arg("BatchMode=yes");
+        if let Some(port) = self.port {
+            cmd.arg(if program == "scp" { "-P" } else { "-p" })
+                .arg(port.to_string());
+        }
+        if let Some(id) = &self.identity_file {
+            cmd.arg("-i").arg(id);
+        }
+        cmd.args(options);
+        cmd
+    }
+
+    fn destination(&self) -> String {
+        let host = self.host.clone().unwrap_or_default();
+        match &self.user {
+            Some(user) => format!("{user}@{host}"),
+            None => host,
+        }
+    }
+
+    /// Makes the bundle available on the node; returns its path there.
+    ///
+    /// # Errors
+    /// A message naming the node when the copy fails.
+    pub fn copy_bundle(&self, bundle: &Path, ssh_options: &[String]) -> Result<String, String> {
+        let absolute =
+            std::path::absolute(bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
+        if self.transport == TransportKind::Local {
+            return Ok(absolute.display().to_string());
+        }
+        let name = bundle
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let remote = format!(
+            "{}/{name}",
+            self.bundle_dir
+                .as_deref()
+                .unwrap_or("/tmp")
+                .trim_end_matches('/')
+        );
+        let out = self
+            .ssh_base("scp", ssh_options)
+            .arg("-q")
+            .arg(&absolute)
+            .arg(format!("{}:{}", self.destination(), remote))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("node {}: cannot run scp: {e}", self.name))?;
+        if !out.status.success() {
+            return Err(format!(
+                "node {}: copying the bundle with scp failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(remote)
+    }
+
+    /// Runs `airlock-apply --json ARGS` on the node, passing each JSON event
+    /// to `on_event` as it arrives.
+    ///
+    /// # Errors
+    /// A message naming the node when the command cannot be started.
+    pub fn airlock_apply(
+        &self,
+        args: &[&str],
+        ssh_options: &[String],
+        mut on_event: impl FnMut(&serde_json::Value),
+    ) -> Result<NodeRun, String> {
+        let mut cmd = match self.transport {
+            TransportKind::Local => {
+                let program = match &self.airlock_apply {
+                    Some(p) => PathBuf::from(p),
+                    None => std::env::current_exe()
+                        .map_err(|e| format!("finding airlock-apply: {e}"))?,
+                };
+                let mut cmd = Command::new(program);
+                cmd.arg("--json").args(args);
+                cmd
+            }
+            TransportKind::Ssh => {
+                let program = self.airlock_apply.as_deref().unwrap_or("airlock-apply");
+                let mut line = vec![shell_quote(program), "--json".into()];
+                line.extend(args.iter().map(|a| shell_quote(a)));
+                let mut cmd = self.ssh_base("ssh", ssh_options);
+                cmd.arg(self.destination()).arg("--").arg(line.join(" "));
+                cmd
+            }
+        };
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("node {}: cannot start airlock-apply: {e}", self.name))?;
+        let mut stderr_pipe = child.stderr.take();
+        let stderr_thread = std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(p) = stderr_pipe.as_mut() {
+                let _ = p.read_to_string(&mut s);
+            }
+            s
+        });
+        let mut events = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                    on_event(&value);
+                    events.push(value);
+                }
+            }
+        }
+        let status = child
+            .wait()
+            .map_err(|e| format!("node {}: {e}", self.name))?;
+        let stderr = stderr_thread.join().unwrap_or_default();
+        Ok(NodeRun {
+            code: status.code().unwrap_or(-1),
+            events,
+            stderr,
+        })
+    }
+}
+
+/// Polls `check` every 500 ms until it returns true or `wait` passes.
+pub fn wait_until(wait: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_node_and_leader_values() {
+        let node = NodeProfile {
+            name: "n2".into(),
+            transport: TransportKind::Local,
+            host: None,
+            port: None,
+            user: None,
+            identity_file: None,
+            site: "x".into(),
+            airlock_apply: None,
+            bundle_dir: None,
+            vars: [("client_url".to_string(), "http://127.0.0.1:2".to_string())].into(),
+        };
+        let mut leader = node.clone();
+        leader.name = "n1".into();
+        leader
+            .vars
+            .insert("client_url".into(), "http://127.0.0.1:1".into());
+        let vars = substitutions(&node, Some(&leader));
+        assert_eq!(
+            render(
+                "move {leader} ({leader_client_url}) -> {node} ({client_url}) {unknown}",
+                &vars
+            ),
+            "move n1 (http://127.0.0.1:1) -> n2 (http://127.0.0.1:2) {unknown}"
+        );
+        assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
+        assert_eq!(shell_quote("--site"), "--site");
+    }
+}
