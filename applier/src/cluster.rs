@@ -444,3 +444,27 @@ mod tests {
         assert_eq!(shell_quote("--site"), "--site");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped examples parse with every field this version knows.
+    #[test]
+    fn shipped_cluster_and_node_profiles_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/etcd-cluster");
+        let cluster: ClusterProfile =
+            toml::from_str(&std::fs::read_to_string(root.join("site.toml")).unwrap()).unwrap();
+        assert_eq!(cluster.cluster.nodes.len(), 3);
+        assert!(cluster
+            .cluster
+            .move_leader
+            .command
+            .as_deref()
+            .unwrap()
+            .contains("{leader_client_url}"));
+        let node: crate::site::SiteProfile =
+            toml::from_str(&std::fs::read_to_string(root.join("nodes/n1.toml")).unwrap()).unwrap();
+        assert_eq!(node.service.name, "etcd member n1");
+    }
+}

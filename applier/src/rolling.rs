@@ -428,7 +428,7 @@ impl Rollout<'_> {
             (Some(a), Some(b)) if b >= a => Some((b - a) as i64),
             _ => None,
         };
-        let apply_ms = Some(started.elapsed().as_millis() as i64);
+        let apply_ms = started.elapsed().as_millis() as i64;
         if run.code != 0 {
             let last_error = run
                 .stderr
@@ -448,7 +448,7 @@ impl Rollout<'_> {
                 NodeUpdate {
                     state: Some(state),
                     stopped_ms,
-                    apply_ms,
+                    apply_ms: Some(apply_ms),
                     error: Some(&last_error),
                     ..Default::default()
                 },
@@ -468,7 +468,7 @@ impl Rollout<'_> {
             NodeUpdate {
                 step: Some("wait healthy and caught up"),
                 stopped_ms,
-                apply_ms,
+                apply_ms: Some(apply_ms),
                 ..Default::default()
             },
         );
@@ -515,7 +515,7 @@ impl Rollout<'_> {
                 "{}: runs {version}, healthy and caught up; service down {}, apply {:.1}s",
                 node.name,
                 stopped_ms.map_or_else(|| "?".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
-                apply_ms.unwrap_or(0) as f64 / 1000.0
+                apply_ms as f64 / 1000.0
             ),
         );
         Ok(())

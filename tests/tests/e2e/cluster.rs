@@ -94,11 +94,22 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-const CLUSTER_PROBES: &str = r#"leader = { command = "etcdctl --endpoints {client_url} --dial-timeout 2s --command-timeout 3s endpoint status -w fields | awk -F' : ' '/\"MemberID\"/{m=$2} /\"Leader\"/{l=$2} END{exit !(m != \"\" && (m \"\") == (l \"\"))}'", timeout_secs = 8 }
-healthy = { command = "etcdctl --endpoints {client_url} --dial-timeout 2s --command-timeout 3s endpoint health", timeout_secs = 8 }
-caught_up = { command = "n=$(etcdctl --endpoints {client_url} --dial-timeout 2s endpoint status -w fields | awk -F' : ' '/\"RaftAppliedIndex\"/{print $2}'); l=$(etcdctl --endpoints {leader_client_url} --dial-timeout 2s endpoint status -w fields | awk -F' : ' '/\"RaftIndex\"/{print $2}'); [ -n \"$n\" ] && [ -n \"$l\" ] && [ $((l - n)) -le 100 ]", timeout_secs = 8 }
-move_leader = { command = "id=$(etcdctl --endpoints {leader_client_url} member list | awk -F', ' '$3 == \"{node}\" {print $1}'); [ -n \"$id\" ] && etcdctl --endpoints {leader_client_url} --command-timeout 10s move-leader $id", timeout_secs = 20 }
-"#;
+/// The cluster probes of the shipped example, `examples/etcd-cluster/site.toml`:
+/// the tests run the very commands operators start from.
+fn example_probes() -> String {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/etcd-cluster/site.toml");
+    let text = fs::read_to_string(&example).unwrap();
+    let probes: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["leader = ", "healthy = ", "caught_up = ", "move_leader = "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    assert_eq!(probes.len(), 4, "the example lost a probe");
+    probes.join("\n") + "\n"
+}
 
 impl Cluster {
     fn start(trusted: &[&Path], transport: Transport) -> Self {
@@ -112,11 +123,8 @@ impl Cluster {
             let node_dir = tempfile::tempdir_in(dir.path()).unwrap();
             let start = prepare_node(node_dir.path(), m, &initial, "new", trusted, 1, 15);
             starts.push(start);
-            nodes.push(EtcdNode::member_at(
-                &node_dir.path().to_owned(),
-                m.client_port,
-                node_dir,
-            ));
+            let root = node_dir.path().to_path_buf();
+            nodes.push(EtcdNode::member_at(&root, m.client_port, node_dir));
         }
         for (node, start) in nodes.iter().zip(&starts) {
             node.run_sh(start);
@@ -135,7 +143,8 @@ impl Cluster {
             keys.push_str(&format!("\"keys/{i}.pub\", "));
         }
         let mut profile = format!(
-            "[trust]\nkeys = [{keys}]\nthreshold = 1\n\n[paths]\nstate_dir = \"state\"\n\n[cluster]\nwait_secs = 30\n{CLUSTER_PROBES}"
+            "[trust]\nkeys = [{keys}]\nthreshold = 1\n\n[paths]\nstate_dir = \"state\"\n\n[cluster]\nwait_secs = 30\n{}",
+            example_probes()
         );
         if let Some(sshd) = &sshd {
             profile.push_str(
