@@ -432,9 +432,6 @@ pub fn diff_tree(record: &TreeRecord) -> Result<TreeDiff, String> {
 /// A message naming the file.
 pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, String> {
     let root = backup_dir.join(&record.dir);
-    for dir in &record.dirs {
-        create_private_dir(&record.source.join(dir))?;
-    }
     let diff = diff_tree(record)?;
     // Check every copy first, so a bad one leaves the live folder untouched.
     for &i in &diff.changed {
@@ -443,6 +440,10 @@ pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, Str
         if hash_file(&copy)?.0 != file.sha256 {
             return Err(format!("backup copy `{}` does not match its recorded SHA-256; the live folder was not changed", copy.display()));
         }
+    }
+    create_private_dir(&record.source)?;
+    for dir in &record.dirs {
+        create_private_dir(&record.source.join(dir))?;
     }
     for path in &diff.extra {
         fs::remove_file(path).map_err(io_ctx(format!("removing `{}`", path.display())))?;
@@ -616,7 +617,10 @@ pub fn list(root: &Path) -> Vec<BackupInfo> {
 /// A message naming the folder that could not be removed.
 pub fn prune(root: &Path, keep: usize, protect: &[&Path]) -> Result<Vec<PathBuf>, String> {
     let all = list(root);
-    let kept = |b: &BackupInfo| !protect.contains(&b.dir.as_path());
+    // Compare real paths: the same folder may be spelled two ways.
+    let real = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let protected: Vec<PathBuf> = protect.iter().map(|p| real(p)).collect();
+    let kept = |b: &BackupInfo| !protected.contains(&real(&b.dir));
     let complete: Vec<&BackupInfo> = all.iter().filter(|b| b.manifest.is_some()).collect();
     let mut remove: Vec<PathBuf> = complete
         .iter()

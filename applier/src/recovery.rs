@@ -316,6 +316,7 @@ fn redo_rollback(mut run: Run<'_>, of: i64) -> Result<String, ApplyError> {
         stopped: true,
         installed: record.installed.clone(),
         migrated,
+        install_began: true,
         started: true,
         healthy: false,
         backup: Some((backup_dir, record)),

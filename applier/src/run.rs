@@ -84,6 +84,8 @@ pub struct Done {
     pub installed: Vec<FileRecord>,
     /// Databases a migration began on.
     pub migrated: BTreeSet<String>,
+    /// An install began (even if the backup that lists the files cannot be read).
+    pub install_began: bool,
     /// The start of the new version was announced.
     pub started: bool,
     /// The new version was healthy and its post-start hook ran.
@@ -113,6 +115,7 @@ impl Done {
                 .collect(),
             started: has(steps::START),
             healthy: has(steps::HEALTHY),
+            install_began: has(steps::INSTALL),
             backup,
         }
     }
@@ -405,6 +408,7 @@ impl<'a> Run<'a> {
             self.step(steps::INSTALL, &what)?;
             // Counted before the write: a half-done replacement is restored too.
             done.installed.push(rec);
+            done.install_began = true;
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| format!("creating `{}`: {e}", parent.display()))?;
@@ -640,7 +644,7 @@ impl<'a> Run<'a> {
                     problems.push(e);
                 }
             }
-        } else if !done.installed.is_empty() || !done.migrated.is_empty() {
+        } else if done.install_began || !done.installed.is_empty() || !done.migrated.is_empty() {
             problems.push("changes were made without a complete backup".into());
         }
         if done.stopped && problems.is_empty() {

@@ -391,6 +391,14 @@ impl State {
         if version >= 1 {
             return Ok(());
         }
+        // One writer at a time: a second process waits, then finds the columns.
+        self.exec("BEGIN IMMEDIATE")?;
+        let result = self.add_columns();
+        self.exec(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+        result
+    }
+
+    fn add_columns(&self) -> Result<(), ApplyError> {
         let has = |table: &str, column: &str| -> Result<bool, ApplyError> {
             self.conn
                 .query_row(
@@ -688,6 +696,9 @@ impl State {
         let rows = self.history()?;
         let mut problems = Vec::new();
         let mut prev = GENESIS.to_owned();
+        // Entries written before the schema upgrade carry no hash; the chain
+        // starts after them.
+        let legacy = rows.iter().take_while(|r| r.hash.is_empty()).count();
         for (i, row) in rows.iter().enumerate() {
             let expected_id = i as i64 + 1;
             if row.id != expected_id {
@@ -695,6 +706,10 @@ impl State {
                     "entry {expected_id} is missing (found entry {} in its place)",
                     row.id
                 ));
+            }
+            if i < legacy {
+                prev = String::new();
+                continue;
             }
             if row.prev_hash != prev {
                 problems.push(format!("entry {} does not follow the entry before it: an entry before it was deleted or changed", row.id));
@@ -1004,5 +1019,37 @@ mod tests {
                 .any(|p| p.contains("the newest entry should be 3")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn a_first_slice_state_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(STATE_DB)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE applies (id INTEGER PRIMARY KEY, bundle TEXT NOT NULL, bundle_sha256 TEXT NOT NULL,
+               name TEXT NOT NULL, from_version TEXT NOT NULL, to_version TEXT NOT NULL, started_at INTEGER NOT NULL,
+               finished_at INTEGER, outcome TEXT NOT NULL DEFAULT 'running', backup_dir TEXT, error TEXT);
+             CREATE TABLE audit (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, user TEXT NOT NULL, action TEXT NOT NULL,
+               bundle TEXT, version TEXT, bundle_sha256 TEXT, signers TEXT, outcome TEXT NOT NULL, error TEXT);
+             INSERT INTO audit (at, user, action, outcome) VALUES (1, 'op', 'apply', 'ok');",
+        )
+        .unwrap();
+        drop(conn);
+        let state = State::open(dir.path()).unwrap();
+        state
+            .audit(&AuditEntry {
+                action: "verify".into(),
+                outcome: "ok".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(state.check_history().unwrap(), Ok(2));
+        let version: i64 = state
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+        drop(state);
+        State::open(dir.path()).unwrap();
     }
 }
