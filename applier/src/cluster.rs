@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::error::ApplyError;
 use crate::service::{run_probe, ProbeResult};
-use crate::site::{load_trust, Probe, TrustProfile};
+use crate::site::{load_trust, read_profile, Probe, TrustProfile};
 
 /// A loaded cluster profile.
 #[derive(Debug, Clone)]
@@ -136,11 +136,7 @@ impl ClusterSite {
             path: path.to_owned(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
-        let mut profile: ClusterProfile =
-            toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
-        let dir = std::path::absolute(airlock_formats::durable::parent_of(path))
-            .map_err(|e| site_err(e.to_string()))?;
+        let (mut profile, dir): (ClusterProfile, PathBuf) = read_profile(path)?;
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = dir.join(&*p);
@@ -176,16 +172,12 @@ impl ClusterSite {
             node.identity_file.iter_mut().for_each(abs);
         }
         for (name, p) in [
-            ("leader", &c.leader),
-            ("healthy", &c.healthy),
-            ("caught_up", &c.caught_up),
-            ("move_leader", &c.move_leader),
+            ("cluster.leader", &c.leader),
+            ("cluster.healthy", &c.healthy),
+            ("cluster.caught_up", &c.caught_up),
+            ("cluster.move_leader", &c.move_leader),
         ] {
-            if p.command.is_some() == p.url.is_some() {
-                return Err(site_err(format!(
-                    "cluster.{name}: give exactly one of `command` and `url`"
-                )));
-            }
+            p.check(name).map_err(site_err)?;
         }
         c.wait_secs = c.wait_secs.max(15);
         let trust = load_trust(&profile.trust).map_err(site_err)?;

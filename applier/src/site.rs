@@ -91,6 +91,17 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// Checks that exactly one of `command` and `url` is given; `name` is the field.
+    ///
+    /// # Errors
+    /// A message naming the field.
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        if self.command.is_some() == self.url.is_some() {
+            return Err(format!("{name}: give exactly one of `command` and `url`"));
+        }
+        Ok(())
+    }
+
     /// The timeout of one check.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
@@ -172,6 +183,24 @@ pub fn load_trust(profile: &TrustProfile) -> Result<Trust, String> {
     Trust::new(keys, profile.threshold).map_err(|e| format!("trust: {e}"))
 }
 
+/// Reads and parses a profile; returns it and its folder, made absolute.
+///
+/// # Errors
+/// [`ApplyError::Site`] naming the file.
+pub fn read_profile<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<(T, PathBuf), ApplyError> {
+    let site_err = |reason: String| ApplyError::Site {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
+    let profile = toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
+    let dir = std::path::absolute(airlock_formats::durable::parent_of(path))
+        .map_err(|e| site_err(e.to_string()))?;
+    Ok((profile, dir))
+}
+
 /// Whether the profile at `path` describes a cluster (has a `[cluster]` table).
 ///
 /// # Errors
@@ -196,11 +225,7 @@ impl Site {
             path: path.to_owned(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
-        let mut profile: SiteProfile =
-            toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
-        let dir = std::path::absolute(airlock_formats::durable::parent_of(path))
-            .map_err(|e| site_err(e.to_string()))?;
+        let (mut profile, dir): (SiteProfile, PathBuf) = read_profile(path)?;
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = dir.join(&*p);
@@ -215,17 +240,13 @@ impl Site {
         abs(&mut profile.paths.state_dir);
         abs(&mut profile.paths.backup_dir);
         profile.paths.staging_dir.iter_mut().for_each(abs);
-        for (name, probe) in [
-            ("service.health", Some(&profile.service.health)),
-            ("service.version", profile.service.version.as_ref()),
-        ] {
-            if let Some(p) = probe {
-                if p.command.is_some() == p.url.is_some() {
-                    return Err(site_err(format!(
-                        "{name}: give exactly one of `command` and `url`"
-                    )));
-                }
-            }
+        profile
+            .service
+            .health
+            .check("service.health")
+            .map_err(site_err)?;
+        if let Some(p) = &profile.service.version {
+            p.check("service.version").map_err(site_err)?;
         }
         if profile.paths.keep_backups == 0 {
             return Err(site_err("paths.keep_backups must be at least 1".into()));
