@@ -72,13 +72,31 @@ pub fn resume(
     interrupt: &Interrupt,
 ) -> Result<Resumed, ApplyError> {
     let _lock = lock(site)?;
-    let state = State::open(&site.profile.paths.state_dir)?;
+    let mut state = State::open(&site.profile.paths.state_dir)?;
     let Some(record) = state.interrupted()? else {
         reporter.event("resume", "ok", "no interrupted apply: nothing to do");
         return Ok(Resumed::Nothing);
     };
     let rows = state.journal_rows(record.id)?;
-    let ctx = context_of(site, &record)?;
+    let ctx = match context_of(site, &record) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            // An apply recorded before the journal kept its manifest (or a
+            // damaged record) cannot be replayed; close it so the node is not
+            // stuck, and say what to check.
+            let error = ApplyError::NeedsOperator {
+                version: record.to_version.clone(),
+                step: Done::last_step(&rows),
+                reason: format!("apply #{} cannot be resumed: {e}", record.id),
+                rollback: format!(
+                    "not attempted; check which version runs (`airlock-apply status`), restore from `{}` by hand if needed (docs/OPERATIONS.md), then apply again",
+                    record.backup_dir.as_deref().unwrap_or("no backup")
+                ),
+            };
+            let _ = state.finish_apply_simple(record.id, "needs-operator", &error.to_string());
+            return Err(error);
+        }
+    };
     let mut run = Run::new(site, state, reporter, record.id, ctx, interrupt);
     reporter.event(
         "resume",
