@@ -31,7 +31,7 @@ pub enum ApplyError {
         help: String,
     },
     /// Another apply holds the node's lock.
-    #[error("another airlock-apply (pid {holder}) is running on this node: lock `{lock}` is held")]
+    #[error("another airlock-apply ({holder}) is running: lock `{lock}` is held")]
     Busy {
         /// The lock file.
         lock: PathBuf,
@@ -57,8 +57,8 @@ pub enum ApplyError {
         node: String,
         /// Why.
         reason: String,
-        /// Whether that node needs the operator (its own rollback did not complete).
-        needs_operator: bool,
+        /// Where that node stands.
+        node_outcome: NodeOutcome,
     },
     /// A check of stored data found damage (audit log, backups).
     #[error("{0}")]
@@ -117,6 +117,17 @@ pub enum ApplyError {
     },
 }
 
+/// Where the node a rollout stopped at stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeOutcome {
+    /// Nothing on it changed (a check failed before its apply, or its apply refused to begin).
+    Unchanged,
+    /// Its apply failed and it rolled itself back: the old version runs, healthy.
+    RolledBack,
+    /// It needs the operator: its rollback did not complete, or its state is unknown.
+    NeedsOperator,
+}
+
 /// Exit codes of `airlock-apply` (documented in docs/OPERATIONS.md).
 pub mod exit {
     /// Success.
@@ -149,11 +160,11 @@ impl ApplyError {
             Self::Busy { .. } => exit::BUSY,
             Self::Interrupted { .. } => exit::INTERRUPTED,
             Self::CheckFailed(_) => exit::CHECK_FAILED,
-            Self::RolloutStopped {
-                needs_operator: true,
-                ..
-            } => exit::NEEDS_OPERATOR,
-            Self::RolloutStopped { .. } => exit::ROLLED_BACK,
+            Self::RolloutStopped { node_outcome, .. } => match node_outcome {
+                NodeOutcome::Unchanged => exit::FAILED,
+                NodeOutcome::RolledBack => exit::ROLLED_BACK,
+                NodeOutcome::NeedsOperator => exit::NEEDS_OPERATOR,
+            },
             _ => exit::FAILED,
         }
     }
@@ -162,9 +173,11 @@ impl ApplyError {
     pub fn help(&self) -> Option<String> {
         match self {
             Self::Refused { help, .. } => Some(help.clone()),
-            Self::Busy { .. } => Some("wait for the other apply to finish; `airlock-apply status` shows it".into()),
+            Self::Busy { .. } => Some(
+                "wait for it to finish: `airlock-apply status` (a node) or `airlock-apply rollout status` (a cluster) shows it".into(),
+            ),
             Self::RolloutStopped { node, .. } => Some(format!(
-                "fix the cause on node {node}, then run `airlock-apply resume --site CLUSTER.toml` to continue; `airlock-apply rollout status --site CLUSTER.toml` shows every node"
+                "fix the cause ({node}), then run `airlock-apply resume --site CLUSTER.toml` to continue, or `airlock-apply rollout abandon --site CLUSTER.toml` to give this rollout up; `airlock-apply rollout status --site CLUSTER.toml` shows every node"
             )),
             Self::Interrupted { .. } => Some(
                 "run `airlock-apply resume --site SITE`: it rolls the apply back, or completes it if the new version was already healthy".into(),

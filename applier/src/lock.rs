@@ -49,7 +49,7 @@ pub fn lock(site: &Site) -> Result<NodeLock, ApplyError> {
             let _ = file.read_to_string(&mut holder);
             Err(ApplyError::Busy {
                 lock: path,
-                holder: holder.trim().to_owned(),
+                holder: format!("pid {}", holder.trim()),
             })
         }
         Err(std::fs::TryLockError::Error(e)) => {

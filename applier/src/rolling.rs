@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use airlock_formats::{read_bundle, BundleError, DiscardSink, Manifest};
 
 use crate::cluster::{wait_until, ClusterSite, NodeProfile};
-use crate::error::ApplyError;
+use crate::error::{ApplyError, NodeOutcome};
+use crate::interrupt::Interrupt;
 use crate::report::Reporter;
 use crate::state::{NodeUpdate, RolloutNode, RolloutRecord, State};
 
@@ -99,6 +100,7 @@ fn verify_here(site: &ClusterSite, bundle: &Path) -> Result<Manifest, ApplyError
 
 struct Rollout<'a> {
     site: &'a ClusterSite,
+    interrupt: &'a Interrupt,
     state: State,
     reporter: &'a Reporter,
     id: i64,
@@ -208,12 +210,11 @@ impl Rollout<'_> {
                     reason,
                 })?;
             self.remote.push((node.name.clone(), remote.clone()));
-            let (installed, interrupted) =
-                self.node_status(node)
-                    .map_err(|reason| ApplyError::Preflight {
-                        step: "reading node status".into(),
-                        reason,
-                    })?;
+            let status_err = |reason| ApplyError::Preflight {
+                step: "reading node status".into(),
+                reason,
+            };
+            let (mut installed, interrupted) = self.node_status(node).map_err(status_err)?;
             if interrupted {
                 self.reporter.event(
                     "resume node",
@@ -232,6 +233,8 @@ impl Rollout<'_> {
                         reason: run.stderr.trim().to_owned(),
                     });
                 }
+                // The resume may have completed that apply: read the version again.
+                installed = self.node_status(node).map_err(status_err)?.0;
             }
             if installed.as_deref() == Some(version.as_str()) {
                 self.update(
@@ -363,14 +366,14 @@ impl Rollout<'_> {
         Ok(())
     }
 
-    fn stop(&self, node: &str, reason: String, needs_operator: bool) -> ApplyError {
+    fn stop(&self, node: &str, reason: String, node_outcome: NodeOutcome) -> ApplyError {
         let _ = self.state.finish_rollout(self.id, "stopped", Some(&reason));
         self.reporter.event("rollout", "failed", &reason);
         ApplyError::RolloutStopped {
             version: self.manifest.version.to_string(),
             node: node.to_owned(),
             reason,
-            needs_operator,
+            node_outcome,
         }
     }
 
@@ -423,7 +426,7 @@ impl Rollout<'_> {
                     }
                 },
             )
-            .map_err(|reason| self.stop(&node.name, reason, true))?;
+            .map_err(|reason| self.stop(&node.name, reason, NodeOutcome::Unchanged))?;
         let stopped_ms = match (stop_at, up_at) {
             (Some(a), Some(b)) if b >= a => Some((b - a) as i64),
             _ => None,
@@ -437,11 +440,30 @@ impl Rollout<'_> {
                 .unwrap_or("")
                 .trim_start_matches("error: ")
                 .to_owned();
-            let rolled_back = run.code == i32::from(crate::error::exit::ROLLED_BACK);
-            let state = if rolled_back {
-                node_state::ROLLED_BACK
-            } else {
-                node_state::FAILED
+            use crate::error::exit;
+            let code = u8::try_from(run.code).ok();
+            let (outcome, state, reason) = match code {
+                Some(exit::ROLLED_BACK) => (
+                    NodeOutcome::RolledBack,
+                    node_state::ROLLED_BACK,
+                    format!("its apply failed and it rolled itself back: {last_error}"),
+                ),
+                Some(exit::FAILED | exit::REFUSED | exit::BUSY | exit::INTERRUPTED) => (
+                    NodeOutcome::Unchanged,
+                    node_state::FAILED,
+                    format!(
+                        "its apply did not begin (exit {}), nothing on it changed: {last_error}",
+                        run.code
+                    ),
+                ),
+                _ => (
+                    NodeOutcome::NeedsOperator,
+                    node_state::FAILED,
+                    format!(
+                        "its apply failed (exit {}) and it needs the operator: {last_error}",
+                        run.code
+                    ),
+                ),
             };
             self.update(
                 &node.name,
@@ -453,15 +475,7 @@ impl Rollout<'_> {
                     ..Default::default()
                 },
             );
-            let reason = if rolled_back {
-                format!("its apply failed and it rolled itself back: {last_error}")
-            } else {
-                format!(
-                    "its apply failed (exit {}) and it needs the operator: {last_error}",
-                    run.code
-                )
-            };
-            return Err(self.stop(&node.name, reason, !rolled_back));
+            return Err(self.stop(&node.name, reason, outcome));
         }
         self.update(
             &node.name,
@@ -493,11 +507,12 @@ impl Rollout<'_> {
                 &node.name,
                 NodeUpdate {
                     state: Some(node_state::FAILED),
+                    version: Some(&version),
                     error: Some(&reason),
                     ..Default::default()
                 },
             );
-            return Err(self.stop(&node.name, reason, true));
+            return Err(self.stop(&node.name, reason, NodeOutcome::NeedsOperator));
         }
         self.update(
             &node.name,
@@ -522,15 +537,22 @@ impl Rollout<'_> {
     }
 
     fn run(&mut self) -> Result<(), ApplyError> {
-        self.distribute()?;
+        let unchanged = NodeOutcome::Unchanged;
+        if let Err(e) = self.distribute() {
+            return Err(self.stop("before any node stopped", e.to_string(), unchanged));
+        }
         loop {
             let pending = self.pending()?;
             if pending.is_empty() {
                 break;
             }
+            if self.interrupt.requested() {
+                let reason = "interrupted by a signal between two nodes; every node is on one version or the other".to_string();
+                return Err(self.stop(&pending[0].node, reason, unchanged));
+            }
             let leader = self
                 .leader()
-                .map_err(|reason| self.stop("-", reason, false))?
+                .map_err(|reason| self.stop("the cluster has no single leader", reason, unchanged))?
                 .clone();
             // Followers first, in profile order; the leader only when it is the last one left.
             let next = pending
@@ -539,16 +561,15 @@ impl Rollout<'_> {
                 .or_else(|| pending.first())
                 .map(|n| n.node.clone())
                 .unwrap_or_default();
-            let node = self
-                .node(&next)
-                .cloned()
-                .ok_or_else(|| self.stop(&next, "not in the cluster profile".into(), false))?;
+            let node = self.node(&next).cloned().ok_or_else(|| {
+                self.stop(&next, format!("node {next} is in the rollout but no longer in the cluster profile; put it back"), unchanged)
+            })?;
             if node.name == leader.name {
                 self.move_leadership(&leader)
-                    .map_err(|reason| self.stop(&node.name, reason, false))?;
+                    .map_err(|reason| self.stop(&node.name, reason, unchanged))?;
             }
             self.quorum_check(Some(&node.name))
-                .map_err(|reason| self.stop(&node.name, reason, false))?;
+                .map_err(|reason| self.stop(&node.name, reason, unchanged))?;
             self.upgrade(&node)?;
         }
         self.state.finish_rollout(self.id, "ok", None)?;
@@ -572,6 +593,7 @@ pub fn rollout(
     site: &ClusterSite,
     bundle: Option<&Path>,
     reporter: &Reporter,
+    interrupt: &Interrupt,
 ) -> Result<(), ApplyError> {
     let _lock = coordinator_lock(site)?;
     let state = State::open(&site.profile.paths.state_dir)?;
@@ -579,7 +601,6 @@ pub fn rollout(
     let (id, bundle) = match (bundle, latest) {
         (None, Some(r)) if r.outcome == "stopped" || r.outcome == "running" => {
             reporter.event("resume", "start", &format!("rollout #{} of {} {}", r.id, r.name, r.version));
-            state.reopen_rollout(r.id)?;
             (Some(r.id), PathBuf::from(r.bundle))
         }
         (None, _) => {
@@ -590,11 +611,11 @@ pub fn rollout(
             return Err(ApplyError::Preflight {
                 step: "rollout".into(),
                 reason: format!(
-                    "rollout #{} of {} {} stopped and is not finished; run `airlock-apply resume --site {}` (or `rollout status` to see it)",
-                    r.id,
-                    r.name,
-                    r.version,
-                    site.path.display()
+                    "rollout #{id} of {name} {version} stopped and is not finished; run `airlock-apply resume --site {site}` to continue it, or `airlock-apply rollout abandon --site {site}` to give it up",
+                    id = r.id,
+                    name = r.name,
+                    version = r.version,
+                    site = site.path.display(),
                 ),
             })
         }
@@ -612,6 +633,7 @@ pub fn rollout(
     );
     let mut rollout = Rollout {
         site,
+        interrupt,
         state,
         reporter,
         id: id.unwrap_or(0),
@@ -635,8 +657,13 @@ pub fn rollout(
         "ok",
         &format!("every member is healthy; {} is the leader", leader.name),
     );
-    if id.is_none() {
-        let names: Vec<String> = site.nodes().iter().map(|n| n.name.clone()).collect();
+    let names: Vec<String> = site.nodes().iter().map(|n| n.name.clone()).collect();
+    if let Some(id) = id {
+        // Checks passed: the stopped rollout runs again; nodes added to the
+        // profile since join it.
+        rollout.state.reopen_rollout(id)?;
+        rollout.state.add_rollout_nodes(id, &names)?;
+    } else {
         rollout.id = rollout.state.begin_rollout(
             &std::path::absolute(&bundle)
                 .unwrap_or(bundle.clone())
@@ -690,4 +717,30 @@ pub fn status(site: &ClusterSite) -> Result<Option<(RolloutRecord, Vec<RolloutNo
     };
     let nodes = state.rollout_nodes(r.id)?;
     Ok(Some((r, nodes)))
+}
+
+/// Gives up the stopped rollout: its record is closed as `abandoned` and the
+/// nodes stay as they are (each on one version or the other). Returns the
+/// rollout's id, or `None` when there was none to give up.
+///
+/// # Errors
+/// [`ApplyError::Busy`] while a rollout runs; [`ApplyError::State`].
+pub fn abandon(site: &ClusterSite, reporter: &Reporter) -> Result<Option<i64>, ApplyError> {
+    let _lock = coordinator_lock(site)?;
+    let state = State::open(&site.profile.paths.state_dir)?;
+    match state.latest_rollout()? {
+        Some(r) if r.outcome == "stopped" || r.outcome == "running" => {
+            state.finish_rollout(r.id, "abandoned", r.error.as_deref())?;
+            reporter.event(
+                "rollout",
+                "ok",
+                &format!(
+                    "rollout #{} of {} {} abandoned; the nodes stay as they are",
+                    r.id, r.name, r.version
+                ),
+            );
+            Ok(Some(r.id))
+        }
+        _ => Ok(None),
+    }
 }

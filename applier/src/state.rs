@@ -860,6 +860,22 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
+    /// Adds the nodes of `nodes` a rollout does not list yet, as `pending`.
+    ///
+    /// # Errors
+    /// [`ApplyError::State`].
+    pub fn add_rollout_nodes(&self, rollout: i64, nodes: &[String]) -> Result<(), ApplyError> {
+        for (i, node) in nodes.iter().enumerate() {
+            self.conn
+                .execute(
+                    "INSERT OR IGNORE INTO rollout_nodes (rollout_id, node, position, state, updated_at) VALUES (?1, ?2, ?3, 'pending', ?4)",
+                    params![rollout, node, i as i64, now()],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
     /// Marks a stopped rollout as running again (for `resume`).
     ///
     /// # Errors

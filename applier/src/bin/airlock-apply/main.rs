@@ -144,6 +144,12 @@ enum RolloutAction {
         #[arg(long)]
         site: PathBuf,
     },
+    /// Give up a stopped rolling upgrade; every node stays as it is.
+    Abandon {
+        /// The cluster profile.
+        #[arg(long)]
+        site: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -306,7 +312,7 @@ fn run(program: Program) -> Result<u8, ApplyError> {
                     });
                 }
                 let cluster = ClusterSite::load(&site)?;
-                rolling::rollout(&cluster, Some(&bundle), &reporter)?;
+                rolling::rollout(&cluster, Some(&bundle), &reporter, &interrupt()?)?;
                 return Ok(exit::OK);
             }
             if is_cluster_profile(&site)? {
@@ -344,7 +350,7 @@ fn run(program: Program) -> Result<u8, ApplyError> {
         }
         Command::Resume { site } => {
             if is_cluster_profile(&site)? {
-                rolling::rollout(&ClusterSite::load(&site)?, None, &reporter)?;
+                rolling::rollout(&ClusterSite::load(&site)?, None, &reporter, &interrupt()?)?;
                 return Ok(exit::OK);
             }
             let site = Site::load(&site)?;
@@ -377,10 +383,19 @@ fn run(program: Program) -> Result<u8, ApplyError> {
         Command::Status { site } => status(&Site::load(&site)?, json)?,
         Command::Backups { action } => return backups(action, json),
         Command::Rollout {
+            action: RolloutAction::Abandon { site },
+        } => {
+            let cluster = ClusterSite::load(&site)?;
+            if rolling::abandon(&cluster, &reporter)?.is_none() {
+                println!("no stopped rollout to abandon");
+            }
+        }
+        Command::Rollout {
             action: RolloutAction::Status { site },
         } => {
             let cluster = ClusterSite::load(&site)?;
             match rolling::status(&cluster)? {
+                None if json => println!("{}", serde_json::json!({"rollout": null, "nodes": []})),
                 None => println!(
                     "no rolling upgrade recorded in `{}`",
                     cluster.profile.paths.state_dir.display()
