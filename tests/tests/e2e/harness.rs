@@ -652,13 +652,13 @@ pub struct Event {
     pub status: String,
 }
 
-/// Runs `airlock-apply --json ARGS`, reading its events; when `act` returns
-/// true for an event, `signal` (`KILL` or `TERM`) goes to the process, once
-/// or `repeat` times. Returns the events, the exit code and stderr.
+/// Runs `airlock-apply --json ARGS`, reading its events; each time `act`
+/// returns true for an event (given with how many times that step and status
+/// were seen), `signal` (`KILL`, `TERM`, ...) goes to the process. Returns the
+/// events, the exit code and stderr.
 pub fn apply_with_signal(
     args: &[&str],
     signal: &str,
-    repeat: usize,
     mut act: impl FnMut(&Event, usize) -> bool,
 ) -> (Vec<Event>, i32, String) {
     use std::io::{BufRead as _, Read as _};
@@ -678,7 +678,6 @@ pub fn apply_with_signal(
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut events = Vec::new();
     let mut counts = std::collections::HashMap::new();
-    let mut fired = false;
     for line in stdout.lines() {
         let Ok(line) = line else { break };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
@@ -693,14 +692,11 @@ pub fn apply_with_signal(
             .or_insert(0usize);
         *n += 1;
         let nth = *n;
-        if !fired && act(&event, nth) {
-            fired = true;
-            for _ in 0..repeat {
-                Command::new("kill")
-                    .args([&format!("-{signal}"), &child.id().to_string()])
-                    .status()
-                    .unwrap();
-            }
+        if act(&event, nth) {
+            Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()
+                .unwrap();
         }
         events.push(event);
     }
