@@ -48,12 +48,12 @@ pub enum ApplyError {
         /// Its to version.
         to: String,
     },
-    /// A rolling upgrade stopped at a node; the others are as they were.
-    #[error("rolling upgrade to {version} stopped at node {node}: {reason}")]
+    /// A rolling upgrade stopped; every node is on one version or the other.
+    #[error("rolling upgrade to {version} stopped {node}: {reason}")]
     RolloutStopped {
         /// Version being rolled out.
         version: String,
-        /// The node where it stopped.
+        /// Where it stopped: `at node NAME`, `before any node stopped`, ...
         node: String,
         /// Why.
         reason: String,
@@ -177,7 +177,7 @@ impl ApplyError {
                 "wait for it to finish: `airlock-apply status` (a node) or `airlock-apply rollout status` (a cluster) shows it".into(),
             ),
             Self::RolloutStopped { node, .. } => Some(format!(
-                "fix the cause ({node}), then run `airlock-apply resume --site CLUSTER.toml` to continue, or `airlock-apply rollout abandon --site CLUSTER.toml` to give this rollout up; `airlock-apply rollout status --site CLUSTER.toml` shows every node"
+                "fix the cause (the rollout stopped {node}), then run `airlock-apply resume --site CLUSTER.toml` to continue, or `airlock-apply rollout abandon --site CLUSTER.toml` to give this rollout up; `airlock-apply rollout status --site CLUSTER.toml` shows every node"
             )),
             Self::Interrupted { .. } => Some(
                 "run `airlock-apply resume --site SITE`: it rolls the apply back, or completes it if the new version was already healthy".into(),

@@ -21,11 +21,12 @@ impl Interrupt {
     }
 
     /// Catches SIGINT and SIGTERM from now on, in a background thread that
-    /// says on stderr what it will do.
+    /// says on stderr what it will do: `then` (e.g. "finishing the current
+    /// step, then rolling back").
     ///
     /// # Errors
     /// An I/O error when the handlers cannot be installed.
-    pub fn install() -> std::io::Result<Self> {
+    pub fn install(then: &'static str) -> std::io::Result<Self> {
         let interrupt = Self::default();
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         let count = Arc::clone(&interrupt.count);
@@ -38,11 +39,11 @@ impl Interrupt {
                 };
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
                 if n == 1 {
-                    eprintln!("airlock-apply: received {name}; finishing the current step, then rolling back");
+                    eprintln!("airlock-apply: received {name}; {then}");
                 } else {
                     eprintln!(
-                        "airlock-apply: received {name} again; not stopping mid-step (the node would be left half-changed). \
-                         The rollback goes on; if this process is killed, run `airlock-apply resume`"
+                        "airlock-apply: received {name} again; not stopping midway (that would leave a node half-changed). \
+                         If this process is killed, run `airlock-apply resume`"
                     );
                 }
             }

@@ -20,6 +20,11 @@ use crate::interrupt::Interrupt;
 use crate::report::Reporter;
 use crate::state::{NodeUpdate, RolloutNode, RolloutRecord, State};
 
+/// `at node NAME`, for where a rollout stopped.
+fn at_node(name: &str) -> String {
+    format!("at node {name}")
+}
+
 /// Node states in the rollout record.
 mod node_state {
     pub const VERIFIED: &str = "verified";
@@ -426,7 +431,7 @@ impl Rollout<'_> {
                     }
                 },
             )
-            .map_err(|reason| self.stop(&node.name, reason, NodeOutcome::Unchanged))?;
+            .map_err(|reason| self.stop(&at_node(&node.name), reason, NodeOutcome::Unchanged))?;
         let stopped_ms = match (stop_at, up_at) {
             (Some(a), Some(b)) if b >= a => Some((b - a) as i64),
             _ => None,
@@ -475,7 +480,7 @@ impl Rollout<'_> {
                     ..Default::default()
                 },
             );
-            return Err(self.stop(&node.name, reason, outcome));
+            return Err(self.stop(&at_node(&node.name), reason, outcome));
         }
         self.update(
             &node.name,
@@ -512,7 +517,7 @@ impl Rollout<'_> {
                     ..Default::default()
                 },
             );
-            return Err(self.stop(&node.name, reason, NodeOutcome::NeedsOperator));
+            return Err(self.stop(&at_node(&node.name), reason, NodeOutcome::NeedsOperator));
         }
         self.update(
             &node.name,
@@ -548,11 +553,17 @@ impl Rollout<'_> {
             }
             if self.interrupt.requested() {
                 let reason = "interrupted by a signal between two nodes; every node is on one version or the other".to_string();
-                return Err(self.stop(&pending[0].node, reason, unchanged));
+                return Err(self.stop(&at_node(&pending[0].node), reason, unchanged));
             }
             let leader = self
                 .leader()
-                .map_err(|reason| self.stop("the cluster has no single leader", reason, unchanged))?
+                .map_err(|reason| {
+                    self.stop(
+                        "because the cluster has no single leader",
+                        reason,
+                        unchanged,
+                    )
+                })?
                 .clone();
             // Followers first, in profile order; the leader only when it is the last one left.
             let next = pending
@@ -562,14 +573,14 @@ impl Rollout<'_> {
                 .map(|n| n.node.clone())
                 .unwrap_or_default();
             let node = self.node(&next).cloned().ok_or_else(|| {
-                self.stop(&next, format!("node {next} is in the rollout but no longer in the cluster profile; put it back"), unchanged)
+                self.stop(&at_node(&next), format!("node {next} is in the rollout but no longer in the cluster profile; put it back"), unchanged)
             })?;
             if node.name == leader.name {
                 self.move_leadership(&leader)
-                    .map_err(|reason| self.stop(&node.name, reason, unchanged))?;
+                    .map_err(|reason| self.stop(&at_node(&node.name), reason, unchanged))?;
             }
             self.quorum_check(Some(&node.name))
-                .map_err(|reason| self.stop(&node.name, reason, unchanged))?;
+                .map_err(|reason| self.stop(&at_node(&node.name), reason, unchanged))?;
             self.upgrade(&node)?;
         }
         self.state.finish_rollout(self.id, "ok", None)?;

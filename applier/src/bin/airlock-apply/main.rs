@@ -199,7 +199,15 @@ fn main() -> ExitCode {
 }
 
 fn interrupt() -> Result<Interrupt, ApplyError> {
-    Interrupt::install().map_err(ApplyError::io("installing signal handlers"))
+    Interrupt::install("finishing the current step, then rolling back")
+        .map_err(ApplyError::io("installing signal handlers"))
+}
+
+fn rollout_interrupt() -> Result<Interrupt, ApplyError> {
+    Interrupt::install(
+        "finishing the current node, then stopping the rollout (`resume` continues it)",
+    )
+    .map_err(ApplyError::io("installing signal handlers"))
 }
 
 fn confirm(plan: &RollbackPlan) -> bool {
@@ -312,7 +320,7 @@ fn run(program: Program) -> Result<u8, ApplyError> {
                     });
                 }
                 let cluster = ClusterSite::load(&site)?;
-                rolling::rollout(&cluster, Some(&bundle), &reporter, &interrupt()?)?;
+                rolling::rollout(&cluster, Some(&bundle), &reporter, &rollout_interrupt()?)?;
                 return Ok(exit::OK);
             }
             if is_cluster_profile(&site)? {
@@ -350,7 +358,12 @@ fn run(program: Program) -> Result<u8, ApplyError> {
         }
         Command::Resume { site } => {
             if is_cluster_profile(&site)? {
-                rolling::rollout(&ClusterSite::load(&site)?, None, &reporter, &interrupt()?)?;
+                rolling::rollout(
+                    &ClusterSite::load(&site)?,
+                    None,
+                    &reporter,
+                    &rollout_interrupt()?,
+                )?;
                 return Ok(exit::OK);
             }
             let site = Site::load(&site)?;
