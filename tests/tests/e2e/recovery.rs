@@ -413,7 +413,7 @@ fn a_running_apply_holds_the_lock() {
     let second = second.expect("the first apply reached the stop");
     assert_eq!(second.code, 6, "{}", second.stderr);
     assert!(
-        second.stderr.contains("is running on this node"),
+        second.stderr.contains("is running: lock"),
         "{}",
         second.stderr
     );
