@@ -12,10 +12,17 @@ bin="$repo/target/debug"
 build="$bin/airlock-build"
 apply="$bin/airlock-apply"
 
+if (exec 3<>/dev/tcp/127.0.0.1/18431) 2>/dev/null; then
+    echo "demo: something already listens on 127.0.0.1:18431 (an earlier demo's service?); stop it first" >&2
+    exit 1
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/airlock-demo.XXXXXX")
-stop_service() { if [ -f "$work/site/node/pid" ]; then kill "$(cat "$work/site/node/pid")" 2>/dev/null || true; fi; }
-trap 'stop_service' EXIT
-echo "==> throwaway folder: $work"
+cleanup() {
+    if [ -f "$work/site/node/pid" ]; then kill "$(cat "$work/site/node/pid")" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+echo "==> throwaway folder: $work (removed at the end)"
 
 echo "==> release engineer: make a release key"
 mkdir -p "$work/keys"
@@ -70,4 +77,3 @@ echo "==> the node runs 1.1.0 again:"
 version=$(cat "$site/node/RELEASE")
 [ "$version" = "1.1.0" ] || { echo "demo: RELEASE is $version, expected 1.1.0"; exit 1; }
 echo "demo finished: 1.0.0 -> 1.1.0 applied, broken 1.2.0 rolled back to 1.1.0"
-rm -rf "$work"
