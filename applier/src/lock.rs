@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read as _, Seek as _, Write as _};
+use std::path::Path;
 
 use crate::error::ApplyError;
 use crate::site::Site;
@@ -17,17 +18,25 @@ pub struct NodeLock {
     _file: File,
 }
 
-/// Takes the node's apply lock.
+/// Takes the node's apply lock, `STATE_DIR/apply.lock`.
 ///
 /// # Errors
 /// [`ApplyError::Busy`] naming the holder's pid when another live process holds it.
 pub fn lock(site: &Site) -> Result<NodeLock, ApplyError> {
-    let dir = &site.profile.paths.state_dir;
+    lock_in(&site.profile.paths.state_dir, LOCK_FILE)
+}
+
+/// Takes the lock file `name` in `dir` (created if missing) and writes this
+/// process's pid into it.
+///
+/// # Errors
+/// [`ApplyError::Busy`] naming the holder's pid when another live process holds it.
+pub fn lock_in(dir: &Path, name: &str) -> Result<NodeLock, ApplyError> {
     std::fs::create_dir_all(dir).map_err(ApplyError::io(format!(
         "creating state folder `{}`",
         dir.display()
     )))?;
-    let path = dir.join(LOCK_FILE);
+    let path = dir.join(name);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -15,7 +15,7 @@ use crate::error::ApplyError;
 use crate::interrupt::Interrupt;
 use crate::lock::lock;
 use crate::report::Reporter;
-use crate::run::{raft_refusal, steps, Context, Done, Run};
+use crate::run::{migrated_databases, raft_refusal, steps, Context, Done, Run};
 use crate::site::Site;
 use crate::state::{ApplyRecord, NewApply, State};
 
@@ -256,12 +256,7 @@ pub fn rollback_plan(state: &State) -> Result<RollbackPlan, ApplyError> {
             )));
         }
     }
-    let databases = state
-        .journal_rows(apply.id)?
-        .iter()
-        .filter(|r| r.step == steps::MIGRATE)
-        .filter_map(|r| r.detail.split_whitespace().next().map(str::to_owned))
-        .collect::<std::collections::BTreeSet<_>>()
+    let databases = migrated_databases(&state.journal_rows(apply.id)?)
         .into_iter()
         .collect();
     Ok(RollbackPlan {
@@ -323,13 +318,7 @@ fn redo_rollback(mut run: Run<'_>, of: i64) -> Result<String, ApplyError> {
         step: "rollback".into(),
         reason: e,
     })?;
-    let migrated = run
-        .state
-        .journal_rows(of)?
-        .iter()
-        .filter(|r| r.step == steps::MIGRATE)
-        .filter_map(|r| r.detail.split_whitespace().next().map(str::to_owned))
-        .collect();
+    let migrated = migrated_databases(&run.state.journal_rows(of)?);
     let done = Done {
         stopped: true,
         installed: record.installed.clone(),

@@ -17,6 +17,7 @@ use airlock_formats::{read_bundle, BundleError, DiscardSink, Manifest};
 use crate::cluster::{wait_until, ClusterSite, NodeProfile};
 use crate::error::{ApplyError, NodeOutcome};
 use crate::interrupt::Interrupt;
+use crate::lock::{lock_in, NodeLock};
 use crate::report::Reporter;
 use crate::state::{NodeUpdate, RolloutNode, RolloutRecord, State};
 
@@ -34,28 +35,9 @@ mod node_state {
     pub const FAILED: &str = "failed";
 }
 
-/// The coordinator's lock: one rollout at a time.
-fn coordinator_lock(site: &ClusterSite) -> Result<File, ApplyError> {
-    let dir = &site.profile.paths.state_dir;
-    std::fs::create_dir_all(dir)
-        .map_err(ApplyError::io(format!("creating `{}`", dir.display())))?;
-    let path = dir.join("rollout.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(ApplyError::io(format!("opening `{}`", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(ApplyError::Busy {
-            lock: path,
-            holder: "another rollout".into(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(ApplyError::io(format!("locking `{}`", path.display()))(e))
-        }
-    }
+/// The coordinator's lock, `STATE_DIR/rollout.lock`: one rollout at a time.
+fn coordinator_lock(site: &ClusterSite) -> Result<NodeLock, ApplyError> {
+    lock_in(&site.profile.paths.state_dir, "rollout.lock")
 }
 
 /// Checks the bundle on the coordinator: signatures, threshold, expiry, every
@@ -75,13 +57,7 @@ fn verify_here(site: &ClusterSite, bundle: &Path) -> Result<Manifest, ApplyError
         BufReader::with_capacity(1 << 20, file),
         |h| {
             site.trust.check(&h.manifest_bytes, &h.signatures)?;
-            if let Some(expires) = h.manifest.expires_at {
-                if crate::state::now().max(0) as u64 > expires {
-                    return Err(BundleError::Refused(format!(
-                        "it expired at {expires} (Unix seconds)"
-                    )));
-                }
-            }
+            crate::verify::check_expiry(&h.manifest).map_err(BundleError::Refused)?;
             mixed_ok = h.manifest.rolling_allowed;
             if !mixed_ok {
                 return Err(BundleError::Refused(format!(

@@ -108,11 +108,7 @@ impl Done {
         Self {
             stopped: has(steps::STOP),
             installed,
-            migrated: rows
-                .iter()
-                .filter(|r| r.step == steps::MIGRATE)
-                .filter_map(|r| r.detail.split_whitespace().next().map(str::to_owned))
-                .collect(),
+            migrated: migrated_databases(rows),
             started: has(steps::START),
             healthy: has(steps::HEALTHY),
             install_began: has(steps::INSTALL),
@@ -127,6 +123,15 @@ impl Done {
             |r| format!("{} {}", r.step, r.detail).trim().to_owned(),
         )
     }
+}
+
+/// The databases a journal shows a migration began on (a `migrate` row's
+/// detail starts with the database name).
+pub fn migrated_databases(rows: &[JournalRow]) -> BTreeSet<String> {
+    rows.iter()
+        .filter(|r| r.step == steps::MIGRATE)
+        .filter_map(|r| r.detail.split_whitespace().next().map(str::to_owned))
+        .collect()
 }
 
 /// Where a payload entry is installed on this site, if it is installed at all.

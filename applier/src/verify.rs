@@ -107,6 +107,20 @@ fn now() -> u64 {
     crate::state::now().max(0) as u64
 }
 
+/// Refuses a bundle past its `expires_at`, with the reason.
+///
+/// # Errors
+/// The reason, naming both times.
+pub fn check_expiry(m: &Manifest) -> Result<(), String> {
+    match m.expires_at {
+        Some(expires) if now() > expires => Err(format!(
+            "it expired at {expires} (Unix seconds); the clock here says {}",
+            now()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks the manifest against the site; returns the reason and the help text
 /// for a refusal.
 fn check_manifest(
@@ -115,17 +129,12 @@ fn check_manifest(
     installed: &Version,
     opts: VerifyOptions,
 ) -> Result<(), (String, String)> {
-    if let Some(expires) = m.expires_at {
-        if now() > expires {
-            return Err((
-                format!(
-                    "it expired at {expires} (Unix seconds); the clock here says {}",
-                    now()
-                ),
-                "ask the release engineer for a fresh bundle, or check this machine's clock".into(),
-            ));
-        }
-    }
+    check_expiry(m).map_err(|reason| {
+        (
+            reason,
+            "ask the release engineer for a fresh bundle, or check this machine's clock".into(),
+        )
+    })?;
     if m.platform != site.platform() {
         return Err((
             format!(
