@@ -8,6 +8,8 @@ use std::sync::Arc;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::report::eprint_line;
+
 /// Counts termination signals received.
 #[derive(Clone, Default)]
 pub struct Interrupt {
@@ -39,12 +41,12 @@ impl Interrupt {
                 };
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
                 if n == 1 {
-                    eprintln!("airlock-apply: received {name}; {then}");
+                    eprint_line(&format!("airlock-apply: received {name}; {then}"));
                 } else {
-                    eprintln!(
+                    eprint_line(&format!(
                         "airlock-apply: received {name} again; not stopping midway (that would leave a node half-changed). \
                          If this process is killed, run `airlock-apply resume`"
-                    );
+                    ));
                 }
             }
         });

@@ -1,29 +1,29 @@
 //! The site operator's side of airlock: verify a bundle against the site
-//! profile, plan and apply it to a node with backups and automatic rollback,
-//! finish or undo an interrupted apply, and keep an audit trail. The
+//! profile, plan and apply it to a node as one journaled transaction with
+//! backups and automatic rollback, finish or undo an interrupted apply,
+//! upgrade a Raft cluster one node at a time, and keep an audit trail. The
 //! `airlock-apply` binary is a thin command line over this crate.
+//!
+//! docs/ARCHITECTURE.md maps the modules: [`commands`] (one per
+//! subcommand), [`transaction`] (steps, undo, journal, outcome), [`steps`]
+//! (what each step does), [`state`] (the state database), [`cluster`]
+//! (rolling upgrades), [`protocol`] (the `--json` messages).
 
-pub mod apply;
-pub mod backup;
 pub mod cluster;
+pub mod commands;
 pub mod error;
 pub mod interrupt;
 pub mod lock;
-pub mod migrate;
-pub mod plan;
-pub mod recovery;
+pub mod protocol;
 pub mod report;
-pub mod rolling;
-pub mod run;
-pub mod service;
 pub mod site;
-pub mod stage;
 pub mod state;
+pub mod steps;
+pub mod transaction;
 pub mod verify;
 
-pub use apply::{apply, ApplyReport};
-pub use error::{exit, ApplyError};
+pub use error::{exit, ApplyError, StepError};
 pub use interrupt::Interrupt;
 pub use report::Reporter;
 pub use site::Site;
-pub use verify::{read_and_verify, VerifyOptions};
+pub use verify::VerifyOptions;

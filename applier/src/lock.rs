@@ -3,9 +3,10 @@
 //! lock left by a killed process is taken over at once, and a live holder is
 //! never overridden. The holder writes its pid into the file for messages.
 
-use std::fs::File;
 use std::io::{Read as _, Seek as _, Write as _};
 use std::path::Path;
+
+use fs_err::File;
 
 use crate::error::ApplyError;
 use crate::site::Site;
@@ -32,18 +33,15 @@ pub fn lock(site: &Site) -> Result<NodeLock, ApplyError> {
 /// # Errors
 /// [`ApplyError::Busy`] naming the holder's pid when another live process holds it.
 pub fn lock_in(dir: &Path, name: &str) -> Result<NodeLock, ApplyError> {
-    std::fs::create_dir_all(dir).map_err(ApplyError::io(format!(
-        "creating state folder `{}`",
-        dir.display()
-    )))?;
+    fs_err::create_dir_all(dir).map_err(ApplyError::io("creating the state folder"))?;
     let path = dir.join(name);
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = fs_err::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .open(&path)
-        .map_err(ApplyError::io(format!("opening lock `{}`", path.display())))?;
+        .map_err(ApplyError::io("opening the lock"))?;
     match file.try_lock() {
         Ok(()) => {
             let pid = std::process::id().to_string();

@@ -91,13 +91,17 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Checks that exactly one of `command` and `url` is given; `name` is the field.
+    /// Checks that exactly one of `command` and `url` is given; `name` is
+    /// the field, `profile` the file.
     ///
     /// # Errors
-    /// A message naming the field.
-    pub fn check(&self, name: &str) -> Result<(), String> {
+    /// [`ApplyError::Site`] naming the file and field.
+    pub fn check(&self, profile: &Path, name: &str) -> Result<(), ApplyError> {
         if self.command.is_some() == self.url.is_some() {
-            return Err(format!("{name}: give exactly one of `command` and `url`"));
+            return Err(ApplyError::Site {
+                path: profile.to_owned(),
+                reason: format!("{name}: give exactly one of `command` and `url`"),
+            });
         }
         Ok(())
     }
@@ -166,21 +170,25 @@ fn default_keep() -> usize {
     3
 }
 
-/// Reads the trusted keys (paths already absolute) into a [`Trust`].
+/// Reads the trusted keys of the profile at `path` (key paths already
+/// absolute) into a [`Trust`].
 ///
 /// # Errors
-/// A message naming the key file or the threshold problem.
-pub fn load_trust(profile: &TrustProfile) -> Result<Trust, String> {
+/// [`ApplyError::Site`] naming the key file or the threshold problem.
+pub fn load_trust(path: &Path, profile: &TrustProfile) -> Result<Trust, ApplyError> {
+    let site_err = |reason: String| ApplyError::Site {
+        path: path.to_owned(),
+        reason,
+    };
     let mut keys = Vec::new();
     for key in &profile.keys {
-        let text = std::fs::read_to_string(key)
-            .map_err(|e| format!("trust.keys: `{}`: {e}", key.display()))?;
+        let text = fs_err::read_to_string(key).map_err(|e| site_err(format!("trust.keys: {e}")))?;
         keys.push(
             PublicKey::from_minisign(&text)
-                .map_err(|e| format!("trust.keys: `{}`: {e}", key.display()))?,
+                .map_err(|e| site_err(format!("trust.keys: `{}`: {e}", key.display())))?,
         );
     }
-    Trust::new(keys, profile.threshold).map_err(|e| format!("trust: {e}"))
+    Trust::new(keys, profile.threshold).map_err(|e| site_err(format!("trust: {e}")))
 }
 
 /// Reads and parses a profile; returns it and its folder, made absolute.
@@ -194,7 +202,7 @@ pub fn read_profile<T: serde::de::DeserializeOwned>(
         path: path.to_owned(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
+    let text = fs_err::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
     let profile = toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
     let dir = std::path::absolute(airlock_formats::durable::parent_of(path))
         .map_err(|e| site_err(e.to_string()))?;
@@ -210,7 +218,7 @@ pub fn is_cluster_profile(path: &Path) -> Result<bool, ApplyError> {
         path: path.to_owned(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
+    let text = fs_err::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
     let value: toml::Table = toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
     Ok(value.contains_key("cluster"))
 }
@@ -240,18 +248,14 @@ impl Site {
         abs(&mut profile.paths.state_dir);
         abs(&mut profile.paths.backup_dir);
         profile.paths.staging_dir.iter_mut().for_each(abs);
-        profile
-            .service
-            .health
-            .check("service.health")
-            .map_err(site_err)?;
+        profile.service.health.check(path, "service.health")?;
         if let Some(p) = &profile.service.version {
-            p.check("service.version").map_err(site_err)?;
+            p.check(path, "service.version")?;
         }
         if profile.paths.keep_backups == 0 {
             return Err(site_err("paths.keep_backups must be at least 1".into()));
         }
-        let trust = load_trust(&profile.trust).map_err(site_err)?;
+        let trust = load_trust(path, &profile.trust)?;
         Ok(Self {
             path: path.to_owned(),
             dir,

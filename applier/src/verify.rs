@@ -1,11 +1,11 @@
-//! Step 2 of an apply, and all of `airlock-apply verify`: is this bundle
-//! acceptable on this node? Signatures and threshold against the site's keys,
+//! Is this bundle acceptable on this node? The check before an apply (header
+//! only), the stage step (every payload byte) and `airlock-apply verify`. Signatures and threshold against the site's keys,
 //! expiry, platform, applier version, `upgrades_from` against the installed
 //! version, no downgrade unless asked, and every database and binary the
 //! bundle names known to the site. Then the whole payload is read and checked.
 //! Nothing on the node changes here.
 
-use std::fs::File;
+use fs_err::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
@@ -15,11 +15,11 @@ use airlock_formats::{
 };
 use semver::Version;
 
-use crate::error::ApplyError;
-use crate::migrate;
-use crate::service::{find_version, run_probe};
+use crate::error::VerifyError;
 use crate::site::Site;
 use crate::state::State;
+use crate::steps::migrate;
+use crate::steps::service::{find_version, run_probe};
 
 /// Options of verification.
 #[derive(Debug, Clone, Copy, Default)]
@@ -66,21 +66,18 @@ impl Verified {
 /// The installed version: the state database's record, else the version probe.
 ///
 /// # Errors
-/// [`ApplyError::Preflight`] when neither can tell.
+/// [`VerifyError::Installed`] when neither can tell.
 pub fn installed_version(
     site: &Site,
     state: Option<&State>,
-) -> Result<InstalledVersion, ApplyError> {
+) -> Result<InstalledVersion, VerifyError> {
     if let Some(installed) = state.map(State::installed).transpose()?.flatten() {
         return Ok(InstalledVersion {
             version: installed.version,
             source: "state database",
         });
     }
-    let preflight = |reason: String| ApplyError::Preflight {
-        step: "finding the installed version".into(),
-        reason,
-    };
+    let preflight = VerifyError::Installed;
     let probe = site.profile.service.version.as_ref().ok_or_else(|| {
         preflight("airlock has not installed a release here and site.toml has no [service.version] probe; add one".into())
     })?;
@@ -104,85 +101,99 @@ pub fn installed_version(
 }
 
 fn now() -> u64 {
-    crate::state::now().max(0) as u64
+    u64::try_from(crate::state::now()).unwrap_or(0)
 }
 
-/// Refuses a bundle past its `expires_at`, with the reason.
+/// Why a bundle is refused, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub reason: String,
+    /// What to do next.
+    pub help: String,
+}
+
+impl Refusal {
+    fn new(reason: String, help: impl Into<String>) -> Self {
+        Self {
+            reason,
+            help: help.into(),
+        }
+    }
+}
+
+/// Refuses a bundle past its `expires_at` (docs/FORMAT.md, "Top-level fields").
 ///
 /// # Errors
-/// The reason, naming both times.
-pub fn check_expiry(m: &Manifest) -> Result<(), String> {
+/// The [`Refusal`], naming both times.
+pub fn check_expiry(m: &Manifest) -> Result<(), Refusal> {
     match m.expires_at {
-        Some(expires) if now() > expires => Err(format!(
-            "it expired at {expires} (Unix seconds); the clock here says {}",
-            now()
+        Some(expires) if now() > expires => Err(Refusal::new(
+            format!(
+                "it expired at {expires} (Unix seconds); the clock here says {}",
+                now()
+            ),
+            "ask the release engineer for a fresh bundle, or check this machine's clock",
         )),
         _ => Ok(()),
     }
 }
 
-/// Checks the manifest against the site; returns the reason and the help text
-/// for a refusal.
+/// Checks the manifest against the site.
 fn check_manifest(
     site: &Site,
     m: &Manifest,
     installed: &Version,
     opts: VerifyOptions,
-) -> Result<(), (String, String)> {
-    check_expiry(m).map_err(|reason| {
-        (
-            reason,
-            "ask the release engineer for a fresh bundle, or check this machine's clock".into(),
-        )
-    })?;
+) -> Result<(), Refusal> {
+    check_expiry(m)?;
     if m.platform != site.platform() {
-        return Err((
+        return Err(Refusal::new(
             format!(
                 "it is built for {}, this site is {}",
                 m.platform,
                 site.platform()
             ),
-            "use the bundle built for this platform".into(),
+            "use the bundle built for this platform",
         ));
     }
     let own = Version::parse(airlock_formats::VERSION).unwrap_or_else(|_| Version::new(0, 0, 0));
     if m.min_applier_version > own {
-        return Err((
+        return Err(Refusal::new(
             format!(
                 "it needs airlock-apply {} or newer, this is {own}",
                 m.min_applier_version
             ),
-            "bring a newer airlock-apply to the site first".into(),
+            "bring a newer airlock-apply to the site first",
         ));
     }
     if m.version == *installed && !opts.allow_downgrade {
-        return Err((
+        return Err(Refusal::new(
             format!("{} {} is already installed", m.name, installed),
-            "nothing to do; pass --allow-downgrade to reinstall the same version".into(),
+            "nothing to do; pass --allow-downgrade to reinstall the same version",
         ));
     }
     if m.version < *installed && !opts.allow_downgrade {
-        return Err((
+        return Err(Refusal::new(
             format!(
                 "{} is older than the installed {installed} (a downgrade)",
                 m.version
             ),
-            "pass --allow-downgrade if a downgrade is really intended".into(),
+            "pass --allow-downgrade if a downgrade is really intended",
         ));
     }
     if !m.upgrades_from.matches(installed) && !opts.allow_downgrade {
-        return Err((
+        return Err(Refusal::new(
             format!(
                 "it upgrades installed versions `{}`, but {installed} is installed",
                 m.upgrades_from
             ),
-            "apply the intermediate release first, or ask for a bundle that upgrades this version"
-                .into(),
+            "apply the intermediate release first, or ask for a bundle that upgrades this version",
         ));
     }
     for database in m.migrated_databases() {
         let Some(path) = site.profile.data.databases.get(database) else {
-            return Err((
+            return Err(Refusal::new(
                 format!("it migrates database `{database}`, which site.toml does not list"),
                 format!(
                     "add `{database}` under [data.databases] in {}",
@@ -190,17 +201,17 @@ fn check_manifest(
                 ),
             ));
         };
-        migrate::check_applied(path, database, m).map_err(|reason| {
-            (
-                reason,
-                "a migration that already ran was changed; the release engineer must ship a new migration instead".into(),
+        migrate::pending(path, database, m).map_err(|e| {
+            Refusal::new(
+                e.to_string(),
+                "a migration that already ran was changed; the release engineer must ship a new migration instead",
             )
         })?;
     }
     for f in m.files.iter().filter(|f| f.role == Role::Binary) {
         let name = f.name.as_deref().unwrap_or_default();
         if !site.profile.binaries.contains_key(name) && f.install_path.is_none() {
-            return Err((
+            return Err(Refusal::new(
                 format!("binary `{name}` has no install path"),
                 format!(
                     "add `{name} = \"/path\"` under [binaries] in {}",
@@ -216,20 +227,26 @@ fn check_manifest(
 /// before any payload byte is read, then streams every payload file into `sink`.
 ///
 /// # Errors
-/// [`ApplyError::Refused`] when the bundle is not acceptable or damaged;
-/// other variants when the site or state cannot be read.
+/// [`VerifyError::Refused`] when the bundle is not acceptable or damaged;
+/// [`VerifyError::Unreadable`] when it cannot be read (or `sink` cannot
+/// write); [`VerifyError::Installed`] when the installed version is unknown.
 pub fn read_and_verify(
     site: &Site,
     state: Option<&State>,
     bundle: &Path,
     opts: VerifyOptions,
     sink: Option<&mut dyn PayloadSink>,
-) -> Result<Verified, ApplyError> {
+) -> Result<Verified, VerifyError> {
     let installed = installed_version(site, state)?;
-    let file = File::open(bundle).map_err(ApplyError::io(format!(
-        "opening bundle `{}`",
-        bundle.display()
-    )))?;
+    let unreadable = |source: BundleError| VerifyError::Unreadable {
+        bundle: bundle.to_owned(),
+        source,
+    };
+    let file = File::open(bundle).map_err(|e| {
+        unreadable(BundleError::io(format!("opening `{}`", bundle.display()))(
+            e,
+        ))
+    })?;
     let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, file));
     let mut signers = Vec::new();
     let mut refusal_help = None;
@@ -243,19 +260,16 @@ pub fn read_and_verify(
                     site.trust.threshold()
                 ));
             })?;
-            check_manifest(site, &h.manifest, &installed.version, opts).map_err(|(reason, help)| {
-                refusal_help = Some(help);
-                BundleError::Refused(reason)
+            check_manifest(site, &h.manifest, &installed.version, opts).map_err(|refusal| {
+                refusal_help = Some(refusal.help);
+                BundleError::Refused(refusal.reason)
             })
         },
         sink,
     );
     let header = result.map_err(|e| match e {
-        BundleError::Io { .. } => ApplyError::Io {
-            context: format!("reading bundle `{}`", bundle.display()),
-            source: std::io::Error::other(e.to_string()),
-        },
-        other => ApplyError::Refused {
+        e @ BundleError::Io { .. } => unreadable(e),
+        other => VerifyError::Refused {
             bundle: bundle.to_owned(),
             reason: other.to_string(),
             help: refusal_help.take().unwrap_or_else(|| {
@@ -265,10 +279,11 @@ pub fn read_and_verify(
     })?;
     if read_payload {
         // Hash whatever padding follows the container too.
-        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(ApplyError::io(format!(
-            "reading bundle `{}`",
-            bundle.display()
-        )))?;
+        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| {
+            unreadable(BundleError::io(format!("reading `{}`", bundle.display()))(
+                e,
+            ))
+        })?;
     }
     let (bundle_sha256, _) = hashing.finish();
     Ok(Verified {

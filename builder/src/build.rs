@@ -1,7 +1,7 @@
 //! `airlock-build build`: reads a spec and its sources once, hashing and
 //! compressing in the same pass, and writes a signed, reproducible bundle.
 
-use std::fs::File;
+use fs_err::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -199,7 +199,7 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
     // Stat every source before writing anything, so a missing one fails fast.
     let mut sizes = Vec::with_capacity(planned.len());
     for p in &planned {
-        let meta = std::fs::metadata(&p.source).map_err(|source| BuildError::Source {
+        let meta = fs_err::metadata(&p.source).map_err(|source| BuildError::Source {
             path: p.source.clone(),
             source,
         })?;
@@ -213,7 +213,7 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
     }
 
     let created_at = opts.source_date_epoch.unwrap_or_else(now);
-    std::fs::create_dir_all(opts.out_dir).map_err(|source| BuildError::Io {
+    fs_err::create_dir_all(opts.out_dir).map_err(|source| BuildError::Io {
         context: format!("creating output folder `{}`", opts.out_dir.display()),
         source,
     })?;
@@ -342,7 +342,7 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
         .map_err(std::io::Error::other)?;
         w.into_inner().map(|_| ()).map_err(|e| e.into_error())
     })?;
-    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let size = fs_err::metadata(&out).map(|m| m.len()).unwrap_or(0);
     Ok(BuildReport {
         path: out,
         manifest,

@@ -1,6 +1,6 @@
 //! Release keys: `keygen`, loading a secret key, and adding a signature to a bundle.
 
-use std::fs::File;
+use fs_err::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
@@ -38,7 +38,7 @@ pub fn keygen(
         }
     }
     let folder = airlock_formats::durable::parent_of(&secret_path);
-    std::fs::create_dir_all(folder).map_err(|source| BuildError::Io {
+    fs_err::create_dir_all(folder).map_err(|source| BuildError::Io {
         context: format!("creating folder `{}`", folder.display()),
         source,
     })?;
@@ -65,7 +65,7 @@ pub fn load_secret_key(
         path: path.to_owned(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| key_err(e.to_string()))?;
+    let text = fs_err::read_to_string(path).map_err(|e| key_err(e.to_string()))?;
     let encrypted = SecretKey::is_encrypted(&text).map_err(|e| key_err(e.to_string()))?;
     let passphrase = if encrypted {
         Some(passphrase().map_err(key_err)?)

@@ -57,7 +57,7 @@ pub fn discover(dir: &Path) -> Result<Vec<FoundMigration>, BuildError> {
         path: path.to_owned(),
         reason,
     };
-    let read = std::fs::read_dir(dir).map_err(|e| bad(dir, e.to_string()))?;
+    let read = fs_err::read_dir(dir).map_err(|e| bad(dir, e.to_string()))?;
     let mut found = Vec::new();
     for entry in read {
         let entry = entry.map_err(|e| bad(dir, e.to_string()))?;
@@ -141,6 +141,7 @@ pub fn discover(dir: &Path) -> Result<Vec<FoundMigration>, BuildError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use std::fs;

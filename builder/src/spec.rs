@@ -124,7 +124,7 @@ impl Spec {
     /// # Errors
     /// [`BuildError::Spec`] naming the file for unreadable or invalid TOML.
     pub fn load(path: &Path) -> Result<Self, BuildError> {
-        let text = std::fs::read_to_string(path).map_err(|e| BuildError::Spec {
+        let text = fs_err::read_to_string(path).map_err(|e| BuildError::Spec {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;

@@ -2,7 +2,7 @@
 //! `fsync` it, rename it over the target, then `fsync` the folder (the
 //! sequence rustup's `raw.rs` uses; see also rename(2) and fsync(2)).
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -32,9 +32,26 @@ fn err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Du
 /// # Errors
 /// [`DurableError`] naming the folder.
 pub fn sync_dir(dir: &Path) -> Result<(), DurableError> {
-    File::open(dir)
+    fs_err::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(err("syncing folder", dir))
+}
+
+/// Creates `dir` and any missing parents with mode 0700 (before the umask),
+/// so only the owner can enter them. A folder that already exists is left as
+/// it is, permissions included.
+///
+/// # Errors
+/// [`DurableError`] naming the folder.
+pub fn create_private_dir(dir: &Path) -> Result<(), DurableError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    // fs-err has no DirBuilder; the DurableError names the folder instead.
+    #[allow(clippy::disallowed_methods)]
+    let created = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir);
+    created.map_err(err("creating folder", dir))
 }
 
 /// The folder holding `path` (`.` for a bare file name).
@@ -65,28 +82,29 @@ pub fn write_atomic(
     mode: u32,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), DurableError> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    use fs_err::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let tmp = temp_beside(target);
     let result = (|| {
-        let _ = fs::remove_file(&tmp);
-        let mut file = fs::OpenOptions::new()
+        let _ = fs_err::remove_file(&tmp);
+        let mut file = fs_err::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&tmp)
             .map_err(err("creating", &tmp))?;
-        fill(&mut file).map_err(err("writing", &tmp))?;
+        fill(file.file_mut()).map_err(err("writing", &tmp))?;
         file.flush().map_err(err("writing", &tmp))?;
         // The umask may have cleared bits of `mode`; set them exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(err("setting permissions of", &tmp))?;
         file.sync_all().map_err(err("syncing", &tmp))?;
         drop(file);
-        fs::rename(&tmp, target).map_err(err("renaming over", target))?;
+        fs_err::rename(&tmp, target).map_err(err("renaming over", target))?;
         sync_dir(parent_of(target))
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs_err::remove_file(&tmp);
     }
     result
 }
@@ -100,8 +118,10 @@ pub fn write_bytes_atomic(target: &Path, mode: u32, bytes: &[u8]) -> Result<(), 
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
@@ -120,5 +140,26 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(fs::read(&target).unwrap(), b"new");
         assert!(!temp_beside(&target).exists());
+    }
+
+    #[test]
+    fn creates_nested_private_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let outer = dir.path().join("a");
+        let inner = outer.join("b").join("c");
+        create_private_dir(&inner).unwrap();
+        for folder in [&outer, &outer.join("b"), &inner] {
+            let meta = fs::metadata(folder).unwrap();
+            assert!(meta.is_dir());
+            assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{folder:?}");
+        }
+        // Already there: no error.
+        create_private_dir(&inner).unwrap();
+        // Under a regular file: the error names the folder asked for.
+        fs::write(dir.path().join("file"), b"").unwrap();
+        let below_file = dir.path().join("file").join("sub");
+        let e = create_private_dir(&below_file).unwrap_err();
+        assert_eq!(e.action, "creating folder");
+        assert_eq!(e.path, below_file);
     }
 }

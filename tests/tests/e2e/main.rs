@@ -2,7 +2,13 @@
 //! against a real etcd member (Debian `etcd-server`) on 127.0.0.1 and real
 //! SQLite files. One test binary for the crate (ripgrep's layout), so it links once.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    missing_docs,
+    unreachable_pub
+)]
 
 mod cluster;
 mod harness;

@@ -12,18 +12,14 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use airlock_applier::backup;
-use airlock_applier::cluster::ClusterSite;
-use airlock_applier::plan::plan;
-use airlock_applier::recovery::{resume, rollback, Resumed, RollbackPlan};
-use airlock_applier::rolling;
+use airlock_applier::cluster::{rolling, ClusterSite};
+use airlock_applier::commands::resume::Resumed;
+use airlock_applier::commands::rollback::RollbackPlan;
+use airlock_applier::commands::{apply, backups, history, plan, resume, rollback, status, verify};
+use airlock_applier::protocol::{Message, Status};
+use airlock_applier::report::{eprint_line, print_line};
 use airlock_applier::site::is_cluster_profile;
-use airlock_applier::state::{AuditEntry, State};
-use airlock_applier::verify::installed_version;
-use airlock_applier::{
-    apply, exit, read_and_verify, ApplyError, Interrupt, Reporter, Site, VerifyOptions,
-};
-use airlock_formats::DiscardSink;
+use airlock_applier::{exit, ApplyError, Interrupt, Reporter, Site, VerifyOptions};
 use clap::{Parser, Subcommand};
 
 /// Verify and apply airlock bundles on a site with no network.
@@ -178,21 +174,14 @@ enum BackupsAction {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let program = Program::parse();
-    let json = program.json;
-    match run(program) {
+    let reporter = Reporter::new(program.json);
+    match run(program.command, &reporter) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e}");
-            if let Some(help) = e.help() {
-                eprintln!("\nhelp: {help}");
-            }
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()})
-                );
-            }
+            reporter.error(&e);
             ExitCode::from(e.exit_code())
         }
     }
@@ -210,88 +199,60 @@ fn rollout_interrupt() -> Result<Interrupt, ApplyError> {
     .map_err(ApplyError::io("installing signal handlers"))
 }
 
+/// Asks the operator to confirm a rollback on the terminal.
 fn confirm(plan: &RollbackPlan) -> bool {
     let a = &plan.apply;
-    eprintln!(
+    eprint_line(&format!(
         "roll back apply #{} ({} -> {}) to {} from `{}`?",
         a.id,
         a.from_version,
         a.to_version,
         a.from_version,
         plan.backup_dir.display()
-    );
+    ));
     if !plan.databases.is_empty() {
-        eprintln!(
+        eprint_line(&format!(
             "database(s) {} go back to their state before that apply: writes made since then are lost.",
             plan.databases.join(", ")
-        );
+        ));
     }
     if !std::io::stdin().is_terminal() {
-        eprintln!("no terminal to confirm on: pass --yes");
+        eprint_line("no terminal to confirm on: pass --yes");
         return false;
     }
-    eprint!("type `yes` to go on: ");
+    let _ = write!(std::io::stderr(), "type `yes` to go on: ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     let _ = std::io::stdin().lock().read_line(&mut answer);
     answer.trim() == "yes"
 }
 
-fn run(program: Program) -> Result<u8, ApplyError> {
-    let reporter = Reporter::new(program.json);
-    let json = program.json;
-    match program.command {
+/// Prints a value that is not a protocol message (the arrays of `history`
+/// and `backups`) as JSON.
+fn print_json(value: &impl serde::Serialize) {
+    print_line(&serde_json::to_string(value).unwrap_or_else(|e| format!("\"{e}\"")));
+}
+
+/// Prints `text` for a person (stdout), or with `--json` reports it as an
+/// event named `step`.
+fn say(reporter: &Reporter, step: &str, text: &str) {
+    if reporter.json() {
+        reporter.event(step, Status::Ok, text);
+    } else {
+        print_line(text.trim_end());
+    }
+}
+
+fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
+    match command {
         Command::Verify {
             bundle,
             site,
             allow_downgrade,
         } => {
             let site = Site::load(&site)?;
-            let state = State::open_existing(&site.profile.paths.state_dir)?;
-            let opts = VerifyOptions { allow_downgrade };
-            let result =
-                read_and_verify(&site, state.as_ref(), &bundle, opts, Some(&mut DiscardSink));
-            if let Some(state) = &state {
-                let (outcome, error, version, sha, signers) = match &result {
-                    Ok(v) => (
-                        "ok",
-                        None,
-                        Some(v.header.manifest.version.to_string()),
-                        Some(v.bundle_sha256.to_hex()),
-                        Some(v.signers_text()),
-                    ),
-                    Err(e @ ApplyError::Refused { .. }) => {
-                        ("refused", Some(e.to_string()), None, None, None)
-                    }
-                    Err(e) => ("failed", Some(e.to_string()), None, None, None),
-                };
-                let _ = state.audit(&AuditEntry {
-                    action: "verify".into(),
-                    bundle: Some(bundle.display().to_string()),
-                    version,
-                    bundle_sha256: sha,
-                    signers,
-                    outcome: outcome.into(),
-                    error,
-                });
-            }
-            let v = result?;
-            let m = &v.header.manifest;
-            reporter.event(
-                "verify",
-                "ok",
-                &format!(
-                    "{} {} may be applied here: installed {} ({}), signed by {} (threshold {}), {} files, sha256 {}",
-                    m.name,
-                    m.version,
-                    v.installed.version,
-                    v.installed.source,
-                    v.signers_text(),
-                    site.trust.threshold(),
-                    m.files.len(),
-                    v.bundle_sha256
-                ),
-            );
+            let v = verify::verify(&site, &bundle, VerifyOptions { allow_downgrade })?;
+            reporter.event("verify", Status::Ok, &verify::summary(&site, &v));
         }
         Command::Plan {
             bundle,
@@ -299,11 +260,11 @@ fn run(program: Program) -> Result<u8, ApplyError> {
             allow_downgrade,
         } => {
             let site = Site::load(&site)?;
-            let plan = plan(&site, &bundle, VerifyOptions { allow_downgrade })?;
-            if json {
-                println!("{}", serde_json::to_string(&plan).unwrap_or_default());
+            let plan = plan::plan(&site, &bundle, VerifyOptions { allow_downgrade })?;
+            if reporter.json() {
+                reporter.message(&Message::Plan(plan));
             } else {
-                print!("{}", plan.render());
+                print_line(plan.render().trim_end());
             }
         }
         Command::Apply {
@@ -314,13 +275,13 @@ fn run(program: Program) -> Result<u8, ApplyError> {
         } => {
             if mode == Mode::Rolling {
                 if allow_downgrade {
-                    return Err(ApplyError::Preflight {
-                        step: "rollout".into(),
-                        reason: "--allow-downgrade is for one node at a time; a rolling downgrade is not supported".into(),
+                    return Err(ApplyError::Site {
+                        path: site,
+                        reason: "--allow-downgrade is for one node at a time; a rolling downgrade is not supported: apply the older bundle on each node's own site profile".into(),
                     });
                 }
                 let cluster = ClusterSite::load(&site)?;
-                rolling::rollout(&cluster, Some(&bundle), &reporter, &rollout_interrupt()?)?;
+                rolling::rollout(&cluster, Some(&bundle), reporter, &rollout_interrupt()?)?;
                 return Ok(exit::OK);
             }
             if is_cluster_profile(&site)? {
@@ -330,17 +291,16 @@ fn run(program: Program) -> Result<u8, ApplyError> {
                 });
             }
             let site = Site::load(&site)?;
-            let interrupt = interrupt()?;
-            let report = apply(
+            let report = apply::apply(
                 &site,
                 &bundle,
                 VerifyOptions { allow_downgrade },
-                &reporter,
-                &interrupt,
+                reporter,
+                &interrupt()?,
             )?;
             reporter.event(
                 "done",
-                "ok",
+                Status::Ok,
                 &format!(
                     "{} -> {} in {:.1}s (service down {:.1}s); migrations: {}; backup: {}",
                     report.from,
@@ -358,29 +318,22 @@ fn run(program: Program) -> Result<u8, ApplyError> {
         }
         Command::Resume { site } => {
             if is_cluster_profile(&site)? {
-                rolling::rollout(
-                    &ClusterSite::load(&site)?,
-                    None,
-                    &reporter,
-                    &rollout_interrupt()?,
-                )?;
+                let cluster = ClusterSite::load(&site)?;
+                rolling::rollout(&cluster, None, reporter, &rollout_interrupt()?)?;
                 return Ok(exit::OK);
             }
             let site = Site::load(&site)?;
-            let interrupt = interrupt()?;
-            match resume(&site, &reporter, &interrupt)? {
+            match resume::resume(&site, reporter, &interrupt()?)? {
                 Resumed::Nothing => {}
-                Resumed::Completed { id, version } => {
-                    reporter.event(
-                        "done",
-                        "ok",
-                        &format!("apply #{id} completed: {version} is installed"),
-                    );
-                }
+                Resumed::Completed { id, version } => reporter.event(
+                    "done",
+                    Status::Ok,
+                    &format!("apply #{id} completed: {version} is installed"),
+                ),
                 Resumed::RolledBack { id, version } => {
                     reporter.event(
                         "done",
-                        "ok",
+                        Status::Ok,
                         &format!("apply #{id} rolled back: {version} runs"),
                     );
                     return Ok(exit::ROLLED_BACK);
@@ -389,263 +342,94 @@ fn run(program: Program) -> Result<u8, ApplyError> {
         }
         Command::Rollback { site, yes } => {
             let site = Site::load(&site)?;
-            let interrupt = interrupt()?;
-            let version = rollback(&site, &reporter, &interrupt, |plan| yes || confirm(plan))?;
-            reporter.event("done", "ok", &format!("rolled back: {version} runs"));
+            let version =
+                rollback::rollback(&site, reporter, &interrupt()?, |plan| yes || confirm(plan))?;
+            reporter.event("done", Status::Ok, &format!("rolled back: {version} runs"));
         }
-        Command::Status { site } => status(&Site::load(&site)?, json)?,
-        Command::Backups { action } => return backups(action, json),
+        Command::Status { site } => {
+            let site = Site::load(&site)?;
+            let report = status::status(&site)?;
+            if reporter.json() {
+                reporter.message(&Message::Status(report));
+            } else {
+                print_line(
+                    report
+                        .render(&site.path, &site.profile.paths.backup_dir)
+                        .trim_end(),
+                );
+            }
+        }
         Command::Rollout {
             action: RolloutAction::Abandon { site },
         } => {
-            let cluster = ClusterSite::load(&site)?;
-            if rolling::abandon(&cluster, &reporter)?.is_none() {
-                println!("no stopped rollout to abandon");
-            }
+            rolling::abandon(&ClusterSite::load(&site)?, reporter)?;
         }
         Command::Rollout {
             action: RolloutAction::Status { site },
         } => {
             let cluster = ClusterSite::load(&site)?;
-            match rolling::status(&cluster)? {
-                None if json => println!("{}", serde_json::json!({"rollout": null, "nodes": []})),
-                None => println!(
-                    "no rolling upgrade recorded in `{}`",
-                    cluster.profile.paths.state_dir.display()
-                ),
-                Some((r, nodes)) if json => {
-                    println!("{}", serde_json::json!({"rollout": r, "nodes": nodes}));
-                }
-                Some((r, _)) => {
-                    println!(
-                        "rollout #{} of {} {}: {}{}",
-                        r.id,
-                        r.name,
-                        r.version,
-                        r.outcome,
-                        r.error
-                            .as_deref()
-                            .map(|e| format!(" ({e})"))
-                            .unwrap_or_default()
-                    );
-                    let state = State::open(&cluster.profile.paths.state_dir)?;
-                    print!("{}", rolling::render_table(&state, r.id)?);
-                }
+            let report = rolling::status(&cluster)?;
+            if reporter.json() {
+                reporter.message(&Message::Rollout(report));
+            } else {
+                print_line(report.render(&cluster.profile.paths.state_dir).trim_end());
             }
         }
         Command::History { site, check } => {
             let site = Site::load(&site)?;
-            let Some(state) = State::open_existing(&site.profile.paths.state_dir)? else {
-                println!(
-                    "no history yet: `{}` has no state database",
-                    site.profile.paths.state_dir.display()
-                );
-                return Ok(exit::OK);
-            };
+            let none = format!(
+                "no history yet: `{}` has no state database",
+                site.profile.paths.state_dir.display()
+            );
             if check {
-                return match state.check_history()? {
-                    Ok(n) => {
-                        println!("audit log intact: {n} entries, hash chain and head match");
-                        Ok(exit::OK)
-                    }
-                    Err(problems) => Err(ApplyError::CheckFailed(format!(
-                        "the audit log was tampered with: {}",
-                        problems.join("; ")
-                    ))),
+                let text = match history::check(&site)? {
+                    Some(n) => format!("audit log intact: {n} entries, hash chain and head match"),
+                    None => none,
                 };
-            }
-            let rows = state.history()?;
-            if json {
-                println!("{}", serde_json::to_string(&rows).unwrap_or_default());
+                say(reporter, "history", &text);
             } else {
-                for r in rows {
-                    println!(
-                        "#{:<4} {} {:<10} {:<8} {:<14} {} {} sha256 {} signers {}{}",
-                        r.id,
-                        r.at,
-                        r.user,
-                        r.action,
-                        r.outcome,
-                        r.bundle.as_deref().unwrap_or("-"),
-                        r.version.as_deref().unwrap_or("-"),
-                        r.bundle_sha256
-                            .as_deref()
-                            .filter(|s| !s.is_empty())
-                            .map_or("-", |s| &s[..s.len().min(16)]),
-                        r.signers
-                            .as_deref()
-                            .filter(|s| !s.is_empty())
-                            .unwrap_or("-"),
-                        r.error.map(|e| format!("\n       {e}")).unwrap_or_default()
-                    );
+                match history::history(&site)? {
+                    Some(rows) if reporter.json() => print_json(&rows),
+                    None if reporter.json() => print_line("[]"),
+                    Some(rows) => print_line(history::render(&rows).trim_end()),
+                    None => print_line(&none),
                 }
             }
         }
+        Command::Backups { action } => backups_command(action, reporter)?,
     }
     Ok(exit::OK)
 }
 
-fn status(site: &Site, json: bool) -> Result<(), ApplyError> {
-    let state = State::open_existing(&site.profile.paths.state_dir)?;
-    let installed = installed_version(site, state.as_ref());
-    let applies = match &state {
-        Some(s) => s.recent_applies(5)?,
-        None => Vec::new(),
-    };
-    let interrupted = applies
-        .iter()
-        .find(|a| a.outcome == "running")
-        .map(|a| a.id);
-    let backups = backup::list(&site.profile.paths.backup_dir);
-    if json {
-        let value = serde_json::json!({
-            "installed": installed.as_ref().ok().map(|i| serde_json::json!({"version": i.version.to_string(), "source": i.source})),
-            "interrupted_apply": interrupted,
-            "applies": applies.iter().map(|a| serde_json::json!({
-                "id": a.id, "bundle": a.bundle, "from": a.from_version, "to": a.to_version,
-                "started_at": a.started_at, "finished_at": a.finished_at, "outcome": a.outcome,
-                "backup_dir": a.backup_dir, "error": a.error,
-            })).collect::<Vec<_>>(),
-            "backups": backups.iter().map(|b| serde_json::json!({
-                "dir": b.dir, "complete": b.manifest.is_some(), "size": b.size,
-                "from": b.manifest.as_ref().map(|m| m.from_version.clone()),
-                "to": b.manifest.as_ref().map(|m| m.to_version.clone()),
-            })).collect::<Vec<_>>(),
-        });
-        println!("{value}");
-        return Ok(());
-    }
-    match &installed {
-        Ok(i) => println!("installed   {} (from the {})", i.version, i.source),
-        Err(e) => println!("installed   unknown: {e}"),
-    }
-    if let Some(id) = interrupted {
-        println!(
-            "INTERRUPTED apply #{id}: run `airlock-apply resume --site {}`",
-            site.path.display()
-        );
-    }
-    println!("last applies:");
-    if applies.is_empty() {
-        println!("  none");
-    }
-    for a in &applies {
-        println!(
-            "  #{} {} -> {} {} at {} ({})",
-            a.id, a.from_version, a.to_version, a.outcome, a.started_at, a.bundle
-        );
-        if let Some(e) = &a.error {
-            println!("      {e}");
-        }
-    }
-    println!("backups in {}:", site.profile.paths.backup_dir.display());
-    if backups.is_empty() {
-        println!("  none");
-    }
-    for b in &backups {
-        let what = b.manifest.as_ref().map_or_else(
-            || "incomplete".to_string(),
-            |m| format!("{} -> {}", m.from_version, m.to_version),
-        );
-        println!("  {}  {}  {} MiB", b.dir.display(), what, b.size >> 20);
-    }
-    Ok(())
-}
-
-fn backups(action: BackupsAction, json: bool) -> Result<u8, ApplyError> {
-    let verify_only = matches!(action, BackupsAction::Verify { .. });
+fn backups_command(action: BackupsAction, reporter: &Reporter) -> Result<(), ApplyError> {
+    let verify = matches!(action, BackupsAction::Verify { .. });
     match action {
         BackupsAction::List { site } | BackupsAction::Verify { site } => {
             let site = Site::load(&site)?;
-            let mut damaged = Vec::new();
-            let mut rows = Vec::new();
-            for b in backup::list(&site.profile.paths.backup_dir) {
-                let problems = match &b.manifest {
-                    Some(m) => backup::verify(&b.dir, m),
-                    None => vec![
-                        "incomplete: no backup.json (the apply stopped while backing up)".into(),
-                    ],
-                };
-                if !problems.is_empty() {
-                    damaged.push(format!("`{}`: {}", b.dir.display(), problems.join("; ")));
-                }
-                rows.push(serde_json::json!({
-                    "dir": b.dir,
-                    "from": b.manifest.as_ref().map(|m| m.from_version.clone()),
-                    "to": b.manifest.as_ref().map(|m| m.to_version.clone()),
-                    "created_at": b.manifest.as_ref().map(|m| m.created_at),
-                    "size": b.size,
-                    "intact": problems.is_empty(),
-                    "problems": problems,
-                }));
-            }
-            if json {
-                println!("{}", serde_json::Value::Array(rows));
-            } else if rows.is_empty() {
-                println!(
-                    "no backups in `{}`",
-                    site.profile.paths.backup_dir.display()
-                );
+            let rows = backups::list(&site);
+            if reporter.json() {
+                print_json(&rows);
             } else {
-                for r in &rows {
-                    println!(
-                        "{}  {} -> {}  at {}  {} MiB  {}",
-                        r["dir"].as_str().unwrap_or_default(),
-                        r["from"].as_str().unwrap_or("?"),
-                        r["to"].as_str().unwrap_or("?"),
-                        r["created_at"]
-                            .as_i64()
-                            .map_or_else(|| "?".into(), |t| t.to_string()),
-                        r["size"].as_u64().unwrap_or(0) >> 20,
-                        if r["intact"].as_bool().unwrap_or(false) {
-                            "hashes match"
-                        } else {
-                            "DAMAGED"
-                        }
-                    );
-                }
+                print_line(backups::render(&rows, &site.profile.paths.backup_dir).trim_end());
             }
-            if verify_only && !damaged.is_empty() {
-                return Err(ApplyError::CheckFailed(format!(
-                    "damaged backups: {}",
-                    damaged.join("; ")
-                )));
+            match backups::damaged(&rows) {
+                Some(e) if verify => Err(e),
+                _ => Ok(()),
             }
         }
         BackupsAction::Prune { site, keep } => {
             let site = Site::load(&site)?;
-            let _lock = airlock_applier::lock::lock(&site)?;
-            let mut protect = Vec::new();
-            if let Some(state) = State::open_existing(&site.profile.paths.state_dir)? {
-                // An interrupted apply may still need its backup.
-                airlock_applier::apply::refuse_if_interrupted(&state)?;
-                // So does `rollback`: the backup of the last completed apply stays.
-                if let Some(dir) = state
-                    .recent_applies(1000)?
-                    .into_iter()
-                    .find(|a| a.outcome == "ok" && !a.bundle.starts_with("rollback of"))
-                    .and_then(|a| a.backup_dir)
-                {
-                    protect.push(PathBuf::from(dir));
-                }
-            }
-            let keep = keep.unwrap_or(site.profile.paths.keep_backups).max(1);
-            let protected: Vec<&std::path::Path> = protect.iter().map(PathBuf::as_path).collect();
-            let removed =
-                backup::prune(&site.profile.paths.backup_dir, keep, &protected).map_err(|e| {
-                    ApplyError::Preflight {
-                        step: "prune".into(),
-                        reason: e,
-                    }
-                })?;
-            for dir in &removed {
-                println!("removed {}", dir.display());
-            }
-            println!(
+            let (keep, removed) = backups::prune(&site, keep)?;
+            let mut text: String = removed
+                .iter()
+                .map(|dir| format!("removed {}\n", dir.display()))
+                .collect();
+            text.push_str(&format!(
                 "kept the newest {keep} complete backup(s); removed {}",
                 removed.len()
-            );
+            ));
+            say(reporter, "prune", &text);
+            Ok(())
         }
     }
-    Ok(exit::OK)
 }

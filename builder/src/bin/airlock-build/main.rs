@@ -253,7 +253,7 @@ fn run(program: Program) -> Result<(), Failure> {
             );
         }
         Command::Inspect { bundle, json } => {
-            let file = std::fs::File::open(&bundle)
+            let file = fs_err::File::open(&bundle)
                 .with_context(|| format!("opening bundle {}", bundle.display()))?;
             let header = read_bundle(std::io::BufReader::new(file), |_| Ok(()), None)
                 .with_context(|| format!("reading bundle {}", bundle.display()))?;
@@ -266,7 +266,7 @@ fn run(program: Program) -> Result<(), Failure> {
         } => {
             let mut keys = Vec::new();
             for path in &trust {
-                let text = std::fs::read_to_string(path)
+                let text = fs_err::read_to_string(path)
                     .with_context(|| format!("reading public key {}", path.display()))?;
                 keys.push(
                     PublicKey::from_minisign(&text)
@@ -274,7 +274,7 @@ fn run(program: Program) -> Result<(), Failure> {
                 );
             }
             let trust = Trust::new(keys, threshold).map_err(|e| anyhow!("--threshold: {e}"))?;
-            let file = std::fs::File::open(&bundle)
+            let file = fs_err::File::open(&bundle)
                 .with_context(|| format!("opening bundle {}", bundle.display()))?;
             let mut signers = Vec::new();
             let result = read_bundle(

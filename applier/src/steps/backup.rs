@@ -1,4 +1,5 @@
-//! Step 5: the backup, one folder per apply below the backup folder:
+//! The backup steps, one folder per apply below the backup folder
+//! (docs/SITE.md, "Backup folders"):
 //!
 //! - `databases/NAME.sqlite`: each SQLite database copied with SQLite's online
 //!   backup API in one `step(-1)` (<https://sqlite.org/backup.html>), then
@@ -8,25 +9,31 @@
 //! - `installed/N-NAME`: each binary or file the apply replaces;
 //! - `backup.json`: the list of all of the above, written last. A backup
 //!   without it is incomplete and is never restored from.
+//!
+//! Each copy is hashed as it is written; every restore checks the copy's
+//! hash before it replaces anything.
 
-use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read};
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::collections::HashSet;
+use std::io::{self, BufReader, BufWriter};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use airlock_formats::digest::HashingReader;
-use airlock_formats::durable::{sync_dir, write_atomic, write_bytes_atomic};
+use airlock_formats::durable::{create_private_dir, sync_dir, write_atomic, write_bytes_atomic};
 use airlock_formats::Sha256Digest;
+use fs_err::File;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
+
+use crate::error::StepError;
 
 /// Name of the file that completes a backup.
 pub const BACKUP_MANIFEST: &str = "backup.json";
 
 /// What a complete backup holds (`backup.json`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackupManifest {
     /// Always `airlock-backup/1`.
     pub format: String,
@@ -49,7 +56,7 @@ pub struct BackupManifest {
 }
 
 /// A backed-up database.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DatabaseRecord {
     /// Name in the site profile.
     pub name: String,
@@ -66,7 +73,7 @@ pub struct DatabaseRecord {
 }
 
 /// A backed-up file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileRecord {
     /// The live file.
     pub source: PathBuf,
@@ -82,7 +89,7 @@ pub struct FileRecord {
 }
 
 /// A backed-up folder.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TreeRecord {
     /// The live folder.
     pub source: PathBuf,
@@ -95,7 +102,7 @@ pub struct TreeRecord {
 }
 
 /// A file in a backed-up folder.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TreeFile {
     /// Path relative to the folder.
     pub path: String,
@@ -107,64 +114,44 @@ pub struct TreeFile {
     pub mode: u32,
 }
 
-fn io_ctx(context: String) -> impl FnOnce(io::Error) -> String {
-    move |e| {
-        if e.kind() == io::ErrorKind::StorageFull {
-            format!("{context}: the filesystem is full (no space left on device); free space there or move paths.backup_dir")
-        } else {
-            format!("{context}: {e}")
-        }
-    }
-}
-
-/// Creates `dir` (mode 0700) and its parents.
-///
-/// # Errors
-/// A message naming the folder.
-pub fn create_private_dir(dir: &Path) -> Result<(), String> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_ctx(format!("creating `{}`", dir.display())))
-}
-
 /// Copies `src` to `dst` reading it once, hashing as it goes; fsyncs `dst`.
 ///
 /// # Errors
-/// A message naming the file.
-pub fn copy_file(src: &Path, dst: &Path, mode: u32) -> Result<(Sha256Digest, u64), String> {
-    let input = File::open(src).map_err(io_ctx(format!("reading `{}`", src.display())))?;
+/// [`StepError::Io`] naming the file.
+pub fn copy_file(src: &Path, dst: &Path, mode: u32) -> Result<(Sha256Digest, u64), StepError> {
+    let input = File::open(src)?;
     let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, input));
-    let out = File::create(dst).map_err(io_ctx(format!("creating `{}`", dst.display())))?;
+    let out = File::create(dst)?;
     let mut writer = BufWriter::with_capacity(1 << 20, out);
-    io::copy(&mut hashing, &mut writer).map_err(io_ctx(format!(
-        "copying `{}` to `{}`",
-        src.display(),
-        dst.display()
-    )))?;
-    let out = writer
-        .into_inner()
-        .map_err(|e| format!("writing `{}`: {}", dst.display(), e.error()))?;
-    out.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_ctx(format!("setting mode of `{}`", dst.display())))?;
-    out.sync_all()
-        .map_err(io_ctx(format!("syncing `{}`", dst.display())))?;
+    io::copy(&mut hashing, &mut writer)?;
+    let out = writer.into_inner().map_err(|e| e.into_error())?;
+    out.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    out.sync_all()?;
     Ok(hashing.finish())
 }
 
-/// SHA-256 of a file.
+/// SHA-256 and size of a file.
 ///
 /// # Errors
-/// A message naming the file.
-pub fn hash_file(path: &Path) -> Result<(Sha256Digest, u64), String> {
-    let f = File::open(path).map_err(io_ctx(format!("reading `{}`", path.display())))?;
-    airlock_formats::digest::sha256_reader(BufReader::with_capacity(1 << 20, f))
-        .map_err(io_ctx(format!("reading `{}`", path.display())))
+/// [`StepError::Io`] naming the file.
+pub fn hash_file(path: &Path) -> Result<(Sha256Digest, u64), StepError> {
+    let f = File::open(path)?;
+    Ok(airlock_formats::digest::sha256_reader(
+        BufReader::with_capacity(1 << 20, f),
+    )?)
+}
+
+/// Checks that the copy at `path` still has the SHA-256 recorded for it.
+fn check_copy(path: &Path, expected: Option<Sha256Digest>) -> Result<(), StepError> {
+    if Some(hash_file(path)?.0) == expected {
+        Ok(())
+    } else {
+        Err(StepError::BackupDamaged { path: path.into() })
+    }
 }
 
 fn mode_of(path: &Path) -> u32 {
-    fs::metadata(path)
+    fs_err::metadata(path)
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o644)
 }
@@ -197,12 +184,12 @@ fn sqlite_copy(src: &Connection, dst: &mut Connection) -> rusqlite::Result<()> {
 /// and checks the copy with `PRAGMA integrity_check`.
 ///
 /// # Errors
-/// A message naming the database and file.
+/// [`StepError`] naming the database and file.
 pub fn backup_database(
     backup_dir: &Path,
     name: &str,
     source: &Path,
-) -> Result<DatabaseRecord, String> {
+) -> Result<DatabaseRecord, StepError> {
     if !source.exists() {
         return Ok(DatabaseRecord {
             name: name.into(),
@@ -216,12 +203,10 @@ pub fn backup_database(
     let rel = format!("databases/{name}.sqlite");
     let dst = backup_dir.join(&rel);
     create_private_dir(&backup_dir.join("databases"))?;
-    let fail = |e: rusqlite::Error| {
-        format!(
-            "backing up database `{name}` ({}) into `{}`: {e}",
-            source.display(),
-            dst.display()
-        )
+    let fail = |e: rusqlite::Error| StepError::Sqlite {
+        what: format!("backing up database `{name}` ({}) into", source.display()),
+        path: dst.clone(),
+        source: e,
     };
     let src =
         Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(fail)?;
@@ -230,15 +215,8 @@ pub fn backup_database(
     sqlite_copy(&src, &mut out).map_err(fail)?;
     drop(out);
     drop(src);
-    check_integrity(&dst).map_err(|e| {
-        format!(
-            "backup of database `{name}` at `{}` failed its check: {e}",
-            dst.display()
-        )
-    })?;
-    File::open(&dst)
-        .and_then(|f| f.sync_all())
-        .map_err(io_ctx(format!("syncing `{}`", dst.display())))?;
+    check_integrity(name, &dst)?;
+    File::open(&dst)?.sync_all()?;
     let (sha256, size) = hash_file(&dst)?;
     Ok(DatabaseRecord {
         name: name.into(),
@@ -250,59 +228,55 @@ pub fn backup_database(
     })
 }
 
-/// Runs `PRAGMA integrity_check` on `path` (SQLite docs: it returns the single
-/// row `ok` when no problem is found).
+/// Runs `PRAGMA integrity_check` on the copy of database `name` at `path`
+/// (SQLite docs: it returns the single row `ok` when no problem is found).
 ///
 /// # Errors
-/// The problems SQLite reported.
-pub fn check_integrity(path: &Path) -> Result<(), String> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| e.to_string())?;
-    let mut stmt = conn
-        .prepare("PRAGMA integrity_check")
-        .map_err(|e| e.to_string())?;
+/// [`StepError::IntegrityCheck`] with what SQLite reported.
+pub fn check_integrity(name: &str, path: &Path) -> Result<(), StepError> {
+    let fail = |source: rusqlite::Error| StepError::Sqlite {
+        what: format!("checking the backup of database `{name}`"),
+        path: path.into(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+    let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(fail)?;
     let rows: Vec<String> = stmt
         .query_map([], |r| r.get(0))
         .and_then(Iterator::collect)
-        .map_err(|e| e.to_string())?;
+        .map_err(fail)?;
     if rows == ["ok"] {
         Ok(())
     } else {
-        Err(rows.join("; "))
+        Err(StepError::IntegrityCheck {
+            name: name.into(),
+            path: path.into(),
+            problems: rows.join("; "),
+        })
     }
 }
 
 /// Restores database `record` from `backup_dir` into its live file with the
-/// backup API (which handles the live file's journal or WAL correctly), or
-/// removes the live file when it did not exist before.
+/// backup API (which handles the live file's journal or WAL correctly), after
+/// checking the copy's SHA-256.
 ///
 /// # Errors
-/// A message naming the database and files.
-pub fn restore_database(backup_dir: &Path, record: &DatabaseRecord) -> Result<(), String> {
+/// [`StepError`] naming the database and files.
+pub fn restore_database(backup_dir: &Path, record: &DatabaseRecord) -> Result<(), StepError> {
     let Some(rel) = &record.file else {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut p = record.source.clone().into_os_string();
-            p.push(suffix);
-            let _ = fs::remove_file(PathBuf::from(p));
-        }
-        return Ok(());
+        return remove_database(&record.source);
     };
     let copy = backup_dir.join(rel);
-    let fail = |e: rusqlite::Error| {
-        format!(
-            "restoring database `{}` ({}) from `{}`: {e}",
+    let fail = |source: rusqlite::Error| StepError::Sqlite {
+        what: format!(
+            "restoring database `{}` from `{}` into",
             record.name,
-            record.source.display(),
             copy.display()
-        )
+        ),
+        path: record.source.clone(),
+        source,
     };
-    let (sha, _) = hash_file(&copy)?;
-    if Some(sha) != record.sha256 {
-        return Err(format!(
-            "backup copy `{}` does not match its recorded SHA-256",
-            copy.display()
-        ));
-    }
+    check_copy(&copy, record.sha256)?;
     let src = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
     let mut dst = Connection::open(&record.source).map_err(fail)?;
     dst.busy_timeout(Duration::from_secs(10)).map_err(fail)?;
@@ -310,16 +284,45 @@ pub fn restore_database(backup_dir: &Path, record: &DatabaseRecord) -> Result<()
     // Fold any WAL into the main file so the restored content is in one place.
     let _ = dst.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     drop(dst);
-    File::open(&record.source)
-        .and_then(|f| f.sync_all())
-        .map_err(io_ctx(format!("syncing `{}`", record.source.display())))
+    File::open(&record.source)?.sync_all()?;
+    Ok(())
+}
+
+/// Removes a database file that did not exist before the apply, with its
+/// `-wal`, `-shm` and `-journal` files.
+///
+/// # Errors
+/// [`StepError::Io`] naming the file that could not be removed.
+pub fn remove_database(path: &Path) -> Result<(), StepError> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.to_owned().into_os_string();
+        p.push(suffix);
+        remove_if_present(Path::new(&p))?;
+    }
+    Ok(())
+}
+
+/// Removes a file the apply created; a file already gone is fine.
+///
+/// # Errors
+/// [`StepError::Io`] naming the file.
+pub fn remove_new_file(path: &Path) -> Result<(), StepError> {
+    remove_if_present(path)
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StepError> {
+    match fs_err::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Copies the folder `source` into `BACKUP/NAME`, hashing each file.
 ///
 /// # Errors
-/// A message naming the file; links and special files are refused.
-pub fn backup_tree(backup_dir: &Path, name: &str, source: &Path) -> Result<TreeRecord, String> {
+/// [`StepError`] naming the file; links and special files are refused.
+pub fn backup_tree(backup_dir: &Path, name: &str, source: &Path) -> Result<TreeRecord, StepError> {
     let root = backup_dir.join(name);
     create_private_dir(&root)?;
     let mut record = TreeRecord {
@@ -332,13 +335,8 @@ pub fn backup_tree(backup_dir: &Path, name: &str, source: &Path) -> Result<TreeR
         .min_depth(1)
         .sort_by_file_name()
     {
-        let entry = entry.map_err(|e| format!("reading `{}`: {e}", source.display()))?;
-        let rel = entry
-            .path()
-            .strip_prefix(source)
-            .map_err(|e| e.to_string())?
-            .to_string_lossy()
-            .into_owned();
+        let entry = entry.map_err(io::Error::from)?;
+        let rel = relative(entry.path(), source)?;
         let ft = entry.file_type();
         let dst = root.join(&rel);
         if ft.is_dir() {
@@ -354,17 +352,29 @@ pub fn backup_tree(backup_dir: &Path, name: &str, source: &Path) -> Result<TreeR
                 mode,
             });
         } else {
-            return Err(format!(
-                "`{}` is a link or special file; airlock backs up regular files only",
-                entry.path().display()
-            ));
+            return Err(StepError::NotRegular {
+                path: entry.path().into(),
+            });
         }
     }
     for dir in record.dirs.iter().rev() {
-        sync_dir(&root.join(dir)).map_err(|e| e.to_string())?;
+        sync_dir(&root.join(dir))?;
     }
-    sync_dir(&root).map_err(|e| e.to_string())?;
+    sync_dir(&root)?;
     Ok(record)
+}
+
+/// `path` below `root`, as text.
+fn relative(path: &Path, root: &Path) -> Result<String, StepError> {
+    path.strip_prefix(root)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|_| {
+            StepError::Io(io::Error::other(format!(
+                "`{}` is not below `{}`",
+                path.display(),
+                root.display()
+            )))
+        })
 }
 
 /// How a live folder differs from its backup.
@@ -391,25 +401,20 @@ impl TreeDiff {
 /// Compares the live folder of `record` with the hashes taken at backup time.
 ///
 /// # Errors
-/// A message naming the folder that could not be read.
-pub fn diff_tree(record: &TreeRecord) -> Result<TreeDiff, String> {
+/// [`StepError::Io`] naming the folder that could not be read.
+pub fn diff_tree(record: &TreeRecord) -> Result<TreeDiff, StepError> {
     let mut diff = TreeDiff::default();
     if !record.source.exists() {
         diff.changed = (0..record.files.len()).collect();
         return Ok(diff);
     }
-    let keep: std::collections::HashSet<&str> =
-        record.files.iter().map(|f| f.path.as_str()).collect();
+    let keep: HashSet<&str> = record.files.iter().map(|f| f.path.as_str()).collect();
     for entry in walkdir::WalkDir::new(&record.source).min_depth(1) {
-        let entry = entry.map_err(|e| format!("reading `{}`: {e}", record.source.display()))?;
+        let entry = entry.map_err(io::Error::from)?;
         if entry.file_type().is_dir() {
             continue;
         }
-        let rel = entry
-            .path()
-            .strip_prefix(&record.source)
-            .map_err(|e| e.to_string())?;
-        if !keep.contains(rel.to_string_lossy().as_ref()) {
+        if !keep.contains(relative(entry.path(), &record.source)?.as_str()) {
             diff.extra.push(entry.path().to_owned());
         }
     }
@@ -429,35 +434,28 @@ pub fn diff_tree(record: &TreeRecord) -> Result<TreeDiff, String> {
 /// the backup does not have are removed. Returns how many files it touched.
 ///
 /// # Errors
-/// A message naming the file.
-pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, String> {
+/// [`StepError`] naming the file; a damaged copy leaves the live folder untouched.
+pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, StepError> {
     let root = backup_dir.join(&record.dir);
     let diff = diff_tree(record)?;
     // Check every copy first, so a bad one leaves the live folder untouched.
     for &i in &diff.changed {
         let file = &record.files[i];
-        let copy = root.join(&file.path);
-        if hash_file(&copy)?.0 != file.sha256 {
-            return Err(format!("backup copy `{}` does not match its recorded SHA-256; the live folder was not changed", copy.display()));
-        }
+        check_copy(&root.join(&file.path), Some(file.sha256))?;
     }
     create_private_dir(&record.source)?;
     for dir in &record.dirs {
         create_private_dir(&record.source.join(dir))?;
     }
     for path in &diff.extra {
-        fs::remove_file(path).map_err(io_ctx(format!("removing `{}`", path.display())))?;
+        fs_err::remove_file(path)?;
     }
     for &i in &diff.changed {
         let file = &record.files[i];
-        let input = File::open(root.join(&file.path)).map_err(io_ctx(format!(
-            "reading `{}`",
-            root.join(&file.path).display()
-        )))?;
+        let mut input = BufReader::new(File::open(root.join(&file.path))?);
         write_atomic(&record.source.join(&file.path), file.mode, |f| {
-            io::copy(&mut BufReader::new(input), f).map(|_| ())
-        })
-        .map_err(|e| e.to_string())?;
+            io::copy(&mut input, f).map(|_| ())
+        })?;
     }
     Ok(diff.len())
 }
@@ -466,8 +464,8 @@ pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, Str
 /// `BACKUP/REL`, or records that it did not exist.
 ///
 /// # Errors
-/// A message naming the file.
-pub fn backup_file(backup_dir: &Path, rel: &str, source: &Path) -> Result<FileRecord, String> {
+/// [`StepError`] naming the file.
+pub fn backup_file(backup_dir: &Path, rel: &str, source: &Path) -> Result<FileRecord, StepError> {
     if !source.exists() {
         return Ok(FileRecord {
             source: source.into(),
@@ -492,75 +490,58 @@ pub fn backup_file(backup_dir: &Path, rel: &str, source: &Path) -> Result<FileRe
     })
 }
 
-/// Puts a backed-up file back durably, or removes the live one when it did not exist.
+/// Puts a backed-up file back durably (after checking its copy), or removes
+/// the live one when it did not exist before.
 ///
 /// # Errors
-/// A message naming the file.
-pub fn restore_file(backup_dir: &Path, record: &FileRecord) -> Result<(), String> {
-    match &record.file {
-        None => match fs::remove_file(&record.source) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("removing `{}`: {e}", record.source.display())),
-        },
-        Some(rel) => {
-            let copy = backup_dir.join(rel);
-            // Check the copy before it replaces anything.
-            let (sha, _) = hash_file(&copy)?;
-            if Some(sha) != record.sha256 {
-                return Err(format!(
-                    "backup copy `{}` does not match its recorded SHA-256",
-                    copy.display()
-                ));
-            }
-            let mut input =
-                File::open(&copy).map_err(io_ctx(format!("reading `{}`", copy.display())))?;
-            write_atomic(&record.source, record.mode, |f| {
-                io::copy(&mut input, f).map(|_| ())
-            })
-            .map_err(|e| e.to_string())
-        }
-    }
+/// [`StepError`] naming the file.
+pub fn restore_file(backup_dir: &Path, record: &FileRecord) -> Result<(), StepError> {
+    let Some(rel) = &record.file else {
+        return remove_if_present(&record.source);
+    };
+    let copy = backup_dir.join(rel);
+    check_copy(&copy, record.sha256)?;
+    let mut input = File::open(&copy)?;
+    write_atomic(&record.source, record.mode, |f| {
+        io::copy(&mut input, f).map(|_| ())
+    })?;
+    Ok(())
 }
 
 /// Writes `backup.json` last, durably: from now on the backup is complete.
 ///
 /// # Errors
-/// A message naming the file.
-pub fn complete(backup_dir: &Path, manifest: &BackupManifest) -> Result<(), String> {
-    let mut bytes = serde_json::to_vec_pretty(manifest).map_err(|e| e.to_string())?;
+/// [`StepError`] naming the file.
+pub fn complete(backup_dir: &Path, manifest: &BackupManifest) -> Result<(), StepError> {
+    let path = backup_dir.join(BACKUP_MANIFEST);
+    let mut bytes =
+        serde_json::to_vec_pretty(manifest).map_err(|source| StepError::BackupManifest {
+            path: path.clone(),
+            source,
+        })?;
     bytes.push(b'\n');
-    write_bytes_atomic(&backup_dir.join(BACKUP_MANIFEST), 0o600, &bytes)
-        .map_err(|e| e.to_string())?;
-    sync_dir(backup_dir).map_err(|e| e.to_string())
+    write_bytes_atomic(&path, 0o600, &bytes)?;
+    sync_dir(backup_dir)?;
+    Ok(())
 }
 
 /// Reads a complete backup's `backup.json`.
 ///
 /// # Errors
-/// A message naming the file.
-pub fn load(backup_dir: &Path) -> Result<BackupManifest, String> {
+/// [`StepError`] naming the file: missing (the backup is incomplete) or unreadable.
+pub fn load(backup_dir: &Path) -> Result<BackupManifest, StepError> {
     let path = backup_dir.join(BACKUP_MANIFEST);
-    let mut text = String::new();
-    File::open(&path)
-        .and_then(|mut f| f.read_to_string(&mut text))
-        .map_err(io_ctx(format!("reading `{}`", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))
+    let text = fs_err::read_to_string(&path)?;
+    serde_json::from_str(&text).map_err(|source| StepError::BackupManifest { path, source })
 }
 
 /// Checks every copy in a complete backup against the SHA-256 recorded in
 /// `backup.json`. Returns the problems found (none: the backup is intact).
-pub fn verify(backup_dir: &Path, manifest: &BackupManifest) -> Vec<String> {
+pub fn verify(backup_dir: &Path, manifest: &BackupManifest) -> Vec<StepError> {
     let mut problems = Vec::new();
     let mut check = |rel: &str, expected: Option<Sha256Digest>| {
-        let path = backup_dir.join(rel);
-        match hash_file(&path) {
-            Ok((sha, _)) if Some(sha) == expected => {}
-            Ok(_) => problems.push(format!(
-                "`{}` does not match its recorded SHA-256",
-                path.display()
-            )),
-            Err(e) => problems.push(e),
+        if let Err(e) = check_copy(&backup_dir.join(rel), expected) {
+            problems.push(e);
         }
     };
     for db in &manifest.databases {
@@ -594,14 +575,14 @@ pub struct BackupInfo {
 
 /// Backups below `root`, oldest first (names start with the Unix time).
 pub fn list(root: &Path) -> Vec<BackupInfo> {
-    let mut out: Vec<BackupInfo> = fs::read_dir(root)
+    let mut out: Vec<BackupInfo> = fs_err::read_dir(root)
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         .map(|e| BackupInfo {
             manifest: load(&e.path()).ok(),
-            size: crate::stage::tree_size(&e.path()),
+            size: super::stage::tree_size(&e.path()),
             dir: e.path(),
         })
         .collect();
@@ -614,11 +595,11 @@ pub fn list(root: &Path) -> Vec<BackupInfo> {
 /// the one being written). Returns the folders removed.
 ///
 /// # Errors
-/// A message naming the folder that could not be removed.
-pub fn prune(root: &Path, keep: usize, protect: &[&Path]) -> Result<Vec<PathBuf>, String> {
+/// [`StepError::Io`] naming the folder that could not be removed.
+pub fn prune(root: &Path, keep: usize, protect: &[&Path]) -> Result<Vec<PathBuf>, StepError> {
     let all = list(root);
     // Compare real paths: the same folder may be spelled two ways.
-    let real = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let real = |p: &Path| fs_err::canonicalize(p).unwrap_or_else(|_| p.to_owned());
     let protected: Vec<PathBuf> = protect.iter().map(|p| real(p)).collect();
     let kept = |b: &BackupInfo| !protected.contains(&real(&b.dir));
     let complete: Vec<&BackupInfo> = all.iter().filter(|b| b.manifest.is_some()).collect();
@@ -634,17 +615,19 @@ pub fn prune(root: &Path, keep: usize, protect: &[&Path]) -> Result<Vec<PathBuf>
             .map(|b| b.dir.clone()),
     );
     for dir in &remove {
-        fs::remove_dir_all(dir)
-            .map_err(io_ctx(format!("removing old backup `{}`", dir.display())))?;
+        fs_err::remove_dir_all(dir)?;
     }
     if !remove.is_empty() {
-        sync_dir(root).map_err(|e| e.to_string())?;
+        sync_dir(root)?;
     }
     Ok(remove)
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
@@ -683,5 +666,24 @@ mod tests {
         assert_eq!(restore_tree(&backup_dir, &record).unwrap(), 2);
         assert_eq!(fs::read(live.join("member/wal/0.wal")).unwrap(), b"entries");
         assert!(!live.join("member/wal/1.wal").exists());
+    }
+
+    #[test]
+    fn a_damaged_copy_is_told_apart_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app.conf");
+        fs::write(&live, b"v1").unwrap();
+        let backup_dir = dir.path().join("b");
+        let record = backup_file(&backup_dir, "config/0-app.conf", &live).unwrap();
+        fs::write(&live, b"v2").unwrap();
+        fs::write(backup_dir.join("config/0-app.conf"), b"xx").unwrap();
+        let err = restore_file(&backup_dir, &record).unwrap_err();
+        assert!(matches!(err, StepError::BackupDamaged { .. }), "{err}");
+        assert_eq!(fs::read(&live).unwrap(), b"v2");
+        // A copy that is gone is an I/O error with its path and kind.
+        fs::remove_file(backup_dir.join("config/0-app.conf")).unwrap();
+        let err = restore_file(&backup_dir, &record).unwrap_err();
+        assert_eq!(err.io_kind(), Some(io::ErrorKind::NotFound));
+        assert!(err.to_string().contains("config/0-app.conf"), "{err}");
     }
 }

@@ -1,5 +1,7 @@
-//! Runs the site's commands with a timeout each, and its probes (command or
-//! HTTP). Output of a failed command is kept for the report.
+//! The service: the site's stop and start commands and hooks, each run with
+//! a timeout, and its probes (command or HTTP) for health and version
+//! (docs/SITE.md, "How commands run" and "Probes"). Output of a failed
+//! command is kept for the report.
 
 use std::io::Read;
 use std::path::Path;
@@ -9,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use semver::Version;
 
-use crate::site::{Probe, Service};
+use crate::error::StepError;
+use crate::site::{Probe, Service, Site};
 
 /// How a command ended.
 #[derive(Debug, Clone)]
@@ -250,6 +253,134 @@ pub fn wait_health(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The site's service with the environment of one apply: stops, starts,
+/// waits for health and runs hooks.
+pub struct ServiceControl<'a> {
+    site: &'a Site,
+    env: &'a [(&'static str, String)],
+}
+
+impl<'a> ServiceControl<'a> {
+    /// Controls `site`'s service; commands get `env` added to their environment.
+    pub fn new(site: &'a Site, env: &'a [(&'static str, String)]) -> Self {
+        Self { site, env }
+    }
+
+    fn service(&self) -> &Service {
+        &self.site.profile.service
+    }
+
+    /// Runs a site command or hook (`what` names it in messages) with the
+    /// profile's `command_timeout_secs`.
+    ///
+    /// # Errors
+    /// [`StepError::Spawn`] or [`StepError::Command`] with its output.
+    pub fn run(&self, what: &str, command: &str) -> Result<(), StepError> {
+        let timeout = Duration::from_secs(self.service().command_timeout_secs);
+        let output = run_command(command, &self.site.dir, self.env, timeout).map_err(|source| {
+            StepError::Spawn {
+                what: what.into(),
+                command: command.into(),
+                source,
+            }
+        })?;
+        if output.success() {
+            Ok(())
+        } else {
+            Err(StepError::Command {
+                what: what.into(),
+                command: command.into(),
+                output: Box::new(output),
+            })
+        }
+    }
+
+    /// Runs the stop command and waits until the health check fails.
+    ///
+    /// # Errors
+    /// The command's failure, or [`StepError::StillRunning`].
+    pub fn stop(&self) -> Result<(), StepError> {
+        let service = self.service();
+        self.run("stop", &service.stop)?;
+        let wait = Duration::from_secs(service.stop_wait_secs);
+        if wait_health(service, &self.site.dir, self.env, false, wait).ok {
+            return Err(StepError::StillRunning {
+                service: service.name.clone(),
+                secs: service.stop_wait_secs,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the start command (it returns once the daemon is launched).
+    ///
+    /// # Errors
+    /// The command's failure.
+    pub fn start(&self) -> Result<(), StepError> {
+        self.run("start", &self.service().start)
+    }
+
+    /// Waits until the service is healthy and its version probe (if any)
+    /// reports `version`, within `health_wait_secs`.
+    ///
+    /// # Errors
+    /// [`StepError::Unhealthy`] or [`StepError::WrongVersion`].
+    pub fn wait_ready(&self, version: &Version) -> Result<(), StepError> {
+        let service = self.service();
+        let wait = Duration::from_secs(service.health_wait_secs);
+        let deadline = Instant::now() + wait;
+        let health = wait_health(service, &self.site.dir, self.env, true, wait);
+        if !health.ok {
+            return Err(StepError::Unhealthy {
+                service: service.name.clone(),
+                secs: service.health_wait_secs,
+                output: health.output,
+            });
+        }
+        let Some(probe) = &service.version else {
+            return Ok(());
+        };
+        loop {
+            let result = run_probe(probe, &self.site.dir, self.env);
+            let found = result.ok.then(|| find_version(&result.output)).flatten();
+            if found.as_ref() == Some(version) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(StepError::WrongVersion {
+                    service: service.name.clone(),
+                    found: found
+                        .map_or_else(|| format!("`{}`", result.output.trim()), |v| v.to_string()),
+                    expected: version.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Runs the start command, then waits until `version` is ready.
+    ///
+    /// # Errors
+    /// As [`Self::start`] and [`Self::wait_ready`].
+    pub fn start_and_wait(&self, version: &Version) -> Result<(), StepError> {
+        self.start()?;
+        self.wait_ready(version)
+    }
+
+    /// Runs a hook script (an executable staged from the bundle).
+    ///
+    /// # Errors
+    /// The hook's failure.
+    pub fn hook(&self, what: &str, script: &Path) -> Result<(), StepError> {
+        self.run(what, &shell_quote(script))
+    }
+}
+
+/// `path` quoted for `sh -c`.
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.to_string_lossy().replace('\'', "'\\''"))
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
-//! Step 3: stream the payload into a private staging folder. A file is
+//! The stage step: stream the payload into a private staging folder. A file is
 //! written as `PATH.partial` and renamed to `PATH` only after its size and
 //! SHA-256 matched the signed manifest, so nothing unverified is ever kept
 //! under its real name.
 
-use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
+use airlock_formats::durable::create_private_dir;
 use airlock_formats::{BundleError, FileEntry, PayloadSink, Role};
+use fs_err::os::unix::fs::OpenOptionsExt as _;
+use fs_err::File;
+
+use crate::error::StepError;
 
 /// Writes verified payload files below a staging folder.
 pub struct StageSink {
@@ -20,15 +23,12 @@ impl StageSink {
     /// Creates the staging folder `root` (mode 0700), removing an old one.
     ///
     /// # Errors
-    /// I/O errors naming the folder.
-    pub fn create(root: &Path, on_bytes: Box<dyn FnMut(u64)>) -> io::Result<Self> {
+    /// [`StepError`] naming the folder.
+    pub fn create(root: &Path, on_bytes: Box<dyn FnMut(u64)>) -> Result<Self, StepError> {
         if root.exists() {
-            fs::remove_dir_all(root)?;
+            fs_err::remove_dir_all(root)?;
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)?;
+        create_private_dir(root)?;
         Ok(Self {
             root: root.to_owned(),
             on_bytes,
@@ -56,11 +56,7 @@ impl PayloadSink for StageSink {
         let partial = self.partial(entry);
         let ctx = || format!("staging `{}` to `{}`", entry.path, partial.display());
         if let Some(parent) = partial.parent() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(BundleError::io(ctx()))?;
+            create_private_dir(parent).map_err(|e| BundleError::io(ctx())(e.source))?;
         }
         // Hook scripts must be executable by their owner; nothing else needs to be.
         let mode = if entry.role == Role::Script {
@@ -68,7 +64,7 @@ impl PayloadSink for StageSink {
         } else {
             0o600
         };
-        let file = fs::OpenOptions::new()
+        let file = fs_err::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
@@ -95,7 +91,7 @@ impl PayloadSink for StageSink {
 
     fn verified(&mut self, entry: &FileEntry) -> Result<(), BundleError> {
         let target = entry.path.join_to(&self.root);
-        fs::rename(self.partial(entry), &target)
+        fs_err::rename(self.partial(entry), &target)
             .map_err(BundleError::io(format!("staging `{}`", target.display())))
     }
 }
@@ -120,7 +116,7 @@ pub fn available_space(path: &Path) -> io::Result<u64> {
 pub fn device_of(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
     path.ancestors()
-        .find_map(|p| fs::metadata(p).ok())
+        .find_map(|p| fs_err::metadata(p).ok())
         .map(|m| m.dev())
 }
 

@@ -1,41 +1,27 @@
-//! `airlock-apply apply` on one node: the steps of DESIGN.md "Applying one
-//! node", each announced in the journal before it acts, and an automatic
-//! rollback when any step after the stop fails.
+//! `airlock-apply apply` on one node (docs/OPERATIONS.md, "Apply the
+//! bundle"): lock, verify the header, check free space, record the apply,
+//! then run the planned steps as one transaction.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use airlock_formats::Manifest;
-use semver::Version;
 
-use crate::error::ApplyError;
+use crate::error::{ApplyError, StepError};
 use crate::interrupt::Interrupt;
 use crate::lock::{lock, LOCK_FILE};
+use crate::protocol::Status;
 use crate::report::Reporter;
-use crate::run::{install_target, preflight_failure, steps, Context, Done, Run};
 use crate::site::Site;
-use crate::stage::{self, StageSink};
-use crate::state::{AuditEntry, NewApply, State};
+use crate::state::{ApplyKind, ApplyOutcome, AuditAction, AuditEntry, NewApply, State};
+use crate::steps::install::install_target;
+use crate::steps::stage;
+use crate::transaction::step::planned_steps;
+use crate::transaction::{ApplyReport, Source, Transaction};
 use crate::verify::{read_and_verify, VerifyOptions};
 
 /// Free space kept in reserve beyond what staging and backups need: 5 % plus 16 MiB.
 pub fn with_margin(bytes: u64) -> u64 {
     bytes + bytes / 20 + 16 * 1024 * 1024
-}
-
-/// What a successful apply did.
-#[derive(Debug, Clone)]
-pub struct ApplyReport {
-    /// Version before.
-    pub from: Version,
-    /// Version now.
-    pub to: Version,
-    /// The backup folder.
-    pub backup_dir: PathBuf,
-    /// Migrations applied, as `database:version`.
-    pub migrations: Vec<String>,
-    /// Time from the stop to healthy on the new version.
-    pub downtime: Duration,
 }
 
 /// Space an apply needs: per folder, the bytes it will write (without margin).
@@ -124,18 +110,17 @@ fn check_space(site: &Site, manifest: &Manifest, reporter: &Reporter) -> Result<
         if !need.fits() {
             return Err(ApplyError::Preflight {
                 step: "disk space check".into(),
-                reason: format!(
-                    "{} need {} MiB at `{}` (with a 5 % + 16 MiB margin) but only {} MiB are free; free space there or point paths.backup_dir / paths.staging_dir elsewhere",
-                    need.what,
-                    wanted >> 20,
-                    need.dir.display(),
-                    need.available >> 20
-                ),
+                cause: Box::new(StepError::NoSpace {
+                    what: need.what,
+                    dir: need.dir,
+                    needed: wanted,
+                    available: need.available,
+                }),
             });
         }
         reporter.event(
             "disk space",
-            "ok",
+            Status::Ok,
             &format!(
                 "{}: need {} MiB, {} MiB free at {}",
                 need.what,
@@ -148,19 +133,28 @@ fn check_space(site: &Site, manifest: &Manifest, reporter: &Reporter) -> Result<
     Ok(())
 }
 
-fn audit_failure(state: &State, bundle: &Path, e: &ApplyError) {
+/// Records a refusal or failure that happened before an apply record
+/// existed (verify, free space) in the audit log.
+fn audit_early_failure(state: &State, bundle: &Path, e: &ApplyError) {
     let _ = state.audit(&AuditEntry {
-        action: "apply".into(),
+        action: AuditAction::Apply,
         bundle: Some(bundle.display().to_string()),
         outcome: if matches!(e, ApplyError::Refused { .. }) {
-            "refused"
+            ApplyOutcome::Refused
         } else {
-            "failed"
-        }
-        .into(),
+            ApplyOutcome::Failed
+        },
         error: Some(e.to_string()),
-        ..Default::default()
+        ..AuditEntry::default()
     });
+}
+
+/// The error for an apply record whose stored manifest does not parse.
+pub(crate) fn unreadable(failed: &(State, crate::transaction::Unreadable)) -> ApplyError {
+    ApplyError::State(crate::state::StateError::Invalid {
+        path: failed.0.path().to_owned(),
+        what: failed.1.to_string(),
+    })
 }
 
 /// Refuses to start while an earlier apply is unfinished.
@@ -195,7 +189,7 @@ pub fn apply(
     let _lock = lock(site)?;
     reporter.event(
         "lock",
-        "ok",
+        Status::Ok,
         &site
             .profile
             .paths
@@ -209,13 +203,14 @@ pub fn apply(
 
     // Authenticate and check the header first (no payload read), so the
     // disk-space check knows the sizes before anything is written.
-    reporter.event("verify", "start", &bundle.display().to_string());
+    reporter.event("verify", Status::Start, &bundle.display().to_string());
     let header = read_and_verify(site, Some(&state), bundle, opts, None)
-        .inspect_err(|e| audit_failure(&state, bundle, e))?;
+        .map_err(ApplyError::from)
+        .inspect_err(|e| audit_early_failure(&state, bundle, e))?;
     let m = header.header.manifest.clone();
     reporter.event(
         "verify",
-        "ok",
+        Status::Ok,
         &format!(
             "{} {} -> {}, signed by {}",
             m.name,
@@ -224,111 +219,41 @@ pub fn apply(
             header.signers_text()
         ),
     );
-    check_space(site, &m, reporter).inspect_err(|e| audit_failure(&state, bundle, e))?;
+    let steps = planned_steps(site, &m)
+        .map_err(|cause| ApplyError::Preflight {
+            step: "planning".into(),
+            cause: Box::new(cause),
+        })
+        .inspect_err(|e| audit_early_failure(&state, bundle, e))?;
+    check_space(site, &m, reporter).inspect_err(|e| audit_early_failure(&state, bundle, e))?;
 
     let manifest_json = String::from_utf8_lossy(&header.header.manifest_bytes).into_owned();
-    let apply_id = state.begin_apply(&NewApply {
+    let from = header.installed.version.to_string();
+    let backup_dir = |id: i64| {
+        site.profile.paths.backup_dir.join(format!(
+            "{:010}-{id}-{from}-to-{}",
+            crate::state::now(),
+            m.version
+        ))
+    };
+    // The id is known once the row exists; the folder name carries it.
+    let id = state.begin_apply(&NewApply {
+        kind: ApplyKind::Apply,
+        rollback_of: None,
         bundle: &bundle.display().to_string(),
         name: &m.name,
-        from: &header.installed.version.to_string(),
+        from: &from,
         to: &m.version.to_string(),
         manifest_json: &manifest_json,
         signers: &header.signers_text(),
     })?;
-    let ctx = Context {
-        manifest: m.clone(),
-        old: header.installed.version.clone(),
-        bundle: bundle.display().to_string(),
-        sha256: String::new(),
-        signers: header.signers_text(),
-    };
-    let mut run = Run::new(site, state, reporter, apply_id, ctx, interrupt);
-
-    // Step 3: stage. Every byte is checked against the signed manifest again.
-    let stage_dir = run.stage_dir.clone();
-    if let Err(reason) = run.step(steps::STAGE, &stage_dir.display().to_string()) {
-        return Err(preflight_failure(&mut run, "apply", steps::STAGE, reason));
-    }
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new(m.payload.unpacked_size)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let bar_handle = bar.clone();
-    let staged = StageSink::create(&stage_dir, Box::new(move |n| bar_handle.inc(n)))
-        .map_err(ApplyError::io(format!(
-            "creating staging folder `{}`",
-            stage_dir.display()
-        )))
-        .and_then(|mut sink| {
-            read_and_verify(site, Some(&run.state), bundle, opts, Some(&mut sink))
+    state.set_backup_dir(id, &backup_dir(id))?;
+    let record = state.require_apply(id)?;
+    let txn = Transaction::new(site, state, reporter, interrupt, AuditAction::Apply, record)
+        .map_err(|failed| unreadable(&failed))?
+        .with_source(Source {
+            bundle: bundle.to_owned(),
+            opts,
         });
-    bar.finish_and_clear();
-    let verified = match staged {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&stage_dir);
-            let label = if matches!(e, ApplyError::Refused { .. }) {
-                "refused"
-            } else {
-                "failed"
-            };
-            let _ = run
-                .state
-                .finish_apply_simple(apply_id, label, &e.to_string());
-            audit_failure(&run.state, bundle, &e);
-            return Err(e);
-        }
-    };
-    run.ctx.sha256 = verified.bundle_sha256.to_hex();
-    if let Err(e) = run.state.set_bundle_sha256(apply_id, &run.ctx.sha256) {
-        let _ = std::fs::remove_dir_all(&stage_dir);
-        return Err(preflight_failure(
-            &mut run,
-            "apply",
-            steps::STAGE,
-            e.to_string(),
-        ));
-    }
-    reporter.event(
-        steps::STAGE,
-        "ok",
-        &format!(
-            "{} files, {} bytes, every SHA-256 matched",
-            m.files.len(),
-            m.payload.unpacked_size
-        ),
-    );
-
-    let result = run_after_stage(&mut run);
-    let _ = std::fs::remove_dir_all(&stage_dir);
-    result
-}
-
-fn run_after_stage(run: &mut Run<'_>) -> Result<ApplyReport, ApplyError> {
-    // Before the stop, a failure changes nothing.
-    if let Err(reason) = run.run_hook(steps::PRE_STOP) {
-        return Err(preflight_failure(run, "apply", "pre_stop hook", reason));
-    }
-    let mut done = Done::default();
-    let started = Instant::now();
-    let outcome = run.forward(&mut done);
-    let downtime = started.elapsed();
-    let migrations = match outcome {
-        Ok(m) => m,
-        Err((step, reason)) => return Err(run.fail_and_undo("apply", step, reason, &done)),
-    };
-    let backup_dir = done
-        .backup
-        .as_ref()
-        .map(|b| b.0.clone())
-        .unwrap_or_default();
-    run.commit("apply", Some(&backup_dir))?;
-    Ok(ApplyReport {
-        from: run.ctx.old.clone(),
-        to: run.ctx.manifest.version.clone(),
-        backup_dir,
-        migrations,
-        downtime,
-    })
+    txn.run(&steps)
 }

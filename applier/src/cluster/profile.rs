@@ -8,17 +8,14 @@
 //! coordinator's word for it.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use airlock_formats::Trust;
 use serde::Deserialize;
 
 use crate::error::ApplyError;
-use crate::service::{run_probe, ProbeResult};
 use crate::site::{load_trust, read_profile, Probe, TrustProfile};
+use crate::steps::service::{run_probe, ProbeResult};
 
 /// A loaded cluster profile.
 #[derive(Debug, Clone)]
@@ -177,10 +174,10 @@ impl ClusterSite {
             ("cluster.caught_up", &c.caught_up),
             ("cluster.move_leader", &c.move_leader),
         ] {
-            p.check(name).map_err(site_err)?;
+            p.check(path, name)?;
         }
         c.wait_secs = c.wait_secs.max(15);
-        let trust = load_trust(&profile.trust).map_err(site_err)?;
+        let trust = load_trust(path, &profile.trust)?;
         Ok(Self {
             path: path.to_owned(),
             dir,
@@ -236,171 +233,6 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@".contains(c))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
-/// The outcome of a command run on a node.
-#[derive(Debug, Clone)]
-pub struct NodeRun {
-    /// Exit code; -1 when killed or unknown.
-    pub code: i32,
-    /// JSON events it printed.
-    pub events: Vec<serde_json::Value>,
-    /// Standard error.
-    pub stderr: String,
-}
-
-impl NodeProfile {
-    fn ssh_base(&self, program: &str, options: &[String]) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.arg("-o").arg("BatchMode=yes");
-        if let Some(port) = self.port {
-            cmd.arg(if program == "scp" { "-P" } else { "-p" })
-                .arg(port.to_string());
-        }
-        if let Some(id) = &self.identity_file {
-            cmd.arg("-i").arg(id);
-        }
-        cmd.args(options);
-        cmd
-    }
-
-    fn destination(&self) -> String {
-        let host = self.host.clone().unwrap_or_default();
-        match &self.user {
-            Some(user) => format!("{user}@{host}"),
-            None => host,
-        }
-    }
-
-    /// Makes the bundle available on the node; returns its path there.
-    ///
-    /// # Errors
-    /// A message naming the node when the copy fails.
-    pub fn copy_bundle(&self, bundle: &Path, ssh_options: &[String]) -> Result<String, String> {
-        let absolute =
-            std::path::absolute(bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
-        if self.transport == TransportKind::Local {
-            return Ok(absolute.display().to_string());
-        }
-        let name = bundle
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let remote = format!(
-            "{}/{name}",
-            self.bundle_dir
-                .as_deref()
-                .unwrap_or("/tmp")
-                .trim_end_matches('/')
-        );
-        let out = self
-            .ssh_base("scp", ssh_options)
-            .arg("-q")
-            .arg(&absolute)
-            .arg(format!("{}:{}", self.destination(), remote))
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("node {}: cannot run scp: {e}", self.name))?;
-        if !out.status.success() {
-            return Err(format!(
-                "node {}: copying the bundle with scp failed: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(remote)
-    }
-
-    /// Runs `airlock-apply --json ARGS` on the node, passing each JSON event
-    /// to `on_event` as it arrives.
-    ///
-    /// # Errors
-    /// A message naming the node when the command cannot be started.
-    pub fn airlock_apply(
-        &self,
-        args: &[&str],
-        ssh_options: &[String],
-        mut on_event: impl FnMut(&serde_json::Value),
-    ) -> Result<NodeRun, String> {
-        let mut cmd = match self.transport {
-            TransportKind::Local => {
-                let program = match &self.airlock_apply {
-                    Some(p) => PathBuf::from(p),
-                    None => std::env::current_exe()
-                        .map_err(|e| format!("finding airlock-apply: {e}"))?,
-                };
-                let mut cmd = Command::new(program);
-                cmd.arg("--json").args(args);
-                cmd
-            }
-            TransportKind::Ssh => {
-                let program = self.airlock_apply.as_deref().unwrap_or("airlock-apply");
-                let mut line = vec![shell_quote(program), "--json".into()];
-                line.extend(args.iter().map(|a| shell_quote(a)));
-                let mut cmd = self.ssh_base("ssh", ssh_options);
-                cmd.arg(self.destination()).arg("--").arg(line.join(" "));
-                cmd
-            }
-        };
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("node {}: cannot start airlock-apply: {e}", self.name))?;
-        let mut stderr_pipe = child.stderr.take();
-        let stderr_thread = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(p) = stderr_pipe.as_mut() {
-                let _ = p.read_to_string(&mut s);
-            }
-            s
-        });
-        let mut events = Vec::new();
-        if let Some(stdout) = child.stdout.take() {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                    on_event(&value);
-                    events.push(value);
-                }
-            }
-        }
-        let status = child
-            .wait()
-            .map_err(|e| format!("node {}: {e}", self.name))?;
-        let stderr = stderr_thread.join().unwrap_or_default();
-        Ok(NodeRun {
-            code: status.code().unwrap_or(-1),
-            events,
-            stderr,
-        })
-    }
-}
-
-/// Polls `check` every 500 ms until it returns true or `wait` passes.
-pub fn wait_until(wait: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        if check() {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,8 +264,6 @@ mod tests {
             ),
             "move n1 (http://127.0.0.1:1) -> n2 (http://127.0.0.1:2) {unknown}"
         );
-        assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
-        assert_eq!(shell_quote("--site"), "--site");
     }
 }
 
@@ -446,7 +276,7 @@ mod example_tests {
     fn shipped_cluster_and_node_profiles_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/etcd-cluster");
         let cluster: ClusterProfile =
-            toml::from_str(&std::fs::read_to_string(root.join("site.toml")).unwrap()).unwrap();
+            toml::from_str(&fs_err::read_to_string(root.join("site.toml")).unwrap()).unwrap();
         assert_eq!(cluster.cluster.nodes.len(), 3);
         assert!(cluster
             .cluster
@@ -456,7 +286,7 @@ mod example_tests {
             .unwrap()
             .contains("{leader_client_url}"));
         let node: crate::site::SiteProfile =
-            toml::from_str(&std::fs::read_to_string(root.join("nodes/n1.toml")).unwrap()).unwrap();
+            toml::from_str(&fs_err::read_to_string(root.join("nodes/n1.toml")).unwrap()).unwrap();
         assert_eq!(node.service.name, "etcd member n1");
     }
 }

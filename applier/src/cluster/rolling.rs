@@ -1,0 +1,896 @@
+//! `airlock-apply apply --mode rolling`: a rolling upgrade of a Raft cluster
+//! (docs/OPERATIONS.md, "Rolling upgrade"). One node at a time, followers
+//! first, the leader last after leadership moved to an upgraded, caught-up
+//! follower; before a node goes down every other node must be healthy, so
+//! the cluster never has more than one member down; after a node's apply,
+//! wait until it is healthy and caught up. On a failure the rollout stops:
+//! the failed node rolled itself back, the others stay as they are, and
+//! `resume` continues after the cause is fixed. Every node verifies the
+//! bundle itself, and the coordinator reads each node only through the
+//! typed protocol ([`crate::protocol`]).
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use airlock_formats::{read_bundle, BundleError, DiscardSink, Manifest};
+use fs_err::File;
+
+use super::profile::{ClusterSite, NodeProfile};
+use super::transport::{wait_until, NodeError, NodeRun};
+use crate::error::{exit, ApplyError, NodeOutcome};
+use crate::interrupt::Interrupt;
+use crate::lock::{lock_in, NodeLock};
+use crate::protocol::{Event, RolloutReport, Status, PROTOCOL};
+use crate::report::Reporter;
+use crate::state::{NodeState, NodeUpdate, RolloutNode, RolloutOutcome, State, StateError};
+use crate::transaction::step::Step;
+
+/// Why a rolling upgrade stops or does not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// A member fails its health probe.
+    #[error("member {node} is unhealthy ({output}); a rolling upgrade takes one member down at a time and needs every other member healthy, so the cluster keeps its quorum")]
+    Unhealthy {
+        /// The member.
+        node: String,
+        /// The probe's last line.
+        output: String,
+    },
+    /// No member says it leads.
+    #[error("no member reports itself as leader")]
+    NoLeader,
+    /// More than one member says it leads.
+    #[error("{} members report themselves as leader: {}", .0.len(), .0.join(", "))]
+    ManyLeaders(Vec<String>),
+    /// No upgraded follower can take the leadership.
+    #[error("no upgraded follower has caught up with the leader to take over")]
+    NoSuccessor,
+    /// The leadership move failed.
+    #[error("moving leadership from {from} to {to} failed: {output}")]
+    MoveFailed {
+        /// The leader.
+        from: String,
+        /// The follower.
+        to: String,
+        /// The probe's output.
+        output: String,
+    },
+    /// The new leader did not show.
+    #[error("{node} did not report itself leader within {secs}s of the move")]
+    MoveUnconfirmed {
+        /// The follower.
+        node: String,
+        /// `move_wait_secs`.
+        secs: u64,
+    },
+    /// A node could not be reached or read.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// A read-only command on a node failed.
+    #[error("node {node}: `airlock-apply {command}` failed: {error}")]
+    NodeCommand {
+        /// The node.
+        node: String,
+        /// The command.
+        command: &'static str,
+        /// What it said.
+        error: String,
+    },
+    /// A node refused the bundle.
+    #[error("node {node} refused the bundle: {error}")]
+    Refused {
+        /// The node.
+        node: String,
+        /// What it said.
+        error: String,
+    },
+    /// A node's apply failed and it rolled itself back.
+    #[error("its apply failed and it rolled itself back: {error}")]
+    RolledBack {
+        /// What it said.
+        error: String,
+    },
+    /// A node's apply did not begin.
+    #[error("its apply did not begin (exit {code}), nothing on it changed: {error}")]
+    NotBegun {
+        /// Its exit code.
+        code: i32,
+        /// What it said.
+        error: String,
+    },
+    /// A node's apply failed and it needs the operator.
+    #[error("its apply failed (exit {code}) and it needs the operator: {error}")]
+    NeedsOperator {
+        /// Its exit code.
+        code: i32,
+        /// What it said.
+        error: String,
+    },
+    /// A node runs the new version but did not come back in time.
+    #[error("{node} runs {version} but was not healthy and caught up within {secs}s")]
+    NotCaughtUp {
+        /// The node.
+        node: String,
+        /// The version.
+        version: String,
+        /// `wait_secs`.
+        secs: u64,
+    },
+    /// A node of the rollout left the profile.
+    #[error("node {0} is in the rollout but no longer in the cluster profile; put it back")]
+    Gone(String),
+    /// An earlier rollout is not finished.
+    #[error("rollout #{id} of {name} {version} stopped and is not finished; run `airlock-apply resume --site {site}` to continue it, or `airlock-apply rollout abandon --site {site}` to give it up")]
+    Unfinished {
+        /// Its id.
+        id: i64,
+        /// Bundle name.
+        name: String,
+        /// Its version.
+        version: String,
+        /// The cluster profile.
+        site: String,
+    },
+    /// SIGINT or SIGTERM between two nodes.
+    #[error(
+        "interrupted by a signal between two nodes; every node is on one version or the other"
+    )]
+    Interrupted,
+    /// The coordinator's state database failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// `at node NAME`, for where a rollout stopped.
+fn at_node(name: &str) -> String {
+    format!("at node {name}")
+}
+
+/// The coordinator's lock, `STATE_DIR/rollout.lock`: one rollout at a time.
+fn coordinator_lock(site: &ClusterSite) -> Result<NodeLock, ApplyError> {
+    lock_in(&site.profile.paths.state_dir, "rollout.lock")
+}
+
+/// Checks the bundle on the coordinator: signatures, threshold, expiry, every
+/// payload byte, and that it allows mixed versions.
+fn verify_here(site: &ClusterSite, bundle: &Path) -> Result<Manifest, ApplyError> {
+    let refused = |reason: String, help: &str| ApplyError::Refused {
+        bundle: bundle.to_owned(),
+        reason,
+        help: help.into(),
+    };
+    let file = File::open(bundle).map_err(ApplyError::io("opening the bundle"))?;
+    let mut mixed_ok = true;
+    let header = read_bundle(
+        BufReader::with_capacity(1 << 20, file),
+        |h| {
+            site.trust.check(&h.manifest_bytes, &h.signatures)?;
+            crate::verify::check_expiry(&h.manifest)
+                .map_err(|refusal| BundleError::Refused(refusal.reason))?;
+            mixed_ok = h.manifest.rolling_allowed;
+            if !mixed_ok {
+                return Err(BundleError::Refused(format!(
+                    "{} {} does not allow mixed versions (rolling_allowed = false), so its members cannot run beside {0} members of another version",
+                    h.manifest.name, h.manifest.version
+                )));
+            }
+            Ok(())
+        },
+        Some(&mut DiscardSink),
+    );
+    match header {
+        Ok(h) => Ok(h.manifest),
+        Err(e) if !mixed_ok => Err(refused(
+            e.to_string(),
+            "upgrade this release in a maintenance window instead: stop every member, run `airlock-apply apply` on each node's own site profile, then start them; or ask for a bundle that allows mixed versions",
+        )),
+        Err(e) => Err(refused(e.to_string(), "check the bundle and the keys in the cluster profile's [trust]; copy the bundle again if it is damaged")),
+    }
+}
+
+struct Rollout<'a> {
+    site: &'a ClusterSite,
+    interrupt: &'a Interrupt,
+    state: State,
+    reporter: &'a Reporter,
+    id: i64,
+    bundle: PathBuf,
+    manifest: Manifest,
+    /// Path of the bundle on each node, by node name.
+    remote: Vec<(String, String)>,
+}
+
+impl Rollout<'_> {
+    fn options(&self) -> &[String] {
+        &self.site.profile.cluster.ssh_options
+    }
+
+    fn update(&self, node: &str, u: NodeUpdate<'_>) {
+        let _ = self.state.update_rollout_node(self.id, node, &u);
+    }
+
+    fn healthy(&self, node: &NodeProfile) -> Result<(), String> {
+        let r = self
+            .site
+            .probe(&self.site.profile.cluster.healthy, node, None);
+        if r.ok {
+            Ok(())
+        } else {
+            Err(r.output)
+        }
+    }
+
+    /// The current leader; exactly one member must say so.
+    fn leader(&self) -> Result<&NodeProfile, ClusterError> {
+        let leaders: Vec<&NodeProfile> = self
+            .site
+            .nodes()
+            .iter()
+            .filter(|n| {
+                self.site
+                    .probe(&self.site.profile.cluster.leader, n, None)
+                    .ok
+            })
+            .collect();
+        match leaders.as_slice() {
+            [one] => Ok(one),
+            [] => Err(ClusterError::NoLeader),
+            many => Err(ClusterError::ManyLeaders(
+                many.iter().map(|n| n.name.clone()).collect(),
+            )),
+        }
+    }
+
+    /// Every member other than `except` passes the health probe.
+    fn quorum_check(&self, except: Option<&str>) -> Result<(), ClusterError> {
+        for node in self.site.nodes() {
+            if Some(node.name.as_str()) == except {
+                continue;
+            }
+            self.healthy(node)
+                .map_err(|output| ClusterError::Unhealthy {
+                    node: node.name.clone(),
+                    output: output.lines().last().unwrap_or("").trim().to_owned(),
+                })?;
+        }
+        Ok(())
+    }
+
+    fn remote_path(&self, node: &str) -> String {
+        self.remote
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// Runs a read-only `airlock-apply` command on `node`; it must succeed.
+    fn ask(
+        &self,
+        node: &NodeProfile,
+        command: &'static str,
+        args: &[&str],
+    ) -> Result<NodeRun, ClusterError> {
+        let run = node.airlock_apply(args, self.options(), |_| {})?;
+        if run.code != 0 {
+            return Err(ClusterError::NodeCommand {
+                node: node.name.clone(),
+                command,
+                error: run.failure(),
+            });
+        }
+        Ok(run)
+    }
+
+    /// The version the node's own state says it runs, and whether it has an
+    /// interrupted apply. This is the first contact with each node: a node
+    /// speaking another protocol version is refused here.
+    fn node_status(&self, node: &NodeProfile) -> Result<(Option<String>, bool), ClusterError> {
+        let run = self.ask(node, "status", &["status", "--site", &node.site])?;
+        let status = run.status.ok_or_else(|| ClusterError::NodeCommand {
+            node: node.name.clone(),
+            command: "status",
+            error: "it printed no status report".into(),
+        })?;
+        Ok((
+            status.installed.map(|i| i.version),
+            status.interrupted_apply.is_some(),
+        ))
+    }
+
+    /// Copies the bundle to every node and has each verify it, before any node stops.
+    fn distribute(&mut self) -> Result<(), ClusterError> {
+        let version = self.manifest.version.to_string();
+        for node in self.site.nodes() {
+            self.reporter.event("copy", Status::Start, &node.name);
+            let remote = node.copy_bundle(&self.bundle, self.options())?;
+            self.remote.push((node.name.clone(), remote.clone()));
+            let (mut installed, interrupted) = self.node_status(node)?;
+            if interrupted {
+                self.reporter.event(
+                    "resume node",
+                    Status::Start,
+                    &format!("{}: an earlier apply was interrupted", node.name),
+                );
+                let run =
+                    node.airlock_apply(&["resume", "--site", &node.site], self.options(), |_| {})?;
+                if !matches!(u8::try_from(run.code), Ok(exit::OK | exit::ROLLED_BACK)) {
+                    return Err(ClusterError::NodeCommand {
+                        node: node.name.clone(),
+                        command: "resume",
+                        error: run.failure(),
+                    });
+                }
+                // The resume may have completed that apply: read the version again.
+                installed = self.node_status(node)?.0;
+            }
+            if installed.as_deref() == Some(version.as_str()) {
+                self.update(
+                    node.name.as_str(),
+                    NodeUpdate {
+                        state: Some(NodeState::Upgraded),
+                        version: Some(&version),
+                        step: Some("already installed"),
+                        ..NodeUpdate::default()
+                    },
+                );
+                self.reporter.event(
+                    "verify",
+                    Status::Ok,
+                    &format!("{}: already runs {version}", node.name),
+                );
+                continue;
+            }
+            self.reporter.event(
+                "verify",
+                Status::Start,
+                &format!("{}: the node checks the bundle itself", node.name),
+            );
+            let run = node.airlock_apply(
+                &["verify", &remote, "--site", &node.site],
+                self.options(),
+                |_| {},
+            )?;
+            if run.code != 0 {
+                let error = ClusterError::Refused {
+                    node: node.name.clone(),
+                    error: run.failure(),
+                };
+                self.update(
+                    &node.name,
+                    NodeUpdate {
+                        state: Some(NodeState::Failed),
+                        error: Some(&error.to_string()),
+                        step: Some("verify"),
+                        ..NodeUpdate::default()
+                    },
+                );
+                return Err(error);
+            }
+            self.update(
+                &node.name,
+                NodeUpdate {
+                    state: Some(NodeState::Verified),
+                    version: installed.as_deref(),
+                    step: Some("verified"),
+                    ..NodeUpdate::default()
+                },
+            );
+            self.reporter.event(
+                "verify",
+                Status::Ok,
+                &format!("{}: bundle verified by the node", node.name),
+            );
+        }
+        Ok(())
+    }
+
+    fn pending(&self) -> Result<Vec<RolloutNode>, StateError> {
+        Ok(self
+            .state
+            .rollout_nodes(self.id)?
+            .into_iter()
+            .filter(|n| n.state != NodeState::Upgraded)
+            .collect())
+    }
+
+    fn node(&self, name: &str) -> Option<&NodeProfile> {
+        self.site.nodes().iter().find(|n| n.name == name)
+    }
+
+    /// Moves leadership from `leader` to an upgraded follower that caught up, and confirms it.
+    fn move_leadership(&self, leader: &NodeProfile) -> Result<(), ClusterError> {
+        let upgraded: Vec<String> = self
+            .state
+            .rollout_nodes(self.id)?
+            .into_iter()
+            .filter(|n| n.state == NodeState::Upgraded && n.node != leader.name)
+            .map(|n| n.node)
+            .collect();
+        let cluster = &self.site.profile.cluster;
+        let target = upgraded
+            .iter()
+            .filter_map(|name| self.node(name))
+            .find(|n| self.site.probe(&cluster.caught_up, n, Some(leader)).ok)
+            .ok_or(ClusterError::NoSuccessor)?;
+        self.reporter.event(
+            "move leader",
+            Status::Start,
+            &format!("{} -> {}", leader.name, target.name),
+        );
+        let moved = self.site.probe(&cluster.move_leader, target, Some(leader));
+        if !moved.ok {
+            return Err(ClusterError::MoveFailed {
+                from: leader.name.clone(),
+                to: target.name.clone(),
+                output: moved.output,
+            });
+        }
+        let confirmed = wait_until(Duration::from_secs(cluster.move_wait_secs), || {
+            self.site.probe(&cluster.leader, target, None).ok
+        });
+        if !confirmed {
+            return Err(ClusterError::MoveUnconfirmed {
+                node: target.name.clone(),
+                secs: cluster.move_wait_secs,
+            });
+        }
+        self.reporter.event(
+            "move leader",
+            Status::Ok,
+            &format!("{} is the leader", target.name),
+        );
+        Ok(())
+    }
+
+    /// Records that the rollout stopped `at` (a node, or before any) and
+    /// returns the error to report. A node of another protocol version is
+    /// reported as such: nothing changed, and no other airlock-apply may be
+    /// trusted to act on the coordinator's word.
+    fn stop(&self, at: &str, reason: ClusterError, node_outcome: NodeOutcome) -> ApplyError {
+        let text = reason.to_string();
+        let _ = self
+            .state
+            .finish_rollout(self.id, RolloutOutcome::Stopped, Some(&text));
+        self.reporter.event("rollout", Status::Failed, &text);
+        if let ClusterError::Node(NodeError::Protocol { node, found }) = reason {
+            return ApplyError::Protocol {
+                node,
+                found,
+                ours: PROTOCOL,
+            };
+        }
+        ApplyError::RolloutStopped {
+            version: self.manifest.version.to_string(),
+            node: at.to_owned(),
+            reason: text,
+            node_outcome,
+        }
+    }
+
+    /// Relays one of a node's apply events and notes the stop and healthy times.
+    fn relay(&self, name: &str, e: &Event, stop_at: &mut Option<u64>, up_at: &mut Option<u64>) {
+        if matches!(e.apply_step, Some(Step::Stop { .. })) && e.status == Status::Start {
+            *stop_at = Some(e.elapsed_ms);
+        }
+        let back = matches!(e.apply_step, Some(Step::Health { .. })) && e.status == Status::Ok;
+        let rolled_back = e.apply_step.is_none()
+            && e.undo.is_none()
+            && e.step == "rollback"
+            && e.status != Status::Start;
+        if back || rolled_back {
+            *up_at = Some(e.elapsed_ms);
+        }
+        if matches!(e.status, Status::Start | Status::Failed) || back {
+            self.reporter
+                .event(&format!("{name}: {}", e.step), e.status, &e.detail);
+            self.update(
+                name,
+                NodeUpdate {
+                    step: Some(&e.step),
+                    ..NodeUpdate::default()
+                },
+            );
+        }
+    }
+
+    /// Upgrades one node: its own single-node apply, then healthy and caught up.
+    fn upgrade(&self, node: &NodeProfile) -> Result<(), ApplyError> {
+        let version = self.manifest.version.to_string();
+        let remote = self.remote_path(&node.name);
+        self.update(
+            &node.name,
+            NodeUpdate {
+                state: Some(NodeState::Upgrading),
+                step: Some("apply"),
+                ..NodeUpdate::default()
+            },
+        );
+        self.reporter.event(
+            "node",
+            Status::Start,
+            &format!("{}: apply {version}", node.name),
+        );
+        let started = Instant::now();
+        let mut stop_at: Option<u64> = None;
+        let mut up_at: Option<u64> = None;
+        let run = node
+            .airlock_apply(
+                &["apply", &remote, "--site", &node.site],
+                self.options(),
+                |e| self.relay(&node.name, e, &mut stop_at, &mut up_at),
+            )
+            .map_err(|e| self.stop(&at_node(&node.name), e.into(), NodeOutcome::Unchanged))?;
+        let stopped_ms = match (stop_at, up_at) {
+            (Some(a), Some(b)) if b >= a => i64::try_from(b - a).ok(),
+            _ => None,
+        };
+        let apply_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        if run.code != 0 {
+            let error = run.failure();
+            let (outcome, state, reason) = match u8::try_from(run.code) {
+                Ok(exit::ROLLED_BACK) => (
+                    NodeOutcome::RolledBack,
+                    NodeState::RolledBack,
+                    ClusterError::RolledBack {
+                        error: error.clone(),
+                    },
+                ),
+                Ok(exit::FAILED | exit::REFUSED | exit::BUSY | exit::INTERRUPTED) => (
+                    NodeOutcome::Unchanged,
+                    NodeState::Failed,
+                    ClusterError::NotBegun {
+                        code: run.code,
+                        error: error.clone(),
+                    },
+                ),
+                _ => (
+                    NodeOutcome::NeedsOperator,
+                    NodeState::Failed,
+                    ClusterError::NeedsOperator {
+                        code: run.code,
+                        error: error.clone(),
+                    },
+                ),
+            };
+            self.update(
+                &node.name,
+                NodeUpdate {
+                    state: Some(state),
+                    stopped_ms,
+                    apply_ms: Some(apply_ms),
+                    error: Some(&error),
+                    ..NodeUpdate::default()
+                },
+            );
+            return Err(self.stop(&at_node(&node.name), reason, outcome));
+        }
+        self.update(
+            &node.name,
+            NodeUpdate {
+                step: Some("wait healthy and caught up"),
+                stopped_ms,
+                apply_ms: Some(apply_ms),
+                ..NodeUpdate::default()
+            },
+        );
+        let cluster = &self.site.profile.cluster;
+        let ready = wait_until(Duration::from_secs(cluster.wait_secs), || {
+            if self.healthy(node).is_err() {
+                return false;
+            }
+            match self.leader() {
+                Ok(leader) if leader.name == node.name => true,
+                Ok(leader) => self.site.probe(&cluster.caught_up, node, Some(leader)).ok,
+                Err(_) => false,
+            }
+        });
+        if !ready {
+            let reason = ClusterError::NotCaughtUp {
+                node: node.name.clone(),
+                version: version.clone(),
+                secs: cluster.wait_secs,
+            };
+            self.update(
+                &node.name,
+                NodeUpdate {
+                    state: Some(NodeState::Failed),
+                    version: Some(&version),
+                    error: Some(&reason.to_string()),
+                    ..NodeUpdate::default()
+                },
+            );
+            return Err(self.stop(&at_node(&node.name), reason, NodeOutcome::NeedsOperator));
+        }
+        self.update(
+            &node.name,
+            NodeUpdate {
+                state: Some(NodeState::Upgraded),
+                version: Some(&version),
+                step: Some("done"),
+                ..NodeUpdate::default()
+            },
+        );
+        let secs = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0)).as_secs_f64();
+        self.reporter.event(
+            "node",
+            Status::Ok,
+            &format!(
+                "{}: runs {version}, healthy and caught up; service down {}, apply {:.1}s",
+                node.name,
+                stopped_ms.map_or_else(|| "?".into(), |ms| format!("{:.1}s", secs(ms))),
+                secs(apply_ms)
+            ),
+        );
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<(), ApplyError> {
+        let unchanged = NodeOutcome::Unchanged;
+        if let Err(e) = self.distribute() {
+            return Err(self.stop("before any node stopped", e, unchanged));
+        }
+        loop {
+            let pending = self
+                .pending()
+                .map_err(|e| self.stop("before the next node", e.into(), unchanged))?;
+            let Some(first) = pending.first() else {
+                break;
+            };
+            if self.interrupt.requested() {
+                return Err(self.stop(&at_node(&first.node), ClusterError::Interrupted, unchanged));
+            }
+            let leader = self
+                .leader()
+                .map_err(|reason| {
+                    self.stop(
+                        "because the cluster has no single leader",
+                        reason,
+                        unchanged,
+                    )
+                })?
+                .clone();
+            // Followers first, in profile order; the leader only when it is the last one left.
+            let next = pending
+                .iter()
+                .find(|n| n.node != leader.name)
+                .unwrap_or(first)
+                .node
+                .clone();
+            let node = self.node(&next).cloned().ok_or_else(|| {
+                self.stop(&at_node(&next), ClusterError::Gone(next.clone()), unchanged)
+            })?;
+            if node.name == leader.name {
+                self.move_leadership(&leader)
+                    .map_err(|reason| self.stop(&at_node(&node.name), reason, unchanged))?;
+            }
+            self.quorum_check(Some(&node.name))
+                .map_err(|reason| self.stop(&at_node(&node.name), reason, unchanged))?;
+            self.upgrade(&node)?;
+        }
+        self.state
+            .finish_rollout(self.id, RolloutOutcome::Ok, None)?;
+        self.reporter.event(
+            "rollout",
+            Status::Ok,
+            &format!("every member runs {}", self.manifest.version),
+        );
+        Ok(())
+    }
+}
+
+/// Runs a rolling upgrade of `bundle` across the cluster; with `bundle`
+/// `None`, continues the stopped rollout instead (re-checking the bundle,
+/// the leader and quorum first).
+///
+/// # Errors
+/// [`ApplyError::Refused`] when the bundle is refused (nothing changed);
+/// [`ApplyError::ClusterCheck`] when a member is unhealthy or there is no
+/// single leader at the start (nothing changed); [`ApplyError::Protocol`]
+/// when a node runs another airlock version; [`ApplyError::RolloutStopped`]
+/// when a node failed or a check between nodes did.
+pub fn rollout(
+    site: &ClusterSite,
+    bundle: Option<&Path>,
+    reporter: &Reporter,
+    interrupt: &Interrupt,
+) -> Result<(), ApplyError> {
+    let _lock = coordinator_lock(site)?;
+    let state = State::open(&site.profile.paths.state_dir)?;
+    let latest = state.latest_rollout()?;
+    let (id, bundle) = match (bundle, latest) {
+        (None, Some(r)) if r.outcome.is_open() => {
+            reporter.event(
+                "resume",
+                Status::Start,
+                &format!("rollout #{} of {} {}", r.id, r.name, r.version),
+            );
+            (Some(r.id), PathBuf::from(r.bundle))
+        }
+        (None, _) => {
+            reporter.event("resume", Status::Ok, "no stopped rollout: nothing to do");
+            return Ok(());
+        }
+        (Some(_), Some(r)) if r.outcome.is_open() => {
+            return Err(ApplyError::ClusterCheck {
+                step: "rollout".into(),
+                cause: Box::new(ClusterError::Unfinished {
+                    id: r.id,
+                    name: r.name,
+                    version: r.version,
+                    site: site.path.display().to_string(),
+                }),
+            })
+        }
+        (Some(b), _) => (None, b.to_owned()),
+    };
+    reporter.event("verify", Status::Start, &bundle.display().to_string());
+    let manifest = verify_here(site, &bundle)?;
+    reporter.event(
+        "verify",
+        Status::Ok,
+        &format!(
+            "{} {} allows mixed versions",
+            manifest.name, manifest.version
+        ),
+    );
+    let mut rollout = Rollout {
+        site,
+        interrupt,
+        state,
+        reporter,
+        id: id.unwrap_or(0),
+        bundle: bundle.clone(),
+        manifest,
+        remote: Vec::new(),
+    };
+    let check = |step: &str| {
+        let step = step.to_owned();
+        move |cause: ClusterError| ApplyError::ClusterCheck {
+            step,
+            cause: Box::new(cause),
+        }
+    };
+    // Quorum first: refuse to start with a member down.
+    rollout
+        .quorum_check(None)
+        .map_err(check("cluster health"))?;
+    let leader = rollout.leader().map_err(check("finding the leader"))?;
+    reporter.event(
+        "cluster",
+        Status::Ok,
+        &format!("every member is healthy; {} is the leader", leader.name),
+    );
+    let names: Vec<String> = site.nodes().iter().map(|n| n.name.clone()).collect();
+    if let Some(id) = id {
+        // Checks passed: the stopped rollout runs again; nodes added to the
+        // profile since join it.
+        rollout
+            .state
+            .finish_rollout(id, RolloutOutcome::Running, None)?;
+        rollout.state.add_rollout_nodes(id, &names)?;
+    } else {
+        rollout.id = rollout.state.begin_rollout(
+            &std::path::absolute(&bundle)
+                .unwrap_or(bundle.clone())
+                .display()
+                .to_string(),
+            &rollout.manifest.name,
+            &rollout.manifest.version.to_string(),
+            &names,
+        )?;
+    }
+    let result = rollout.run();
+    let table = render_table(&rollout.state, rollout.id).unwrap_or_default();
+    crate::report::eprint_line(table.trim_end());
+    result
+}
+
+/// The rollout's nodes as a table: node, version, state, step, down time.
+///
+/// # Errors
+/// [`ApplyError::State`].
+pub fn render_table(state: &State, rollout: i64) -> Result<String, ApplyError> {
+    Ok(node_table(&state.rollout_nodes(rollout)?))
+}
+
+fn node_table(nodes: &[RolloutNode]) -> String {
+    let mut out = format!(
+        "{:<10} {:<10} {:<12} {:<28} {:>9}  {}\n",
+        "node", "version", "state", "step", "down", "error"
+    );
+    for n in nodes {
+        let down = n.stopped_ms.map_or_else(
+            || "-".into(),
+            |ms| {
+                format!(
+                    "{:.1}s",
+                    Duration::from_millis(u64::try_from(ms).unwrap_or(0)).as_secs_f64()
+                )
+            },
+        );
+        out.push_str(&format!(
+            "{:<10} {:<10} {:<12} {:<28} {:>9}  {}\n",
+            n.node,
+            n.version.as_deref().unwrap_or("?"),
+            n.state,
+            n.step,
+            down,
+            n.error.as_deref().unwrap_or("")
+        ));
+    }
+    out
+}
+
+/// The newest rollout and its nodes, for `rollout status`.
+///
+/// # Errors
+/// [`ApplyError::State`].
+pub fn status(site: &ClusterSite) -> Result<RolloutReport, ApplyError> {
+    let mut report = RolloutReport {
+        protocol: PROTOCOL,
+        rollout: None,
+        nodes: Vec::new(),
+    };
+    let Some(state) = State::open_existing(&site.profile.paths.state_dir)? else {
+        return Ok(report);
+    };
+    if let Some(r) = state.latest_rollout()? {
+        report.nodes = state.rollout_nodes(r.id)?;
+        report.rollout = Some(r);
+    }
+    Ok(report)
+}
+
+impl RolloutReport {
+    /// The report as text for a person.
+    pub fn render(&self, state_dir: &Path) -> String {
+        let Some(r) = &self.rollout else {
+            return format!("no rolling upgrade recorded in `{}`\n", state_dir.display());
+        };
+        let mut out = format!(
+            "rollout #{} of {} {}: {}{}\n",
+            r.id,
+            r.name,
+            r.version,
+            r.outcome,
+            r.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+        out.push_str(&node_table(&self.nodes));
+        out
+    }
+}
+
+/// Gives up the stopped rollout: its record is closed as `abandoned` and the
+/// nodes stay as they are (each on one version or the other). Returns the
+/// rollout's id, or `None` when there was none to give up.
+///
+/// # Errors
+/// [`ApplyError::Busy`] while a rollout runs; [`ApplyError::State`].
+pub fn abandon(site: &ClusterSite, reporter: &Reporter) -> Result<Option<i64>, ApplyError> {
+    let _lock = coordinator_lock(site)?;
+    let state = State::open(&site.profile.paths.state_dir)?;
+    match state.latest_rollout()? {
+        Some(r) if r.outcome.is_open() => {
+            state.finish_rollout(r.id, RolloutOutcome::Abandoned, r.error.as_deref())?;
+            reporter.event(
+                "rollout",
+                Status::Ok,
+                &format!(
+                    "rollout #{} of {} {} abandoned; the nodes stay as they are",
+                    r.id, r.name, r.version
+                ),
+            );
+            Ok(Some(r.id))
+        }
+        _ => {
+            reporter.event("rollout", Status::Info, "no stopped rollout to abandon");
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! How the coordinator reaches a node (docs/SITE.md, "Transports"): `local`
+//! runs `airlock-apply` here, `ssh` runs it through the operator's own
+//! OpenSSH client (`ssh`, `scp` with `BatchMode=yes`), so their ssh config,
+//! keys and jump hosts work. A node's output is read only as typed
+//! [`crate::protocol`] messages; a node speaking another protocol version is
+//! refused before it is asked to change anything.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::protocol::{
+    parse_line, ErrorReport, Event, Message, ProtocolError, StatusReport, PROTOCOL,
+};
+
+use super::profile::{NodeProfile, TransportKind};
+
+/// Why a command could not be run on a node, or its output not read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// `ssh`, `scp` or `airlock-apply` could not be started here.
+    #[error("node {node}: cannot run {program}: {source}")]
+    Spawn {
+        /// The node.
+        node: String,
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `scp` failed.
+    #[error("node {node}: copying the bundle with scp failed: {stderr}")]
+    Copy {
+        /// The node.
+        node: String,
+        /// What scp said.
+        stderr: String,
+    },
+    /// Waiting for the command failed.
+    #[error("node {node}: {source}")]
+    Wait {
+        /// The node.
+        node: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node's airlock-apply speaks another protocol version.
+    #[error("node {node} runs an airlock-apply that speaks protocol {}, this airlock-apply speaks {PROTOCOL}", .found.map_or_else(|| "without a version (an older airlock)".to_string(), |v| v.to_string()))]
+    Protocol {
+        /// The node.
+        node: String,
+        /// Its version, if it sent one.
+        found: Option<u32>,
+    },
+    /// The node printed something that is not a message.
+    #[error("node {node}: {source}")]
+    Invalid {
+        /// The node.
+        node: String,
+        /// What was wrong.
+        #[source]
+        source: ProtocolError,
+    },
+}
+
+/// The outcome of `airlock-apply` run on a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeRun {
+    /// Exit code; -1 when killed or unknown.
+    pub code: i32,
+    /// The events it printed.
+    pub events: Vec<Event>,
+    /// Its status report (`status`).
+    pub status: Option<StatusReport>,
+    /// Its error report, when it failed.
+    pub error: Option<ErrorReport>,
+    /// Its standard error (people's text, and ssh's own errors).
+    pub stderr: String,
+}
+
+impl NodeRun {
+    /// Why it failed: the node's error report, else (ssh could not reach
+    /// it, it was killed) the last line of its stderr, else its exit code.
+    pub fn failure(&self) -> String {
+        match &self.error {
+            Some(report) => report.error.clone(),
+            None => self
+                .stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map_or_else(|| format!("exit {}", self.code), |l| l.trim().to_owned()),
+        }
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+impl NodeProfile {
+    fn ssh_base(&self, program: &str, options: &[String]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.arg("-o").arg("BatchMode=yes");
+        if let Some(port) = self.port {
+            cmd.arg(if program == "scp" { "-P" } else { "-p" })
+                .arg(port.to_string());
+        }
+        if let Some(id) = &self.identity_file {
+            cmd.arg("-i").arg(id);
+        }
+        cmd.args(options);
+        cmd
+    }
+
+    fn destination(&self) -> String {
+        let host = self.host.clone().unwrap_or_default();
+        match &self.user {
+            Some(user) => format!("{user}@{host}"),
+            None => host,
+        }
+    }
+
+    fn spawn_error(&self, program: &str) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+        let program = program.to_owned();
+        move |source| NodeError::Spawn {
+            node: self.name.clone(),
+            program,
+            source,
+        }
+    }
+
+    /// Makes the bundle available on the node; returns its path there.
+    ///
+    /// # Errors
+    /// [`NodeError`] naming the node when the copy fails.
+    pub fn copy_bundle(&self, bundle: &Path, ssh_options: &[String]) -> Result<String, NodeError> {
+        let absolute = std::path::absolute(bundle).map_err(self.spawn_error("scp"))?;
+        if self.transport == TransportKind::Local {
+            return Ok(absolute.display().to_string());
+        }
+        let name = bundle
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let remote = format!(
+            "{}/{name}",
+            self.bundle_dir
+                .as_deref()
+                .unwrap_or("/tmp")
+                .trim_end_matches('/')
+        );
+        let out = self
+            .ssh_base("scp", ssh_options)
+            .arg("-q")
+            .arg(&absolute)
+            .arg(format!("{}:{}", self.destination(), remote))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(self.spawn_error("scp"))?;
+        if !out.status.success() {
+            return Err(NodeError::Copy {
+                node: self.name.clone(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(remote)
+    }
+
+    /// Runs `airlock-apply --json ARGS` on the node, passing each event to
+    /// `on_event` as it arrives.
+    ///
+    /// # Errors
+    /// [`NodeError`] naming the node when the command cannot be started, or
+    /// when it prints something other than this protocol's messages (another
+    /// airlock version): then no event of it was passed on.
+    pub fn airlock_apply(
+        &self,
+        args: &[&str],
+        ssh_options: &[String],
+        mut on_event: impl FnMut(&Event),
+    ) -> Result<NodeRun, NodeError> {
+        let mut cmd = match self.transport {
+            TransportKind::Local => {
+                let program = match &self.airlock_apply {
+                    Some(p) => PathBuf::from(p),
+                    None => std::env::current_exe().map_err(self.spawn_error("airlock-apply"))?,
+                };
+                let mut cmd = Command::new(program);
+                cmd.arg("--json").args(args);
+                cmd
+            }
+            TransportKind::Ssh => {
+                let program = self.airlock_apply.as_deref().unwrap_or("airlock-apply");
+                let mut line = vec![shell_quote(program), "--json".into()];
+                line.extend(args.iter().map(|a| shell_quote(a)));
+                let mut cmd = self.ssh_base("ssh", ssh_options);
+                cmd.arg(self.destination()).arg("--").arg(line.join(" "));
+                cmd
+            }
+        };
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(self.spawn_error("airlock-apply"))?;
+        let mut stderr_pipe = child.stderr.take();
+        let stderr_thread = std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(p) = stderr_pipe.as_mut() {
+                let _ = p.read_to_string(&mut s);
+            }
+            s
+        });
+        let mut run = NodeRun::default();
+        let mut unreadable = None;
+        if let Some(stdout) = child.stdout.take() {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.trim().is_empty() || unreadable.is_some() {
+                    // After the first unreadable line, only drain the pipe.
+                    continue;
+                }
+                match parse_line(&line) {
+                    Ok(Message::Event(event)) => {
+                        on_event(&event);
+                        run.events.push(event);
+                    }
+                    Ok(Message::Status(status)) => run.status = Some(status),
+                    Ok(Message::Error(report)) => run.error = Some(report),
+                    Ok(Message::Plan(_) | Message::Rollout(_)) => {}
+                    Err(ProtocolError::Version { found }) => {
+                        unreadable = Some(NodeError::Protocol {
+                            node: self.name.clone(),
+                            found,
+                        });
+                    }
+                    Err(source) => {
+                        unreadable = Some(NodeError::Invalid {
+                            node: self.name.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        let status = child.wait().map_err(|source| NodeError::Wait {
+            node: self.name.clone(),
+            source,
+        })?;
+        run.stderr = stderr_thread.join().unwrap_or_default();
+        run.code = status.code().unwrap_or(-1);
+        match unreadable {
+            Some(e) => Err(e),
+            None => Ok(run),
+        }
+    }
+}
+
+/// Polls `check` every 500 ms until it returns true or `wait` passes.
+pub fn wait_until(wait: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_quoted_for_the_remote_shell() {
+        assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
+        assert_eq!(shell_quote("--site"), "--site");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn a_node_of_another_protocol_is_refused_before_any_event_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("airlock-apply");
+        fs_err::write(
+            &fake,
+            "#!/bin/sh\necho '{\"step\":\"stop\",\"status\":\"start\",\"detail\":\"\",\"elapsed_ms\":1}'\n",
+        )
+        .unwrap();
+        fs_err::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let node = NodeProfile {
+            name: "n2".into(),
+            transport: TransportKind::Local,
+            host: None,
+            port: None,
+            user: None,
+            identity_file: None,
+            site: "site.toml".into(),
+            airlock_apply: Some(fake.display().to_string()),
+            bundle_dir: None,
+            vars: Default::default(),
+        };
+        let mut seen = 0;
+        let err = node
+            .airlock_apply(&["status"], &[], |_| seen += 1)
+            .unwrap_err();
+        assert_eq!(seen, 0);
+        assert!(
+            matches!(err, NodeError::Protocol { found: None, .. }),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(message.contains("node n2"), "{message}");
+        assert!(message.contains("protocol"), "{message}");
+    }
+}

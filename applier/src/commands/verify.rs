@@ -1,0 +1,64 @@
+//! `airlock-apply verify` (docs/OPERATIONS.md, "Verify the bundle"): the
+//! whole bundle checked against this site, every payload byte read,
+//! nothing changed on the node; the check is recorded in the audit log when
+//! a state database exists.
+
+use std::path::Path;
+
+use airlock_formats::DiscardSink;
+
+use crate::error::{ApplyError, VerifyError};
+use crate::site::Site;
+use crate::state::{ApplyOutcome, AuditAction, AuditEntry, State};
+use crate::verify::{read_and_verify, Verified, VerifyOptions};
+
+/// Verifies `bundle` for `site` and audits the result.
+///
+/// # Errors
+/// [`ApplyError::Refused`] when the bundle is refused; other variants when
+/// it or the site cannot be read.
+pub fn verify(site: &Site, bundle: &Path, opts: VerifyOptions) -> Result<Verified, ApplyError> {
+    let state = State::open_existing(&site.profile.paths.state_dir)?;
+    let result = read_and_verify(site, state.as_ref(), bundle, opts, Some(&mut DiscardSink));
+    if let Some(state) = &state {
+        let mut entry = AuditEntry {
+            action: AuditAction::Verify,
+            bundle: Some(bundle.display().to_string()),
+            ..AuditEntry::default()
+        };
+        match &result {
+            Ok(v) => {
+                entry.version = Some(v.header.manifest.version.to_string());
+                entry.bundle_sha256 = Some(v.bundle_sha256.to_hex());
+                entry.signers = Some(v.signers_text());
+            }
+            Err(e) => {
+                entry.outcome = if matches!(e, VerifyError::Refused { .. }) {
+                    ApplyOutcome::Refused
+                } else {
+                    ApplyOutcome::Failed
+                };
+                entry.error = Some(e.to_string());
+            }
+        }
+        // The check itself succeeded or failed; a failed audit write does not change that.
+        let _ = state.audit(&entry);
+    }
+    Ok(result?)
+}
+
+/// The line `verify` reports on success.
+pub fn summary(site: &Site, v: &Verified) -> String {
+    let m = &v.header.manifest;
+    format!(
+        "{} {} may be applied here: installed {} ({}), signed by {} (threshold {}), {} files, sha256 {}",
+        m.name,
+        m.version,
+        v.installed.version,
+        v.installed.source,
+        v.signers_text(),
+        site.trust.threshold(),
+        m.files.len(),
+        v.bundle_sha256
+    )
+}

@@ -1,0 +1,782 @@
+//! An apply as one transaction (docs/ARCHITECTURE.md, "The transaction").
+//!
+//! [`step::planned_steps`] lists the steps; [`Transaction::run`] executes
+//! them in order. Each step is written to the journal (synced) with its
+//! [`undo::Undo`] record before it acts, then marked done or failed. When a
+//! step fails after the node changed, the undo records of every step that
+//! began are replayed newest first; `resume` rebuilds the same list from the
+//! journal with [`journal::fold`], and `rollback` replays a completed
+//! apply's list. [`outcome`] is the one place that records how it ended.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use airlock_formats::durable::create_private_dir;
+use airlock_formats::{FileEntry, Manifest};
+use semver::Version;
+
+use crate::error::{ApplyError, StepError};
+use crate::interrupt::Interrupt;
+use crate::protocol::Status;
+use crate::report::Reporter;
+use crate::site::Site;
+use crate::state::{ApplyRecord, AuditAction, RowState, State};
+use crate::steps::backup::{self, BackupManifest};
+use crate::steps::install::install;
+use crate::steps::migrate;
+use crate::steps::service::ServiceControl;
+use crate::steps::stage::StageSink;
+use crate::verify::{read_and_verify, VerifyOptions};
+
+pub mod journal;
+pub mod outcome;
+pub mod step;
+pub mod undo;
+
+use journal::Entry;
+use outcome::Failure;
+use step::Step;
+use undo::Undo;
+
+/// A fail point right after a journal row, before its action
+/// (docs/ARCHITECTURE.md, "Fail points"). Compiled in only with the
+/// `failpoints` feature; `FAILPOINTS=NAME=pause` makes the process wait there.
+macro_rules! failpoint {
+    ($name:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!(&$name);
+    };
+}
+
+/// What a successful apply did.
+#[derive(Debug, Clone)]
+pub struct ApplyReport {
+    /// Version before.
+    pub from: Version,
+    /// Version now.
+    pub to: Version,
+    /// The backup folder.
+    pub backup_dir: PathBuf,
+    /// Migrations applied, as `database:version`.
+    pub migrations: Vec<String>,
+    /// Time from the stop to the new version healthy with its hook done.
+    pub downtime: Duration,
+}
+
+/// The bundle a transaction stages from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    /// How it was verified.
+    pub opts: VerifyOptions,
+}
+
+/// One apply, resume or rollback in progress on this node.
+pub struct Transaction<'a> {
+    site: &'a Site,
+    state: State,
+    reporter: &'a Reporter,
+    interrupt: &'a Interrupt,
+    action: AuditAction,
+    record: ApplyRecord,
+    manifest: Manifest,
+    old: Version,
+    new: Version,
+    env: Vec<(&'static str, String)>,
+    stage_dir: PathBuf,
+    backup_dir: PathBuf,
+    source: Option<Source>,
+    /// What the backup steps copied so far (written as `backup.json`).
+    backup: BackupManifest,
+    /// Undo records of the steps that began, oldest first.
+    undo: Vec<Undo>,
+    node_changed: bool,
+    migrations: Vec<String>,
+    stopped_at: Option<Instant>,
+    healthy_at: Option<Instant>,
+}
+
+/// Why an apply record cannot be picked up: its stored manifest or versions
+/// do not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("apply #{id}: {what}")]
+pub struct Unreadable {
+    /// The apply.
+    pub id: i64,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl<'a> Transaction<'a> {
+    /// A transaction over the apply `record` (just begun, interrupted, or a
+    /// `rollback` command's), with the manifest it stored; `action` is the
+    /// command, for the audit log.
+    ///
+    /// # Errors
+    /// [`Unreadable`] (with the state back) when the stored manifest or a
+    /// version does not parse.
+    pub fn new(
+        site: &'a Site,
+        state: State,
+        reporter: &'a Reporter,
+        interrupt: &'a Interrupt,
+        action: AuditAction,
+        record: ApplyRecord,
+    ) -> Result<Self, Box<(State, Unreadable)>> {
+        let parsed = (|| {
+            let manifest = Manifest::from_json(record.manifest_json.as_bytes())
+                .map_err(|e| format!("stored manifest: {e}"))?;
+            let old = Version::parse(&record.from_version)
+                .map_err(|e| format!("from version `{}`: {e}", record.from_version))?;
+            let new = Version::parse(&record.to_version)
+                .map_err(|e| format!("to version `{}`: {e}", record.to_version))?;
+            Ok::<_, String>((manifest, old, new))
+        })();
+        let (manifest, old, new) = match parsed {
+            Ok(p) => p,
+            Err(what) => {
+                let id = record.id;
+                return Err(Box::new((state, Unreadable { id, what })));
+            }
+        };
+        let stage_dir = site.staging_dir().join(format!("apply-{}", record.id));
+        let env = vec![
+            ("AIRLOCK_FROM_VERSION", old.to_string()),
+            ("AIRLOCK_TO_VERSION", new.to_string()),
+            ("AIRLOCK_BUNDLE", record.bundle.clone()),
+            ("AIRLOCK_STAGE_DIR", stage_dir.display().to_string()),
+        ];
+        let backup = BackupManifest {
+            format: "airlock-backup/1".into(),
+            from_version: old.to_string(),
+            to_version: new.to_string(),
+            bundle: Path::new(&record.bundle)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            ..BackupManifest::default()
+        };
+        Ok(Self {
+            site,
+            state,
+            reporter,
+            interrupt,
+            action,
+            backup_dir: record
+                .backup_dir
+                .clone()
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+            record,
+            manifest,
+            old,
+            new,
+            env,
+            stage_dir,
+            source: None,
+            backup,
+            undo: Vec::new(),
+            node_changed: false,
+            migrations: Vec::new(),
+            stopped_at: None,
+            healthy_at: None,
+        })
+    }
+
+    /// Stages from `source` (the apply command's bundle).
+    pub fn with_source(mut self, source: Source) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The apply record.
+    pub fn record(&self) -> &ApplyRecord {
+        &self.record
+    }
+
+    /// The version this transaction installs.
+    pub fn new_version(&self) -> &Version {
+        &self.new
+    }
+
+    /// Writes a journal row that needs no undo (`resume`, `rollback of`).
+    ///
+    /// # Errors
+    /// [`crate::state::StateError`].
+    pub(crate) fn journal(&mut self, entry: &Entry) -> Result<(), crate::state::StateError> {
+        self.state
+            .journal_begin(self.record.id, entry, None)
+            .map(|_| ())
+    }
+
+    /// The journal of apply `apply_id` (for a `rollback`: the apply it undoes).
+    ///
+    /// # Errors
+    /// [`crate::state::StateError`].
+    pub(crate) fn journal_rows(
+        &self,
+        apply_id: i64,
+    ) -> Result<Vec<crate::state::JournalRow>, crate::state::StateError> {
+        self.state.journal(apply_id)
+    }
+
+    /// Makes sure the new version runs, healthy and reporting its version:
+    /// starts it if it does not (after an interruption past the point of no
+    /// return).
+    ///
+    /// # Errors
+    /// Why it could not be started.
+    pub(crate) fn ensure_new_running(&self) -> Result<(), StepError> {
+        let control = self.control();
+        control
+            .wait_ready(&self.new)
+            .or_else(|_| control.start_and_wait(&self.new))
+    }
+
+    fn control(&self) -> ServiceControl<'_> {
+        ServiceControl::new(self.site, &self.env)
+    }
+
+    fn push_undo(&mut self, undo: Undo) {
+        if !self.undo.contains(&undo) {
+            self.undo.push(undo);
+        }
+    }
+
+    /// Executes `steps` in order. When one fails, undoes what began and
+    /// records the outcome; when all succeed, the last (the commit) recorded it.
+    ///
+    /// # Errors
+    /// [`ApplyError::Refused`] or [`ApplyError::Preflight`] when it failed
+    /// before the node changed; [`ApplyError::RolledBack`] when it was undone;
+    /// [`ApplyError::NeedsOperator`] when the undo did not complete, or the
+    /// commit could not be recorded.
+    pub fn run(mut self, steps: &[Step]) -> Result<ApplyReport, ApplyError> {
+        for step in steps {
+            if let Err(cause) = self.execute(step) {
+                return Err(self.fail(step, cause));
+            }
+        }
+        let downtime = match (self.stopped_at, self.healthy_at) {
+            (Some(a), Some(b)) => b.duration_since(a),
+            _ => Duration::ZERO,
+        };
+        Ok(ApplyReport {
+            from: self.old.clone(),
+            to: self.new.clone(),
+            backup_dir: self.backup_dir.clone(),
+            migrations: self.migrations.clone(),
+            downtime,
+        })
+    }
+
+    /// Journals `step` with the undo it needs once begun, reports it, acts,
+    /// and marks it done or failed.
+    fn execute(&mut self, step: &Step) -> Result<(), StepError> {
+        if step.stops_on_signal() && self.interrupt.requested() {
+            return Err(StepError::Interrupted);
+        }
+        let undo = self.undo_before(step)?;
+        let entry = Entry::Step { step: step.clone() };
+        let seq = self
+            .state
+            .journal_begin(self.record.id, &entry, undo.as_ref())?;
+        if let Some(undo) = undo {
+            self.push_undo(undo);
+        }
+        self.node_changed |= step.changes_node();
+        match step {
+            Step::Stop { .. } => self.stopped_at = Some(Instant::now()),
+            Step::Healthy { .. } => self.healthy_at = Some(Instant::now()),
+            _ => {}
+        }
+        self.reporter.step(step, Status::Start, &step.describe());
+        failpoint!(step.failpoint());
+        match self.act(step) {
+            Ok((detail, undo)) => {
+                if let Some(undo) = &undo {
+                    self.push_undo(undo.clone());
+                }
+                let ended = self.state.journal_end(
+                    self.record.id,
+                    seq,
+                    RowState::Done,
+                    undo.as_ref(),
+                    None,
+                );
+                self.reporter.step(step, Status::Ok, &detail);
+                ended.map_err(StepError::from)
+            }
+            Err(e) => {
+                let _ = self.state.journal_end(
+                    self.record.id,
+                    seq,
+                    RowState::Failed,
+                    None,
+                    Some(&e.to_string()),
+                );
+                self.reporter.step(step, Status::Failed, &e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The undo record a step needs as soon as it begins: it is journaled
+    /// with the announcement, so a step cut off halfway is undone too.
+    fn undo_before(&self, step: &Step) -> Result<Option<Undo>, StepError> {
+        Ok(match step {
+            Step::Stage { .. } => Some(Undo::RemoveStaging {
+                dir: self.stage_dir.clone(),
+            }),
+            Step::Stop { .. } => Some(Undo::StartOld {
+                version: self.old.clone(),
+            }),
+            Step::Install { target, .. } => {
+                let record = self
+                    .backup
+                    .installed
+                    .iter()
+                    .find(|r| &r.source == target)
+                    .ok_or_else(|| StepError::NotBackedUp {
+                        path: target.clone(),
+                    })?;
+                Some(Undo::of_install(self.backup_dir.clone(), record.clone()))
+            }
+            Step::Migrate { database, .. } => {
+                let record = self
+                    .backup
+                    .databases
+                    .iter()
+                    .find(|r| &r.name == database)
+                    .ok_or_else(|| StepError::NotBackedUp {
+                        path: self
+                            .site
+                            .profile
+                            .data
+                            .databases
+                            .get(database)
+                            .cloned()
+                            .unwrap_or_else(|| PathBuf::from(database)),
+                    })?;
+                Some(Undo::of_migration(self.backup_dir.clone(), record.clone()))
+            }
+            Step::Start { .. } => Some(Undo::StopNew),
+            _ => None,
+        })
+    }
+
+    fn ensure_backup_dir(&self) -> Result<(), StepError> {
+        Ok(create_private_dir(&self.backup_dir)?)
+    }
+
+    fn entry(&self, file: &str) -> Result<&FileEntry, StepError> {
+        self.manifest
+            .files
+            .iter()
+            .find(|e| e.path.as_str() == file)
+            .ok_or_else(|| StepError::Inconsistent {
+                what: format!("`{file}` is not in the signed manifest"),
+            })
+    }
+
+    /// Does what `step` says. Returns the detail to report and, for a backup,
+    /// the undo record it leaves on completing.
+    fn act(&mut self, step: &Step) -> Result<(String, Option<Undo>), StepError> {
+        let none = |detail: String| Ok((detail, None));
+        match step {
+            Step::Stage { files, bytes } => self.stage(*files, *bytes).map(|d| (d, None)),
+            Step::PreStopHook { .. } | Step::PostStartHook { .. } => {
+                let (what, hook) = match step {
+                    Step::PreStopHook { .. } => ("pre_stop hook", &self.manifest.hooks.pre_stop),
+                    _ => ("post_start hook", &self.manifest.hooks.post_start),
+                };
+                if let Some(script) = hook {
+                    self.control()
+                        .hook(what, &script.join_to(&self.stage_dir))?;
+                }
+                none(String::new())
+            }
+            Step::Stop { .. } => {
+                self.control().stop()?;
+                none("service is down".into())
+            }
+            Step::BackupDatabase { name, path } => {
+                self.ensure_backup_dir()?;
+                let rec = backup::backup_database(&self.backup_dir, name, path)?;
+                let detail = format!(
+                    "{name} ({}): {} bytes, integrity_check ok",
+                    path.display(),
+                    rec.size
+                );
+                self.backup.databases.push(rec);
+                none(detail)
+            }
+            Step::BackupRaft { dir } => {
+                self.ensure_backup_dir()?;
+                let rec = backup::backup_tree(&self.backup_dir, "raft", dir)?;
+                let detail = format!(
+                    "{} files, {} bytes",
+                    rec.files.len(),
+                    rec.files.iter().map(|f| f.size).sum::<u64>()
+                );
+                self.backup.raft = Some(rec.clone());
+                Ok((
+                    detail,
+                    Some(Undo::SettleRaft {
+                        backup: self.backup_dir.clone(),
+                        record: rec,
+                    }),
+                ))
+            }
+            Step::BackupConfig { path } => {
+                self.ensure_backup_dir()?;
+                let rel = format!(
+                    "config/{}-{}",
+                    self.backup.config_files.len(),
+                    file_name(path)
+                );
+                let rec = backup::backup_file(&self.backup_dir, &rel, path)?;
+                self.backup.config_files.push(rec);
+                none(path.display().to_string())
+            }
+            Step::BackupInstalled { target } => {
+                self.ensure_backup_dir()?;
+                let rel = format!(
+                    "installed/{}-{}",
+                    self.backup.installed.len(),
+                    file_name(target)
+                );
+                let rec = backup::backup_file(&self.backup_dir, &rel, target)?;
+                self.backup.installed.push(rec);
+                none(target.display().to_string())
+            }
+            Step::BackupComplete => {
+                self.ensure_backup_dir()?;
+                self.backup.created_at = crate::state::now();
+                backup::complete(&self.backup_dir, &self.backup)?;
+                none(self.backup_dir.display().to_string())
+            }
+            Step::Install { file, target, mode } => {
+                let entry = self.entry(file)?.clone();
+                install(&self.stage_dir, &entry, target, *mode)?;
+                none(format!("{file} -> {}", target.display()))
+            }
+            Step::Migrate {
+                database,
+                version,
+                description,
+                file,
+            } => {
+                let entry = self.entry(file)?.clone();
+                let info = entry
+                    .migration
+                    .clone()
+                    .ok_or_else(|| StepError::Inconsistent {
+                        what: format!("`{file}` is not a migration in the signed manifest"),
+                    })?;
+                let path = self
+                    .site
+                    .profile
+                    .data
+                    .databases
+                    .get(database)
+                    .cloned()
+                    .ok_or_else(|| StepError::UnknownDatabase {
+                        database: database.clone(),
+                    })?;
+                let sql = fs_err::read_to_string(entry.path.join_to(&self.stage_dir))?;
+                migrate::apply_one(
+                    &path,
+                    database,
+                    &entry,
+                    &info,
+                    &sql,
+                    &self.manifest.version.to_string(),
+                )?;
+                self.migrations.push(format!("{database}:{version}"));
+                none(format!("{database} {version} {description}"))
+            }
+            Step::Start { .. } => {
+                self.control().start()?;
+                none("start command returned".into())
+            }
+            Step::Health { version, .. } => {
+                self.control().wait_ready(version)?;
+                none(format!(
+                    "{} is healthy and reports {version}",
+                    self.site.profile.service.name
+                ))
+            }
+            Step::Healthy { version } => none(version.to_string()),
+            Step::Commit { .. } => self.commit().map(|d| (d, None)),
+        }
+    }
+
+    /// The stage step: the whole bundle read again, every chunk and file
+    /// checked against the signed manifest, into the staging folder.
+    fn stage(&mut self, files: usize, bytes: u64) -> Result<String, StepError> {
+        let Some(source) = self.source.clone() else {
+            return Err(StepError::Inconsistent {
+                what: "the stage step needs the bundle file".into(),
+            });
+        };
+        let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            indicatif::ProgressBar::new(bytes)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let bar_handle = bar.clone();
+        let staged = StageSink::create(&self.stage_dir, Box::new(move |n| bar_handle.inc(n)))
+            .and_then(|mut sink| {
+                read_and_verify(
+                    self.site,
+                    Some(&self.state),
+                    &source.bundle,
+                    source.opts,
+                    Some(&mut sink),
+                )
+                .map_err(StepError::from)
+            });
+        bar.finish_and_clear();
+        let verified = staged?;
+        self.record.bundle_sha256 = verified.bundle_sha256.to_hex();
+        self.state
+            .set_bundle_sha256(self.record.id, &self.record.bundle_sha256)?;
+        Ok(format!(
+            "{files} files, {bytes} bytes, every SHA-256 matched"
+        ))
+    }
+
+    /// After `step` failed with `cause`: undoes what began, records the
+    /// outcome and returns the error to report.
+    fn fail(&mut self, step: &Step, cause: StepError) -> ApplyError {
+        if let Step::Commit { version } = step {
+            // The new version runs and is healthy; only recording it failed.
+            // Rolling a healthy node back for that would cost more than it saves.
+            return ApplyError::NeedsOperator {
+                version: version.to_string(),
+                step: step.label().into(),
+                reason: cause.to_string(),
+                rollback: format!(
+                    "not attempted: {version} runs and is healthy, but the state database still names {}; repair the state database before the next apply",
+                    self.old
+                ),
+            };
+        }
+        let undo = self.undo.clone();
+        let step = step.label().to_owned();
+        if !self.node_changed {
+            self.replay(&undo, None);
+            return self.fail_with(Failure::Unchanged { step, cause });
+        }
+        let problems = self.replay(&undo, Some(format!("{step} failed: {cause}")));
+        let failure = if problems.is_empty() {
+            Failure::RolledBack { step, cause }
+        } else {
+            Failure::NeedsOperator {
+                step,
+                reason: cause.to_string(),
+                rollback: problems.join("; "),
+            }
+        };
+        self.fail_with(failure)
+    }
+
+    /// Replays `undo` newest first, each action journaled before it acts.
+    /// With `reason` (the node changed) the rollback is announced and summed
+    /// up. Returns what could not be undone.
+    pub(crate) fn replay(&mut self, undo: &[Undo], reason: Option<String>) -> Vec<String> {
+        let started = undo
+            .iter()
+            .find_map(|u| match u {
+                Undo::StartOld { version } => Some(version.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| self.old.clone());
+        if let Some(reason) = &reason {
+            let _ = self.state.journal_begin(
+                self.record.id,
+                &Entry::Rollback {
+                    reason: reason.clone(),
+                },
+                None,
+            );
+            self.reporter
+                .event("rollback", Status::Start, &format!("back to {started}"));
+        }
+        let new_ran = undo.contains(&Undo::StopNew);
+        let mut problems: Vec<String> = Vec::new();
+        let mut service_down = false;
+        let mut abandoned = false;
+        for u in undo.iter().rev() {
+            let skip = match u {
+                Undo::RemoveStaging { .. } => false,
+                Undo::StartOld { .. } => abandoned || !problems.is_empty(),
+                _ => abandoned,
+            };
+            if skip {
+                continue;
+            }
+            match self.undo_one(u, new_ran, service_down) {
+                Ok(()) => service_down |= matches!(u, Undo::StopNew),
+                Err(e) => match u {
+                    Undo::StopNew => {
+                        // Restoring files and databases under a running
+                        // service could corrupt them: leave it all to the operator.
+                        problems.push(StepError::NotStopped(Box::new(e)).to_string());
+                        abandoned = true;
+                    }
+                    Undo::StartOld { version } => {
+                        problems.push(format!("starting {version} again: {e}"));
+                    }
+                    _ => problems.push(e.to_string()),
+                },
+            }
+        }
+        if reason.is_some() {
+            if problems.is_empty() {
+                self.reporter.event(
+                    "rollback",
+                    Status::Ok,
+                    &format!("the node runs {started} again, healthy"),
+                );
+            } else {
+                self.reporter.event(
+                    "rollback",
+                    Status::Failed,
+                    &format!("incomplete: {}", problems.join("; ")),
+                );
+            }
+        }
+        problems
+    }
+
+    /// One undo action, journaled before it acts.
+    fn undo_one(
+        &mut self,
+        undo: &Undo,
+        new_ran: bool,
+        service_down: bool,
+    ) -> Result<(), StepError> {
+        let entry = Entry::Undo { undo: undo.clone() };
+        let seq = self.state.journal_begin(self.record.id, &entry, None)?;
+        self.reporter.undo(undo, Status::Start, &undo.describe());
+        failpoint!(undo.failpoint());
+        let result = self.undo_act(undo, new_ran, service_down);
+        let (state, error) = match &result {
+            Ok(_) => (RowState::Done, None),
+            Err(e) => (RowState::Failed, Some(e.to_string())),
+        };
+        let _ = self
+            .state
+            .journal_end(self.record.id, seq, state, None, error.as_deref());
+        match result {
+            Ok((status, detail)) => {
+                self.reporter.undo(undo, status, &detail);
+                Ok(())
+            }
+            Err(e) => {
+                self.reporter.undo(undo, Status::Failed, &e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn undo_act(
+        &mut self,
+        undo: &Undo,
+        new_ran: bool,
+        service_down: bool,
+    ) -> Result<(Status, String), StepError> {
+        let done = |detail: String| Ok((Status::Ok, detail));
+        match undo {
+            Undo::RemoveStaging { dir } => {
+                if dir.exists() {
+                    fs_err::remove_dir_all(dir)?;
+                }
+                done("removed".into())
+            }
+            Undo::StopNew => {
+                self.control().stop()?;
+                done("service is down".into())
+            }
+            Undo::RestoreDatabase { backup, record } => {
+                backup::restore_database(backup, record)?;
+                done("restored from its backup copy".into())
+            }
+            Undo::RemoveNewDatabase { path, .. } => {
+                backup::remove_database(path)?;
+                done("removed (it did not exist before)".into())
+            }
+            Undo::RestoreFile { backup, record } => {
+                backup::restore_file(backup, record)?;
+                done("restored from its backup copy".into())
+            }
+            Undo::RemoveNewFile { target } => {
+                backup::remove_new_file(target)?;
+                done("removed (it did not exist before)".into())
+            }
+            Undo::SettleRaft { backup, record } => self.settle_raft(backup, record, new_ran),
+            Undo::StartOld { version } => {
+                if !service_down {
+                    // It may be half up: stop it first (it may be down already).
+                    let _ = self.control().stop();
+                }
+                self.control().start_and_wait(version)?;
+                done(format!("{version} is healthy"))
+            }
+        }
+    }
+
+    /// Decides what happens to the Raft data on rollback (docs/OPERATIONS.md,
+    /// "The Raft safety rule"): unchanged since the backup, nothing to do;
+    /// changed while the new version never ran, restored; changed because
+    /// the member ran the new version, never restored (it may hold
+    /// acknowledged entries its cluster relies on), and the old version
+    /// starts on it only when the bundle declares that both versions run side
+    /// by side.
+    fn settle_raft(
+        &self,
+        backup: &Path,
+        record: &backup::TreeRecord,
+        new_ran: bool,
+    ) -> Result<(Status, String), StepError> {
+        let diff = backup::diff_tree(record)?;
+        let folder = record.source.display();
+        if diff.is_empty() {
+            return Ok((
+                Status::Ok,
+                format!("`{folder}` is unchanged since the backup"),
+            ));
+        }
+        if !new_ran {
+            let n = backup::restore_tree(backup, record)?;
+            return Ok((
+                Status::Ok,
+                format!("`{folder}` changed; {n} file(s) restored from the backup"),
+            ));
+        }
+        let version = &self.manifest.version;
+        if self.manifest.rolling_allowed {
+            return Ok((
+                Status::Info,
+                format!(
+                    "`{folder}` changed while {version} ran ({n} file(s)); kept as it is: restoring it could make the member forget acknowledged writes, and the bundle says {version} and the old version run side by side",
+                    n = diff.len(),
+                ),
+            ));
+        }
+        Err(StepError::RaftChanged {
+            folder: record.source.clone(),
+            version: version.clone(),
+            changed: diff.len(),
+        })
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

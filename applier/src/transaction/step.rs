@@ -1,0 +1,328 @@
+//! The steps of an apply as values (docs/ARCHITECTURE.md, "Steps and their
+//! undo"). [`planned_steps`] makes the list once, from the verified manifest
+//! and the site; `plan` prints that list and `apply` executes it, so the two
+//! cannot drift apart. Each step is journaled before it acts.
+
+use std::path::PathBuf;
+
+use airlock_formats::Manifest;
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StepError;
+use crate::site::Site;
+use crate::steps::install::install_target;
+use crate::steps::migrate;
+
+/// One step of an apply, in the order [`planned_steps`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Step {
+    /// Read the whole bundle again into the staging folder, checking every
+    /// chunk and file against the signed manifest.
+    Stage {
+        /// Payload files.
+        files: usize,
+        /// Their total size, in bytes.
+        bytes: u64,
+    },
+    /// Run the bundle's `pre_stop` hook (drain). A failure changes nothing.
+    PreStopHook {
+        /// The script's payload path.
+        script: String,
+    },
+    /// Run the site's stop command and wait until the health check fails.
+    Stop {
+        /// The stop command.
+        command: String,
+        /// `stop_wait_secs`.
+        wait_secs: u64,
+    },
+    /// Copy a database with SQLite's backup API and check the copy.
+    BackupDatabase {
+        /// Name in the site profile.
+        name: String,
+        /// The database file.
+        path: PathBuf,
+    },
+    /// Copy the Raft data directory with a SHA-256 per file.
+    BackupRaft {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// Copy a config file.
+    BackupConfig {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Copy a file the apply will replace.
+    BackupInstalled {
+        /// The installed file.
+        target: PathBuf,
+    },
+    /// Write `backup.json`: from here on the backup is complete.
+    BackupComplete,
+    /// Install a binary or file: write beside, fsync, rename over.
+    Install {
+        /// Payload path.
+        file: String,
+        /// Where it goes.
+        target: PathBuf,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Run one `up` migration in its own transaction.
+    Migrate {
+        /// Database name in the site profile.
+        database: String,
+        /// Migration version.
+        version: String,
+        /// Migration description.
+        description: String,
+        /// Payload path of its SQL.
+        file: String,
+    },
+    /// Run the site's start command.
+    Start {
+        /// The start command.
+        command: String,
+    },
+    /// Wait until the service is healthy and reports the new version.
+    Health {
+        /// The version it must report.
+        version: Version,
+        /// `health_wait_secs`.
+        wait_secs: u64,
+    },
+    /// Run the bundle's `post_start` hook.
+    PostStartHook {
+        /// The script's payload path.
+        script: String,
+    },
+    /// The new version is healthy and its hook ran: the point of no return.
+    /// From here an interrupted apply is completed, not undone.
+    Healthy {
+        /// The new version.
+        version: Version,
+    },
+    /// Record the new version as installed, audit, prune old backups.
+    Commit {
+        /// The new version.
+        version: Version,
+    },
+}
+
+impl Step {
+    /// The name events and messages use (`--json` field `step`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Stage { .. } => "stage",
+            Self::PreStopHook { .. } => "pre_stop",
+            Self::Stop { .. } => "stop",
+            Self::BackupDatabase { .. } => "backup database",
+            Self::BackupRaft { .. } => "backup raft",
+            Self::BackupConfig { .. } => "backup config",
+            Self::BackupInstalled { .. } => "backup installed",
+            Self::BackupComplete => "backup",
+            Self::Install { .. } => "install",
+            Self::Migrate { .. } => "migrate",
+            Self::Start { .. } => "start",
+            Self::Health { .. } => "health",
+            Self::PostStartHook { .. } => "post_start",
+            Self::Healthy { .. } => "healthy",
+            Self::Commit { .. } => "commit",
+        }
+    }
+
+    /// The name of the fail point right after this step's journal row
+    /// (docs/ARCHITECTURE.md, "Fail points"): `after-journal-KIND`.
+    pub fn failpoint(&self) -> String {
+        format!("after-journal-{}", self.label().replace(' ', "-"))
+    }
+
+    /// What the step does, for people.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Stage { files, bytes } => format!(
+                "stream {files} files ({bytes} bytes) into the staging folder, checking every SHA-256"
+            ),
+            Self::PreStopHook { script } | Self::PostStartHook { script } => {
+                format!("run hook `{script}`")
+            }
+            Self::Stop { command, wait_secs } => format!(
+                "`{command}`, then wait up to {wait_secs}s for the health check to fail"
+            ),
+            Self::BackupDatabase { name, path } => format!(
+                "{name} (`{}`) with SQLite's backup API, then PRAGMA integrity_check",
+                path.display()
+            ),
+            Self::BackupRaft { dir } => format!("`{}` with a SHA-256 per file", dir.display()),
+            Self::BackupConfig { path } => format!("`{}`", path.display()),
+            Self::BackupInstalled { target } => format!("`{}`", target.display()),
+            Self::BackupComplete => "write backup.json: the backup is complete".into(),
+            Self::Install { file, target, mode } => {
+                format!("{file} -> `{}` mode {mode:o}", target.display())
+            }
+            Self::Migrate {
+                database,
+                version,
+                description,
+                ..
+            } => format!("{database} {version} {description}"),
+            Self::Start { command } => format!("`{command}`"),
+            Self::Health { version, wait_secs } => format!(
+                "wait up to {wait_secs}s for the health check to pass and the version to be {version}"
+            ),
+            Self::Healthy { version } => {
+                format!("{version} is healthy: from here an interruption completes the apply")
+            }
+            Self::Commit { version } => {
+                format!("record {version} as installed, audit, prune old backups")
+            }
+        }
+    }
+
+    /// Whether the step changes the node. Before the first such step (the
+    /// stop) a failure needs no rollback.
+    pub fn changes_node(&self) -> bool {
+        !matches!(
+            self,
+            Self::Stage { .. }
+                | Self::PreStopHook { .. }
+                | Self::BackupDatabase { .. }
+                | Self::BackupRaft { .. }
+                | Self::BackupConfig { .. }
+                | Self::BackupInstalled { .. }
+                | Self::BackupComplete
+        )
+    }
+
+    /// Whether a SIGINT or SIGTERM that arrived earlier stops the apply
+    /// before this step: every step but the commit, which records a new
+    /// version that is already healthy.
+    pub fn stops_on_signal(&self) -> bool {
+        !matches!(self, Self::Commit { .. })
+    }
+}
+
+/// The steps applying `manifest` here will take, in order: the one list
+/// `plan` prints and `apply` executes. Pending migrations are read from the
+/// databases now.
+///
+/// # Errors
+/// [`StepError::UnknownDatabase`], or a database that cannot be read, or a
+/// recorded migration that changed.
+pub fn planned_steps(site: &Site, manifest: &Manifest) -> Result<Vec<Step>, StepError> {
+    let service = &site.profile.service;
+    let data = &site.profile.data;
+    let mut steps = vec![Step::Stage {
+        files: manifest.files.len(),
+        bytes: manifest.payload.unpacked_size,
+    }];
+    if let Some(script) = &manifest.hooks.pre_stop {
+        steps.push(Step::PreStopHook {
+            script: script.to_string(),
+        });
+    }
+    steps.push(Step::Stop {
+        command: service.stop.clone(),
+        wait_secs: service.stop_wait_secs,
+    });
+    for (name, path) in &data.databases {
+        steps.push(Step::BackupDatabase {
+            name: name.clone(),
+            path: path.clone(),
+        });
+    }
+    if let Some(dir) = &data.raft_dir {
+        steps.push(Step::BackupRaft { dir: dir.clone() });
+    }
+    for path in &data.config_files {
+        steps.push(Step::BackupConfig { path: path.clone() });
+    }
+    let installs: Vec<(String, PathBuf, u32)> = manifest
+        .files
+        .iter()
+        .filter_map(|e| install_target(site, e).map(|t| (e.path.to_string(), t, e.mode)))
+        .collect();
+    for (_, target, _) in &installs {
+        steps.push(Step::BackupInstalled {
+            target: target.clone(),
+        });
+    }
+    steps.push(Step::BackupComplete);
+    for (file, target, mode) in installs {
+        steps.push(Step::Install { file, target, mode });
+    }
+    for database in manifest.migrated_databases() {
+        let path = data
+            .databases
+            .get(database)
+            .ok_or_else(|| StepError::UnknownDatabase {
+                database: database.into(),
+            })?;
+        for (entry, info) in migrate::pending(path, database, manifest)? {
+            steps.push(Step::Migrate {
+                database: database.into(),
+                version: info.version.clone(),
+                description: info.description.clone(),
+                file: entry.path.to_string(),
+            });
+        }
+    }
+    steps.push(Step::Start {
+        command: service.start.clone(),
+    });
+    steps.push(Step::Health {
+        version: manifest.version.clone(),
+        wait_secs: service.health_wait_secs,
+    });
+    if let Some(script) = &manifest.hooks.post_start {
+        steps.push(Step::PostStartHook {
+            script: script.to_string(),
+        });
+    }
+    steps.push(Step::Healthy {
+        version: manifest.version.clone(),
+    });
+    steps.push(Step::Commit {
+        version: manifest.version.clone(),
+    });
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_round_trip_through_the_journal_format() {
+        let steps = [
+            Step::Stage {
+                files: 3,
+                bytes: 10,
+            },
+            Step::Install {
+                file: "bin/demo".into(),
+                target: "/opt/demo/bin/demo".into(),
+                mode: 0o755,
+            },
+            Step::BackupComplete,
+            Step::Healthy {
+                version: Version::new(1, 1, 0),
+            },
+        ];
+        for step in steps {
+            let json = serde_json::to_string(&step).unwrap();
+            assert_eq!(serde_json::from_str::<Step>(&json).unwrap(), step, "{json}");
+        }
+        assert_eq!(
+            serde_json::to_value(Step::BackupComplete).unwrap(),
+            serde_json::json!({"kind": "backup_complete"})
+        );
+        assert_eq!(
+            Step::BackupRaft { dir: "/d".into() }.failpoint(),
+            "after-journal-backup-raft"
+        );
+    }
+}
