@@ -1,6 +1,11 @@
 //! Crash-safe file replacement: write a temporary file beside the target,
 //! `fsync` it, rename it over the target, then `fsync` the folder (the
 //! sequence rustup's `raw.rs` uses; see also rename(2) and fsync(2)).
+//!
+//! This module is a door to the filesystem of its own: every error it
+//! returns is a [`DurableError`] naming the file, so it calls `std::fs`
+//! directly (fs-err would name the path a second time).
+#![allow(clippy::disallowed_methods)]
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -32,7 +37,7 @@ fn err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Du
 /// # Errors
 /// [`DurableError`] naming the folder.
 pub fn sync_dir(dir: &Path) -> Result<(), DurableError> {
-    fs_err::File::open(dir)
+    File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(err("syncing folder", dir))
 }
@@ -45,13 +50,11 @@ pub fn sync_dir(dir: &Path) -> Result<(), DurableError> {
 /// [`DurableError`] naming the folder.
 pub fn create_private_dir(dir: &Path) -> Result<(), DurableError> {
     use std::os::unix::fs::DirBuilderExt as _;
-    // fs-err has no DirBuilder; the DurableError names the folder instead.
-    #[allow(clippy::disallowed_methods)]
-    let created = std::fs::DirBuilder::new()
+    std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir);
-    created.map_err(err("creating folder", dir))
+        .create(dir)
+        .map_err(err("creating folder", dir))
 }
 
 /// The folder holding `path` (`.` for a bare file name).
@@ -82,29 +85,28 @@ pub fn write_atomic(
     mode: u32,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), DurableError> {
-    use fs_err::os::unix::fs::OpenOptionsExt as _;
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let tmp = temp_beside(target);
     let result = (|| {
-        let _ = fs_err::remove_file(&tmp);
-        let mut file = fs_err::OpenOptions::new()
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&tmp)
             .map_err(err("creating", &tmp))?;
-        fill(file.file_mut()).map_err(err("writing", &tmp))?;
+        fill(&mut file).map_err(err("writing", &tmp))?;
         file.flush().map_err(err("writing", &tmp))?;
         // The umask may have cleared bits of `mode`; set them exactly.
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(err("setting permissions of", &tmp))?;
         file.sync_all().map_err(err("syncing", &tmp))?;
         drop(file);
-        fs_err::rename(&tmp, target).map_err(err("renaming over", target))?;
+        std::fs::rename(&tmp, target).map_err(err("renaming over", target))?;
         sync_dir(parent_of(target))
     })();
     if result.is_err() {
-        let _ = fs_err::remove_file(&tmp);
+        let _ = std::fs::remove_file(&tmp);
     }
     result
 }
@@ -118,7 +120,6 @@ pub fn write_bytes_atomic(target: &Path, mode: u32, bytes: &[u8]) -> Result<(), 
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use std::fs;
