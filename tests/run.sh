@@ -19,5 +19,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # The end-to-end tests run the binaries of the other crates: build them first.
+# The crash tests also stop airlock-apply between a journal row and its
+# action, with a second build that has fail points compiled in (the applier's
+# `failpoints` feature; docs/ARCHITECTURE.md, "Fail points"). It is copied
+# aside before the normal build replaces target/debug/airlock-apply.
+cargo build -p airlock-applier --bin airlock-apply --features failpoints
+cp target/debug/airlock-apply target/debug/airlock-apply-failpoints
 cargo build --workspace --bins
 cargo test --workspace

@@ -659,10 +659,44 @@ pub struct Event {
 pub fn apply_with_signal(
     args: &[&str],
     signal: &str,
+    act: impl FnMut(&Event, usize) -> bool,
+) -> (Vec<Event>, i32, String) {
+    run_with_signal(&bin("airlock-apply"), &[], args, signal, act)
+}
+
+/// The `airlock-apply` built with fail points (tests/run.sh builds it).
+pub fn failpoints_bin() -> PathBuf {
+    let path = bin_dir().join("airlock-apply-failpoints");
+    assert!(
+        path.exists(),
+        "{} is missing: build it as tests/run.sh does (`cargo build -p airlock-applier --bin airlock-apply --features failpoints`, then copy target/debug/airlock-apply to that name)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `airlock-apply-failpoints ARGS` with `FAILPOINTS` set to `failpoints`.
+pub fn airlock_apply_failpoints(failpoints: &str, args: &[&str]) -> Run {
+    Run::from(
+        Command::new(failpoints_bin())
+            .args(args)
+            .env("FAILPOINTS", failpoints)
+            .output()
+            .expect("run airlock-apply-failpoints"),
+    )
+}
+
+/// As [`apply_with_signal`], with another `program` and extra environment.
+pub fn run_with_signal(
+    program: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    signal: &str,
     mut act: impl FnMut(&Event, usize) -> bool,
 ) -> (Vec<Event>, i32, String) {
     use std::io::{BufRead as _, Read as _};
-    let mut child = Command::new(bin("airlock-apply"))
+    let mut child = Command::new(program)
+        .envs(env.iter().copied())
         .arg("--json")
         .args(args)
         .stdout(std::process::Stdio::piped())

@@ -11,6 +11,7 @@
 )]
 
 mod cluster;
+mod demo;
 mod harness;
 mod recovery;
 mod refusals;

@@ -179,6 +179,119 @@ kill_points! {
     kill_after_commit: "commit", "ok", 1, Some(Side::New);
 }
 
+/// The newest journal row of apply #1: its entry (JSON) and state.
+fn last_journal_row(f: &Fixture) -> (serde_json::Value, String) {
+    let conn = Connection::open(f.node.root.join("state/airlock-state.sqlite")).unwrap();
+    let (entry, state): (String, String) = conn
+        .query_row(
+            "SELECT entry, state FROM journal WHERE apply_id = 1 ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    (serde_json::from_str(&entry).unwrap(), state)
+}
+
+/// Runs apply with the fail point after the journal row of `kind` set to
+/// pause, kills it with SIGKILL there (the row is written, the step's action
+/// never ran), resumes with the normal binary, and checks the node ends on
+/// `expect`.
+fn kill_between_journal_row_and_action(kind: &str, label: &str, expect: Side) {
+    let f = fixture(true);
+    let site = f.node.site();
+    let failpoint = format!("after-journal-{}=pause", label.replace(' ', "-"));
+    let (events, code, stderr) = run_with_signal(
+        &failpoints_bin(),
+        &[("FAILPOINTS", &failpoint)],
+        &["apply", &f.bundle(), "--site", &site],
+        "KILL",
+        |e, n| {
+            let here = e.step == label && e.status == "start" && n == 1;
+            if here {
+                // Let it reach the fail point, right after the event.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            here
+        },
+    );
+    assert_eq!(code, -1, "apply was not killed (exit {code}):\n{stderr}");
+    assert!(
+        !events.iter().any(|e| e.step == label && e.status == "ok"),
+        "the `{label}` step finished before the kill"
+    );
+    let (entry, state) = last_journal_row(&f);
+    assert_eq!(entry["step"]["kind"], kind, "{entry}");
+    assert_eq!(
+        state, "begun",
+        "the last journal row is not the announced step"
+    );
+    let resumed = airlock_apply(&["resume", "--site", &site]);
+    eprintln!(
+        "killed between the journal row of `{label}` and its action; resume exit {}:\n{}",
+        resumed.code, resumed.stderr
+    );
+    assert!(matches!(resumed.code, 0 | 4), "{}", resumed.stderr);
+    assert_eq!(f.settled(), expect, "killed before `{label}` acted");
+}
+
+macro_rules! journaled_kill_points {
+    ($($name:ident: $kind:expr, $label:expr, $expect:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            kill_between_journal_row_and_action($kind, $label, $expect);
+        }
+    )*};
+}
+
+journaled_kill_points! {
+    kill_between_journal_and_stop: "stop", "stop", Side::Old;
+    kill_between_journal_and_install: "install", "install", Side::Old;
+    kill_between_journal_and_migrate: "migrate", "migrate", Side::Old;
+    kill_between_journal_and_start: "start", "start", Side::Old;
+    kill_between_journal_and_commit: "commit", "commit", Side::New;
+}
+
+#[test]
+fn a_resume_that_dies_twice_at_the_same_place_hands_the_node_to_the_operator() {
+    let f = fixture(true);
+    let site = f.node.site();
+    // An apply killed after its first migration: undoing it restores the database.
+    let (_, code, stderr) =
+        apply_with_signal(&["apply", &f.bundle(), "--site", &site], "KILL", |e, n| {
+            e.step == "migrate" && e.status == "ok" && n == 1
+        });
+    assert_eq!(code, -1, "{stderr}");
+    // Two resumes die (a panic, as a crash would) right after journaling the
+    // restore of the database.
+    for attempt in 1..=2 {
+        let died = airlock_apply_failpoints(
+            "after-journal-undo-restore-database=panic",
+            &["resume", "--site", &site],
+        );
+        eprintln!(
+            "resume attempt {attempt}: exit {}\n{}",
+            died.code, died.stderr
+        );
+        assert_eq!(died.code, 101, "resume did not die:\n{}", died.stderr);
+    }
+    // The third does not try again: exit 5, and the apply is closed.
+    let third = airlock_apply(&["resume", "--site", &site]);
+    eprintln!("{}", third.stderr);
+    assert_eq!(third.code, 5, "{}", third.stderr);
+    assert!(
+        third
+            .stderr
+            .contains("resume was interrupted twice at `restore database main"),
+        "{}",
+        third.stderr
+    );
+    assert!(third.stderr.contains("help:"), "{}", third.stderr);
+    let status = airlock_apply(&["--json", "status", "--site", &site]).ok();
+    let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert!(status["interrupted_apply"].is_null(), "{status}");
+    assert_eq!(status["applies"][0]["outcome"], "needs-operator");
+}
+
 #[test]
 fn plan_prints_the_steps_and_changes_nothing() {
     let f = fixture(true);
