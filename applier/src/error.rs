@@ -257,6 +257,16 @@ impl StepError {
     }
 }
 
+/// What separates a cause from what follows it: `; `, or a new line when the
+/// cause ends with a command's output.
+fn then(cause: &str) -> &'static str {
+    if cause.contains('\n') {
+        "\n"
+    } else {
+        "; "
+    }
+}
+
 fn full_disk_hint(kind: io::ErrorKind) -> &'static str {
     if kind == io::ErrorKind::StorageFull {
         "; the filesystem is full (no space left on device): free space there or move paths.backup_dir"
@@ -374,6 +384,15 @@ pub enum ApplyError {
         /// What is wrong, naming the field.
         reason: String,
     },
+    /// The site profile cannot be read.
+    #[error("site profile `{}`: {source}", .path.display())]
+    SiteUnreadable {
+        /// The profile.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// Security: the bundle is not acceptable here (signature, threshold,
     /// expiry, platform, version rule, tampering). Nothing was changed.
     #[error("bundle `{}` refused: {reason}", .bundle.display())]
@@ -449,7 +468,7 @@ pub enum ApplyError {
     #[error("rollback failed: {0}")]
     RollbackRefused(RollbackRefusal),
     /// A step after the stop failed and the node was rolled back to the old version, healthy.
-    #[error("apply of {version} failed at step `{step}`: {cause}; rolled back to {old_version}, which is running and healthy")]
+    #[error("apply of {version} failed at step `{step}`: {cause}{}rolled back to {old_version}, which is running and healthy", then(&cause.to_string()))]
     RolledBack {
         /// Version that failed.
         version: String,
@@ -461,7 +480,7 @@ pub enum ApplyError {
         cause: Box<StepError>,
     },
     /// A step failed and so did the rollback: the operator must act.
-    #[error("apply of {version} failed at step `{step}`: {reason}; rollback did not complete: {rollback}")]
+    #[error("apply of {version} failed at step `{step}`: {reason}{}rollback did not complete: {rollback}", then(reason))]
     NeedsOperator {
         /// Version that failed.
         version: String,
@@ -563,6 +582,9 @@ impl ApplyError {
                 "the node needs you: the error says what is running and what is not; docs/OPERATIONS.md, \"Rollback did not complete\", has the procedure, and `airlock-apply status` lists the backups".into(),
             ),
             Self::Site { .. } => Some("fix the field named above; docs/SITE.md describes every field".into()),
+            Self::SiteUnreadable { .. } => Some(
+                "check the path given with --site and that this user may read it".into(),
+            ),
             Self::ClusterCheck { .. } => Some(
                 "no node changed; fix the cause above (`airlock-apply rollout status --site CLUSTER.toml` shows the last rollout), then run again".into(),
             ),

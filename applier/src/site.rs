@@ -191,6 +191,16 @@ pub fn load_trust(path: &Path, profile: &TrustProfile) -> Result<Trust, ApplyErr
     Trust::new(keys, profile.threshold).map_err(|e| site_err(format!("trust: {e}")))
 }
 
+/// Reads a profile's text.
+fn read(path: &Path) -> Result<String, ApplyError> {
+    // ApplyError::SiteUnreadable names the file; fs-err would name it twice.
+    #[allow(clippy::disallowed_methods)]
+    std::fs::read_to_string(path).map_err(|source| ApplyError::SiteUnreadable {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Reads and parses a profile; returns it and its folder, made absolute.
 ///
 /// # Errors
@@ -202,7 +212,7 @@ pub fn read_profile<T: serde::de::DeserializeOwned>(
         path: path.to_owned(),
         reason,
     };
-    let text = fs_err::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
+    let text = read(path)?;
     let profile = toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
     let dir = std::path::absolute(airlock_formats::durable::parent_of(path))
         .map_err(|e| site_err(e.to_string()))?;
@@ -218,7 +228,7 @@ pub fn is_cluster_profile(path: &Path) -> Result<bool, ApplyError> {
         path: path.to_owned(),
         reason,
     };
-    let text = fs_err::read_to_string(path).map_err(|e| site_err(e.to_string()))?;
+    let text = read(path)?;
     let value: toml::Table = toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
     Ok(value.contains_key("cluster"))
 }

@@ -10,6 +10,7 @@
     unreachable_pub
 )]
 
+mod cli;
 mod cluster;
 mod demo;
 mod harness;
