@@ -141,6 +141,66 @@ fn exit_1_the_site_profile_cannot_be_read() {
     check_exit(1, "site-profile", &run, &demo.root);
 }
 
+/// A cluster profile beside the demo site: two local nodes, n1 the leader,
+/// every probe passing; `n2_airlock_apply` is the program run for n2.
+fn cluster_profile(demo: &Demo, n2_airlock_apply: Option<&Path>) -> String {
+    let cluster = demo.root.join("cluster.toml");
+    let n2 = n2_airlock_apply
+        .map(|p| format!("airlock_apply = \"{}\"\n", p.display()))
+        .unwrap_or_default();
+    fs::write(
+        &cluster,
+        format!(
+            r#"[trust]
+keys = ["{key}"]
+
+[paths]
+state_dir = "coordinator"
+
+[cluster]
+leader = {{ command = "test {{node}} = n1" }}
+healthy = {{ command = "true" }}
+caught_up = {{ command = "true" }}
+move_leader = {{ command = "true" }}
+
+[[cluster.node]]
+name = "n1"
+transport = "local"
+site = "site/site.toml"
+
+[[cluster.node]]
+name = "n2"
+transport = "local"
+site = "site/site.toml"
+{n2}"#,
+            key = demo.keys.public("release").display()
+        ),
+    )
+    .unwrap();
+    cluster.display().to_string()
+}
+
+#[test]
+fn exit_1_a_node_running_another_airlock_version_is_refused() {
+    let demo = Demo::start();
+    // An airlock-apply from before the protocol: its status has no version.
+    let old = demo.root.join("old-airlock-apply");
+    fs::write(
+        &old,
+        "#!/bin/sh\necho '{\"installed\":{\"version\":\"1.0.0\",\"source\":\"state database\"},\"interrupted_apply\":null,\"applies\":[],\"backups\":[]}'\n",
+    )
+    .unwrap();
+    fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cluster = cluster_profile(&demo, Some(&old));
+    let run = airlock_apply(&["apply", &demo.bundle(), "--site", &cluster, "--mode", "rolling"]);
+    check_exit(1, "protocol", &run, &demo.root);
+    // Nothing changed on the node that speaks this protocol.
+    assert_eq!(
+        fs::read_to_string(demo.site_dir().join("node/RELEASE")).unwrap(),
+        "1.0.0\n"
+    );
+}
+
 #[test]
 fn exit_2_the_command_line_is_wrong() {
     let run = airlock_apply(&["apply", "bundle.airlock"]);
@@ -344,37 +404,7 @@ fn the_json_of_every_command_keeps_its_shape() {
         );
     }
     // A coordinator's commands, on a cluster profile with no rollout yet.
-    let cluster = root.join("cluster.toml");
-    fs::write(
-        &cluster,
-        format!(
-            r#"[trust]
-keys = ["{key}"]
-
-[paths]
-state_dir = "coordinator"
-
-[cluster]
-leader = {{ command = "test {{node}} = n1" }}
-healthy = {{ command = "true" }}
-caught_up = {{ command = "true" }}
-move_leader = {{ command = "true" }}
-
-[[cluster.node]]
-name = "n1"
-transport = "local"
-site = "site/site.toml"
-
-[[cluster.node]]
-name = "n2"
-transport = "local"
-site = "site/site.toml"
-"#,
-            key = demo.keys.public("release").display()
-        ),
-    )
-    .unwrap();
-    let cluster = cluster.display().to_string();
+    let cluster = cluster_profile(&demo, None);
     for (name, args) in [
         (
             "rollout-status",
