@@ -18,6 +18,14 @@ use crate::transaction::undo::Undo;
 /// message's shape changes in a way an older reader would misread.
 pub const PROTOCOL: u32 = 1;
 
+/// Event labels that are not a step's or an undo action's and that readers
+/// act on.
+pub mod label {
+    /// The rollback as a whole: `start` when it begins, `ok` or `failed` when
+    /// it ends (the old version runs again, or not).
+    pub const ROLLBACK: &str = "rollback";
+}
+
 /// How far an event's step got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

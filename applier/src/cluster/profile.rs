@@ -123,6 +123,24 @@ pub struct NodeProfile {
     pub vars: BTreeMap<String, String>,
 }
 
+impl NodeProfile {
+    /// A `local` node named `name` whose site profile is `site`.
+    pub fn local(name: &str, site: &str) -> Self {
+        Self {
+            name: name.into(),
+            transport: TransportKind::Local,
+            host: None,
+            port: None,
+            user: None,
+            identity_file: None,
+            site: site.into(),
+            airlock_apply: None,
+            bundle_dir: None,
+            vars: BTreeMap::new(),
+        }
+    }
+}
+
 impl ClusterSite {
     /// Loads and checks a cluster profile.
     ///
@@ -239,18 +257,9 @@ mod tests {
 
     #[test]
     fn renders_node_and_leader_values() {
-        let node = NodeProfile {
-            name: "n2".into(),
-            transport: TransportKind::Local,
-            host: None,
-            port: None,
-            user: None,
-            identity_file: None,
-            site: "x".into(),
-            airlock_apply: None,
-            bundle_dir: None,
-            vars: [("client_url".to_string(), "http://127.0.0.1:2".to_string())].into(),
-        };
+        let mut node = NodeProfile::local("n2", "x");
+        node.vars
+            .insert("client_url".into(), "http://127.0.0.1:2".into());
         let mut leader = node.clone();
         leader.name = "n1".into();
         leader

@@ -21,7 +21,7 @@ use super::transport::{wait_until, NodeError, NodeRun};
 use crate::error::{exit, ApplyError, NodeOutcome};
 use crate::interrupt::Interrupt;
 use crate::lock::{lock_in, NodeLock};
-use crate::protocol::{Event, RolloutReport, Status, PROTOCOL};
+use crate::protocol::{label, Event, RolloutReport, Status, PROTOCOL};
 use crate::report::Reporter;
 use crate::state::{NodeState, NodeUpdate, RolloutNode, RolloutOutcome, State, StateError};
 use crate::transaction::step::Step;
@@ -478,7 +478,7 @@ impl Rollout<'_> {
         let back = matches!(e.apply_step, Some(Step::Health { .. })) && e.status == Status::Ok;
         let rolled_back = e.apply_step.is_none()
             && e.undo.is_none()
-            && e.step == "rollback"
+            && e.step == label::ROLLBACK
             && e.status != Status::Start;
         if back || rolled_back {
             *up_at = Some(e.elapsed_ms);

@@ -305,18 +305,8 @@ mod tests {
         .unwrap();
         fs_err::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let node = NodeProfile {
-            name: "n2".into(),
-            transport: TransportKind::Local,
-            host: None,
-            port: None,
-            user: None,
-            identity_file: None,
-            site: "site.toml".into(),
-            airlock_apply: Some(fake.display().to_string()),
-            bundle_dir: None,
-            vars: Default::default(),
-        };
+        let mut node = NodeProfile::local("n2", "site.toml");
+        node.airlock_apply = Some(fake.display().to_string());
         let mut seen = 0;
         let err = node
             .airlock_apply(&["status"], &[], |_| seen += 1)

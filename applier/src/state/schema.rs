@@ -212,20 +212,26 @@ mod tests {
     use super::*;
     use rusqlite::Connection;
 
+    /// A state folder whose database an older airlock wrote with `sql`.
+    fn written_by_an_older_airlock(sql: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        Connection::open(dir.path().join(STATE_DB))
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        dir
+    }
+
     #[test]
     fn a_first_slice_database_is_upgraded_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join(STATE_DB)).unwrap();
-        conn.execute_batch(
+        let dir = written_by_an_older_airlock(
             "CREATE TABLE applies (id INTEGER PRIMARY KEY, bundle TEXT NOT NULL, bundle_sha256 TEXT NOT NULL,
                name TEXT NOT NULL, from_version TEXT NOT NULL, to_version TEXT NOT NULL, started_at INTEGER NOT NULL,
                finished_at INTEGER, outcome TEXT NOT NULL DEFAULT 'running', backup_dir TEXT, error TEXT);
              CREATE TABLE audit (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, user TEXT NOT NULL, action TEXT NOT NULL,
                bundle TEXT, version TEXT, bundle_sha256 TEXT, signers TEXT, outcome TEXT NOT NULL, error TEXT);
              INSERT INTO audit (at, user, action, outcome) VALUES (1, 'op', 'apply', 'ok');",
-        )
-        .unwrap();
-        drop(conn);
+        );
         let state = State::open(dir.path()).unwrap();
         state
             .audit(&AuditEntry {
@@ -242,9 +248,7 @@ mod tests {
 
     #[test]
     fn a_schema_1_journal_is_kept_aside_and_rollbacks_are_marked() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join(STATE_DB)).unwrap();
-        conn.execute_batch(
+        let dir = written_by_an_older_airlock(
             "CREATE TABLE applies (id INTEGER PRIMARY KEY, bundle TEXT NOT NULL, bundle_sha256 TEXT NOT NULL,
                name TEXT NOT NULL, from_version TEXT NOT NULL, to_version TEXT NOT NULL, started_at INTEGER NOT NULL,
                finished_at INTEGER, outcome TEXT NOT NULL DEFAULT 'running', backup_dir TEXT, error TEXT,
@@ -256,9 +260,7 @@ mod tests {
                       ('rollback of #1', '', 'rollback', '1.1.0', '1.0.0', 2, 'ok');
              INSERT INTO journal VALUES (1, 1, 'stage', '', 1);
              PRAGMA user_version = 1;",
-        )
-        .unwrap();
-        drop(conn);
+        );
         let state = State::open(dir.path()).unwrap();
         assert!(has_legacy_journal(&state, 1).unwrap());
         assert!(state.journal(1).unwrap().is_empty());

@@ -17,7 +17,7 @@ use semver::Version;
 
 use crate::error::{ApplyError, StepError};
 use crate::interrupt::Interrupt;
-use crate::protocol::Status;
+use crate::protocol::{label, Status};
 use crate::report::Reporter;
 use crate::site::Site;
 use crate::state::{ApplyRecord, AuditAction, RowState, State};
@@ -430,24 +430,12 @@ impl<'a> Transaction<'a> {
                 ))
             }
             Step::BackupConfig { path } => {
-                self.ensure_backup_dir()?;
-                let rel = format!(
-                    "config/{}-{}",
-                    self.backup.config_files.len(),
-                    file_name(path)
-                );
-                let rec = backup::backup_file(&self.backup_dir, &rel, path)?;
+                let rec = self.backup_copy("config", self.backup.config_files.len(), path)?;
                 self.backup.config_files.push(rec);
                 none(path.display().to_string())
             }
             Step::BackupInstalled { target } => {
-                self.ensure_backup_dir()?;
-                let rel = format!(
-                    "installed/{}-{}",
-                    self.backup.installed.len(),
-                    file_name(target)
-                );
-                let rec = backup::backup_file(&self.backup_dir, &rel, target)?;
+                let rec = self.backup_copy("installed", self.backup.installed.len(), target)?;
                 self.backup.installed.push(rec);
                 none(target.display().to_string())
             }
@@ -511,6 +499,19 @@ impl<'a> Transaction<'a> {
             Step::Healthy { version } => none(version.to_string()),
             Step::Commit { .. } => self.commit().map(|d| (d, None)),
         }
+    }
+
+    /// Copies `path` into the backup as `FOLDER/N-NAME` (docs/SITE.md,
+    /// "Backup folders"), or records that it did not exist.
+    fn backup_copy(
+        &self,
+        folder: &str,
+        n: usize,
+        path: &Path,
+    ) -> Result<backup::FileRecord, StepError> {
+        self.ensure_backup_dir()?;
+        let rel = format!("{folder}/{n}-{}", file_name(path));
+        backup::backup_file(&self.backup_dir, &rel, path)
     }
 
     /// The stage step: the whole bundle read again, every chunk and file
@@ -602,8 +603,11 @@ impl<'a> Transaction<'a> {
                 },
                 None,
             );
-            self.reporter
-                .event("rollback", Status::Start, &format!("back to {started}"));
+            self.reporter.event(
+                label::ROLLBACK,
+                Status::Start,
+                &format!("back to {started}"),
+            );
         }
         let new_ran = undo.contains(&Undo::StopNew);
         let mut problems: Vec<String> = Vec::new();
@@ -637,13 +641,13 @@ impl<'a> Transaction<'a> {
         if reason.is_some() {
             if problems.is_empty() {
                 self.reporter.event(
-                    "rollback",
+                    label::ROLLBACK,
                     Status::Ok,
                     &format!("the node runs {started} again, healthy"),
                 );
             } else {
                 self.reporter.event(
-                    "rollback",
+                    label::ROLLBACK,
                     Status::Failed,
                     &format!("incomplete: {}", problems.join("; ")),
                 );
