@@ -192,7 +192,14 @@ fn exit_1_a_node_running_another_airlock_version_is_refused() {
     .unwrap();
     fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let cluster = cluster_profile(&demo, Some(&old));
-    let run = airlock_apply(&["apply", &demo.bundle(), "--site", &cluster, "--mode", "rolling"]);
+    let run = airlock_apply(&[
+        "apply",
+        &demo.bundle(),
+        "--site",
+        &cluster,
+        "--mode",
+        "rolling",
+    ]);
     check_exit(1, "protocol", &run, &demo.root);
     // Nothing changed on the node that speaks this protocol.
     assert_eq!(
