@@ -199,7 +199,9 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
     // Stat every source before writing anything, so a missing one fails fast.
     let mut sizes = Vec::with_capacity(planned.len());
     for p in &planned {
-        let meta = fs_err::metadata(&p.source).map_err(|source| BuildError::Source {
+        // BuildError::Source names the file; fs-err would name it twice.
+        #[allow(clippy::disallowed_methods)]
+        let meta = std::fs::metadata(&p.source).map_err(|source| BuildError::Source {
             path: p.source.clone(),
             source,
         })?;
@@ -214,7 +216,7 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
 
     let created_at = opts.source_date_epoch.unwrap_or_else(now);
     fs_err::create_dir_all(opts.out_dir).map_err(|source| BuildError::Io {
-        context: format!("creating output folder `{}`", opts.out_dir.display()),
+        context: "creating the output folder".into(),
         source,
     })?;
     let temp = tempfile::Builder::new()

@@ -39,7 +39,7 @@ pub fn keygen(
     }
     let folder = airlock_formats::durable::parent_of(&secret_path);
     fs_err::create_dir_all(folder).map_err(|source| BuildError::Io {
-        context: format!("creating folder `{}`", folder.display()),
+        context: "creating the key's folder".into(),
         source,
     })?;
     let generated = SecretKey::generate(passphrase)?;
@@ -65,7 +65,9 @@ pub fn load_secret_key(
         path: path.to_owned(),
         reason,
     };
-    let text = fs_err::read_to_string(path).map_err(|e| key_err(e.to_string()))?;
+    // BuildError::Key names the file; fs-err would name it twice.
+    #[allow(clippy::disallowed_methods)]
+    let text = std::fs::read_to_string(path).map_err(|e| key_err(e.to_string()))?;
     let encrypted = SecretKey::is_encrypted(&text).map_err(|e| key_err(e.to_string()))?;
     let passphrase = if encrypted {
         Some(passphrase().map_err(key_err)?)

@@ -57,7 +57,9 @@ pub fn discover(dir: &Path) -> Result<Vec<FoundMigration>, BuildError> {
         path: path.to_owned(),
         reason,
     };
-    let read = fs_err::read_dir(dir).map_err(|e| bad(dir, e.to_string()))?;
+    // BuildError::Migration names the folder; fs-err would name it twice.
+    #[allow(clippy::disallowed_methods)]
+    let read = std::fs::read_dir(dir).map_err(|e| bad(dir, e.to_string()))?;
     let mut found = Vec::new();
     for entry in read {
         let entry = entry.map_err(|e| bad(dir, e.to_string()))?;

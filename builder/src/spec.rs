@@ -124,7 +124,9 @@ impl Spec {
     /// # Errors
     /// [`BuildError::Spec`] naming the file for unreadable or invalid TOML.
     pub fn load(path: &Path) -> Result<Self, BuildError> {
-        let text = fs_err::read_to_string(path).map_err(|e| BuildError::Spec {
+        // BuildError::Spec names the file; fs-err would name it twice.
+        #[allow(clippy::disallowed_methods)]
+        let text = std::fs::read_to_string(path).map_err(|e| BuildError::Spec {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;

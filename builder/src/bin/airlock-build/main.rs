@@ -253,8 +253,7 @@ fn run(program: Program) -> Result<(), Failure> {
             );
         }
         Command::Inspect { bundle, json } => {
-            let file = fs_err::File::open(&bundle)
-                .with_context(|| format!("opening bundle {}", bundle.display()))?;
+            let file = fs_err::File::open(&bundle)?;
             let header = read_bundle(std::io::BufReader::new(file), |_| Ok(()), None)
                 .with_context(|| format!("reading bundle {}", bundle.display()))?;
             print_header(&header, json)?;
@@ -266,16 +265,14 @@ fn run(program: Program) -> Result<(), Failure> {
         } => {
             let mut keys = Vec::new();
             for path in &trust {
-                let text = fs_err::read_to_string(path)
-                    .with_context(|| format!("reading public key {}", path.display()))?;
+                let text = fs_err::read_to_string(path)?;
                 keys.push(
                     PublicKey::from_minisign(&text)
                         .with_context(|| format!("public key {}", path.display()))?,
                 );
             }
             let trust = Trust::new(keys, threshold).map_err(|e| anyhow!("--threshold: {e}"))?;
-            let file = fs_err::File::open(&bundle)
-                .with_context(|| format!("opening bundle {}", bundle.display()))?;
+            let file = fs_err::File::open(&bundle)?;
             let mut signers = Vec::new();
             let result = read_bundle(
                 std::io::BufReader::new(file),
