@@ -2,6 +2,7 @@
 //! bundles. The `airlock-build` binary is a thin command line over this crate.
 
 pub mod build;
+pub mod check;
 pub mod error;
 pub mod keys;
 pub mod migrations;

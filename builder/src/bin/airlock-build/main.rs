@@ -8,11 +8,9 @@ use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use airlock_builder::check;
 use airlock_builder::keys::{keygen, load_secret_key, sign_bundle};
 use airlock_builder::{build, BuildError, BuildOptions};
-use airlock_formats::{
-    read_bundle, BundleError, BundleHeader, DiscardSink, PublicKey, SignatureError, Trust,
-};
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 
@@ -253,131 +251,32 @@ fn run(program: Program) -> Result<(), Failure> {
             );
         }
         Command::Inspect { bundle, json } => {
-            let file = fs_err::File::open(&bundle)?;
-            let header = read_bundle(std::io::BufReader::new(file), |_| Ok(()), None)
-                .with_context(|| format!("reading bundle {}", bundle.display()))?;
-            print_header(&header, json)?;
+            let header = check::inspect(&bundle)?;
+            if json {
+                let inspection = check::Inspection::of(&header)?;
+                println!("{}", serde_json::to_string(&inspection)?);
+            } else {
+                print!("{}", check::render(&header));
+            }
         }
         Command::Verify {
             bundle,
             trust,
             threshold,
-        } => {
-            let mut keys = Vec::new();
-            for path in &trust {
-                let text = fs_err::read_to_string(path)?;
-                keys.push(
-                    PublicKey::from_minisign(&text)
-                        .with_context(|| format!("public key {}", path.display()))?,
-                );
-            }
-            let trust = Trust::new(keys, threshold).map_err(|e| anyhow!("--threshold: {e}"))?;
-            let file = fs_err::File::open(&bundle)?;
-            let mut signers = Vec::new();
-            let result = read_bundle(
-                std::io::BufReader::new(file),
-                |h| {
-                    signers = trust.check(&h.manifest_bytes, &h.signatures)?;
-                    Ok(())
-                },
-                Some(&mut DiscardSink),
-            );
-            match result {
-                Ok(header) => {
-                    let m = &header.manifest;
-                    let ids: Vec<String> = signers.iter().map(ToString::to_string).collect();
-                    println!(
-                        "ok: {} {} ({} files) signed by {} of {} required key(s): {}",
-                        m.name,
-                        m.version,
-                        m.files.len(),
-                        signers.len(),
-                        trust.threshold(),
-                        ids.join(", ")
-                    );
-                }
-                Err(e) => {
-                    let io = matches!(e, BundleError::Io { .. });
-                    let help = if matches!(
-                        e,
-                        BundleError::Signature(SignatureError::Threshold { .. })
-                    ) {
-                        "if the signatures are good but too few, ask another release key holder to run `airlock-build sign`"
+        } => match check::verify(&bundle, &trust, threshold) {
+            Ok(verified) => println!("{}", verified.summary()),
+            Err(e) => {
+                return Err(Failure {
+                    help: e.help().map(str::to_owned),
+                    code: if e.unreadable() || matches!(e, check::VerifyFailure::Keys(_)) {
+                        EXIT_FAILED
                     } else {
-                        "do not use this bundle; build it again or get a fresh copy"
-                    };
-                    return Err(Failure {
-                        error: anyhow::Error::new(e)
-                            .context(format!("bundle {} is not valid", bundle.display())),
-                        help: Some(help.into()),
-                        code: if io { EXIT_FAILED } else { EXIT_INVALID },
-                    });
-                }
+                        EXIT_INVALID
+                    },
+                    error: anyhow::Error::new(e),
+                });
             }
-        }
-    }
-    Ok(())
-}
-
-fn print_header(header: &BundleHeader, json: bool) -> anyhow::Result<()> {
-    let m = &header.manifest;
-    if json {
-        let manifest: serde_json::Value = serde_json::from_slice(&header.manifest_bytes)?;
-        let signatures: Vec<_> = header
-            .signatures
-            .iter()
-            .map(|s| serde_json::json!({"key_id": s.key_id().to_string(), "trusted_comment": s.trusted_comment()}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({"manifest": manifest, "signatures": signatures})
-        );
-        return Ok(());
-    }
-    println!("bundle        {} {}", m.name, m.version);
-    println!("platform      {}", m.platform);
-    println!("upgrades from {}", m.upgrades_from);
-    println!("needs applier >= {}", m.min_applier_version);
-    println!(
-        "rolling       {}",
-        if m.rolling_allowed {
-            "allowed"
-        } else {
-            "not allowed"
-        }
-    );
-    println!("created at    {} (unix seconds)", m.created_at);
-    if let Some(e) = m.expires_at {
-        println!("expires at    {e} (unix seconds)");
-    }
-    println!(
-        "payload       {} bytes compressed, {} bytes unpacked, {} chunk(s)",
-        m.payload.size,
-        m.payload.unpacked_size,
-        m.payload.chunks.len()
-    );
-    println!("files:");
-    for f in &m.files {
-        let target = match (&f.install_path, &f.migration) {
-            (Some(p), _) => format!(" -> {p}"),
-            (None, Some(mig)) => format!(
-                " (database {}, version {}, {:?})",
-                mig.database, mig.version, mig.direction
-            ),
-            _ => String::new(),
-        };
-        println!(
-            "  {:<9} {:>12} {:o} {}  {}{target}",
-            format!("{:?}", f.role).to_lowercase(),
-            f.size,
-            f.mode,
-            &f.sha256.to_hex()[..16],
-            f.path
-        );
-    }
-    println!("signatures:");
-    for s in &header.signatures {
-        println!("  key {}  ({})", s.key_id(), s.trusted_comment());
+        },
     }
     Ok(())
 }

@@ -1,0 +1,245 @@
+//! `airlock-build inspect` and `airlock-build verify`: a bundle's header
+//! read without its payload, and the whole bundle checked against a set of
+//! trusted keys (docs/FORMAT.md, "Reader rules" and "Threshold").
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use airlock_formats::{
+    read_bundle, BundleError, BundleHeader, DiscardSink, KeyId, PublicKey, SignatureError, Trust,
+};
+use serde::Serialize;
+
+use crate::error::BuildError;
+
+/// Reads a bundle's manifest and signatures without reading its payload.
+///
+/// # Errors
+/// [`BuildError`] naming the bundle when it cannot be read or is malformed.
+pub fn inspect(bundle: &Path) -> Result<BundleHeader, BuildError> {
+    let file = fs_err::File::open(bundle).map_err(|source| BuildError::Io {
+        context: "opening the bundle".into(),
+        source,
+    })?;
+    Ok(read_bundle(BufReader::new(file), |_| Ok(()), None)?)
+}
+
+/// One signature, as `inspect --json` shows it.
+#[derive(Debug, Serialize)]
+pub struct SignatureInfo {
+    /// The signing key's id.
+    pub key_id: String,
+    /// The signature's trusted comment.
+    pub trusted_comment: String,
+}
+
+/// What `inspect --json` prints: the manifest as signed, and the signatures.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    /// The manifest, exactly as its JSON was signed.
+    pub manifest: serde_json::Value,
+    /// The signatures.
+    pub signatures: Vec<SignatureInfo>,
+}
+
+impl Inspection {
+    /// The inspection of `header`.
+    ///
+    /// # Errors
+    /// [`BuildError::Invalid`] if the manifest bytes are not JSON (they were
+    /// parsed once already, so this does not happen for a header read by
+    /// [`inspect`]).
+    pub fn of(header: &BundleHeader) -> Result<Self, BuildError> {
+        let manifest = serde_json::from_slice(&header.manifest_bytes)
+            .map_err(|e| BuildError::Invalid(format!("manifest.json: {e}")))?;
+        Ok(Self {
+            manifest,
+            signatures: header
+                .signatures
+                .iter()
+                .map(|s| SignatureInfo {
+                    key_id: s.key_id().to_string(),
+                    trusted_comment: s.trusted_comment().to_owned(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// A bundle's header as text for a person.
+pub fn render(header: &BundleHeader) -> String {
+    let m = &header.manifest;
+    let mut out = format!("bundle        {} {}\n", m.name, m.version);
+    out.push_str(&format!("platform      {}\n", m.platform));
+    out.push_str(&format!("upgrades from {}\n", m.upgrades_from));
+    out.push_str(&format!("needs applier >= {}\n", m.min_applier_version));
+    out.push_str(&format!(
+        "rolling       {}\n",
+        if m.rolling_allowed {
+            "allowed"
+        } else {
+            "not allowed"
+        }
+    ));
+    out.push_str(&format!("created at    {} (unix seconds)\n", m.created_at));
+    if let Some(e) = m.expires_at {
+        out.push_str(&format!("expires at    {e} (unix seconds)\n"));
+    }
+    out.push_str(&format!(
+        "payload       {} bytes compressed, {} bytes unpacked, {} chunk(s)\n",
+        m.payload.size,
+        m.payload.unpacked_size,
+        m.payload.chunks.len()
+    ));
+    out.push_str("files:\n");
+    for f in &m.files {
+        let target = match (&f.install_path, &f.migration) {
+            (Some(p), _) => format!(" -> {p}"),
+            (None, Some(mig)) => format!(
+                " (database {}, version {}, {:?})",
+                mig.database, mig.version, mig.direction
+            ),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "  {:<9} {:>12} {:o} {}  {}{target}\n",
+            format!("{:?}", f.role).to_lowercase(),
+            f.size,
+            f.mode,
+            f.sha256.to_hex().chars().take(16).collect::<String>(),
+            f.path
+        ));
+    }
+    out.push_str("signatures:\n");
+    for s in &header.signatures {
+        out.push_str(&format!(
+            "  key {}  ({})\n",
+            s.key_id(),
+            s.trusted_comment()
+        ));
+    }
+    out
+}
+
+/// A bundle that passed `verify`.
+#[derive(Debug)]
+pub struct Verified {
+    /// Its manifest and signatures.
+    pub header: BundleHeader,
+    /// The trusted keys whose signatures counted.
+    pub signers: Vec<KeyId>,
+    /// How many were needed.
+    pub threshold: usize,
+}
+
+impl Verified {
+    /// The line `verify` prints.
+    pub fn summary(&self) -> String {
+        let m = &self.header.manifest;
+        let ids: Vec<String> = self.signers.iter().map(ToString::to_string).collect();
+        format!(
+            "ok: {} {} ({} files) signed by {} of {} required key(s): {}",
+            m.name,
+            m.version,
+            m.files.len(),
+            self.signers.len(),
+            self.threshold,
+            ids.join(", ")
+        )
+    }
+}
+
+/// Why `verify` failed: the keys could not be used, or the bundle is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyFailure {
+    /// A trusted key or the threshold is unusable.
+    #[error(transparent)]
+    Keys(BuildError),
+    /// The bundle is invalid (signature, threshold, tampering) or unreadable.
+    #[error("bundle {} is not valid: {source}", .bundle.display())]
+    Bundle {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Why.
+        #[source]
+        source: BundleError,
+    },
+}
+
+impl VerifyFailure {
+    /// Whether the bundle could not be read at all (an I/O error), rather than being invalid.
+    pub fn unreadable(&self) -> bool {
+        matches!(
+            self,
+            Self::Bundle {
+                source: BundleError::Io { .. },
+                ..
+            }
+        )
+    }
+
+    /// What to do next.
+    pub fn help(&self) -> Option<&'static str> {
+        match self {
+            Self::Keys(_) => None,
+            Self::Bundle {
+                source: BundleError::Io { .. },
+                ..
+            } => Some("check the bundle's path, or copy it again from the release medium"),
+            Self::Bundle {
+                source: BundleError::Signature(SignatureError::Threshold { .. }),
+                ..
+            } => Some("if the signatures are good but too few, ask another release key holder to run `airlock-build sign`"),
+            Self::Bundle { .. } => Some("do not use this bundle; build it again or get a fresh copy"),
+        }
+    }
+}
+
+/// Checks `bundle` completely against the public keys in `trust` (minisign
+/// `.pub` files), of which `threshold` distinct ones must have signed:
+/// signatures, every chunk and every file.
+///
+/// # Errors
+/// [`VerifyFailure`].
+pub fn verify(
+    bundle: &Path,
+    trust: &[PathBuf],
+    threshold: usize,
+) -> Result<Verified, VerifyFailure> {
+    let mut keys = Vec::new();
+    for path in trust {
+        let key_err = |reason: String| {
+            VerifyFailure::Keys(BuildError::Key {
+                path: path.clone(),
+                reason,
+            })
+        };
+        // BuildError::Key names the file; fs-err would name it twice.
+        #[allow(clippy::disallowed_methods)]
+        let text = std::fs::read_to_string(path).map_err(|e| key_err(e.to_string()))?;
+        keys.push(PublicKey::from_minisign(&text).map_err(|e| key_err(e.to_string()))?);
+    }
+    let trust = Trust::new(keys, threshold)
+        .map_err(|e| VerifyFailure::Keys(BuildError::Invalid(format!("--threshold: {e}"))))?;
+    let invalid = |source| VerifyFailure::Bundle {
+        bundle: bundle.to_owned(),
+        source,
+    };
+    let file = fs_err::File::open(bundle)
+        .map_err(|e| invalid(BundleError::io("opening the bundle")(e)))?;
+    let mut signers = Vec::new();
+    let header = read_bundle(
+        BufReader::new(file),
+        |h| {
+            signers = trust.check(&h.manifest_bytes, &h.signatures)?;
+            Ok(())
+        },
+        Some(&mut DiscardSink),
+    )
+    .map_err(invalid)?;
+    Ok(Verified {
+        header,
+        signers,
+        threshold: trust.threshold(),
+    })
+}
