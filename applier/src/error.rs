@@ -570,7 +570,7 @@ impl ApplyError {
                 "fix the cause (the rollout stopped {node}), then run `airlock-apply resume --site CLUSTER.toml` to continue, or `airlock-apply rollout abandon --site CLUSTER.toml` to give this rollout up; `airlock-apply rollout status --site CLUSTER.toml` shows every node"
             )),
             Self::Protocol { .. } => Some(
-                "install the same airlock-apply release on the coordinator and on every node (`airlock-apply --version` shows it), then run again; nothing changed".into(),
+                "nothing changed; install the same airlock-apply release on the coordinator and on every node (`airlock-apply --version` shows it), then continue with `airlock-apply resume --site CLUSTER.toml`".into(),
             ),
             Self::Interrupted { .. } => Some(
                 "run `airlock-apply resume --site SITE`: it rolls the apply back, or completes it if the new version was already healthy".into(),

@@ -483,7 +483,10 @@ impl Rollout<'_> {
         if back || rolled_back {
             *up_at = Some(e.elapsed_ms);
         }
-        if matches!(e.status, Status::Start | Status::Failed) || back {
+        // The step column shows the node's steps and the undo actions that
+        // change it, not housekeeping such as removing the staging folder.
+        let shown = e.undo.as_ref().is_none_or(|u| u.changes_node());
+        if shown && (matches!(e.status, Status::Start | Status::Failed) || back) {
             self.reporter
                 .event(&format!("{name}: {}", e.step), e.status, &e.detail);
             self.update(

@@ -62,7 +62,7 @@ pub fn resume(
     let journal = fold(&rows);
     let last = journal.last.clone().unwrap_or_else(|| "nothing".into());
     let cannot = |reason: String, rollback: String| Failure::NeedsOperator {
-        step: last.clone(),
+        step: "resume".into(),
         reason,
         rollback,
     };
@@ -98,7 +98,7 @@ pub fn resume(
             let (mut state, unreadable) = *failed;
             let error = ApplyError::NeedsOperator {
                 version: record.to_version.clone(),
-                step: last,
+                step: "resume".into(),
                 reason: format!("apply #{} cannot be resumed: {unreadable}", record.id),
                 rollback: format!(
                     "not attempted; check which version runs (`airlock-apply status`), restore from `{backup}` by hand if needed (docs/OPERATIONS.md), then apply again"
@@ -159,12 +159,12 @@ pub fn resume(
                 );
                 Err(txn.fail_with(if problems.is_empty() {
                     Failure::RolledBack {
-                        step: "start".into(),
+                        step: "health".into(),
                         cause,
                     }
                 } else {
                     Failure::NeedsOperator {
-                        step: "start".into(),
+                        step: "health".into(),
                         reason: cause.to_string(),
                         rollback: problems.join("; "),
                     }

@@ -65,7 +65,7 @@ pub struct Fold {
     pub point_of_no_return: bool,
     /// For a `rollback` command: the apply it undoes.
     pub rollback_of: Option<i64>,
-    /// The newest row, described, for messages.
+    /// The newest step or undo action, described, for messages.
     pub last: Option<String>,
     /// The loop guard: set when the last two `resume` attempts each died at
     /// the same entry (described here) without finishing it.
@@ -90,7 +90,11 @@ pub fn fold(rows: &[JournalRow]) -> Fold {
             Entry::Rollback { .. } | Entry::Undo { .. } | Entry::Resume => {}
         }
     }
-    fold.last = rows.last().map(|r| r.entry.describe());
+    fold.last = rows
+        .iter()
+        .rev()
+        .find(|r| matches!(r.entry, Entry::Step { .. } | Entry::Undo { .. }))
+        .map(|r| r.entry.describe());
     fold.stuck = stuck(rows);
     fold
 }

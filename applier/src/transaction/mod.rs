@@ -205,9 +205,9 @@ impl<'a> Transaction<'a> {
     /// # Errors
     /// [`crate::state::StateError`].
     pub(crate) fn journal(&mut self, entry: &Entry) -> Result<(), crate::state::StateError> {
+        let seq = self.state.journal_begin(self.record.id, entry, None)?;
         self.state
-            .journal_begin(self.record.id, entry, None)
-            .map(|_| ())
+            .journal_end(self.record.id, seq, RowState::Done, None, None)
     }
 
     /// The journal of apply `apply_id` (for a `rollback`: the apply it undoes).
@@ -595,14 +595,18 @@ impl<'a> Transaction<'a> {
                 _ => None,
             })
             .unwrap_or_else(|| self.old.clone());
-        if let Some(reason) = &reason {
-            let _ = self.state.journal_begin(
-                self.record.id,
-                &Entry::Rollback {
-                    reason: reason.clone(),
-                },
-                None,
-            );
+        let rollback_row = reason.as_ref().and_then(|reason| {
+            self.state
+                .journal_begin(
+                    self.record.id,
+                    &Entry::Rollback {
+                        reason: reason.clone(),
+                    },
+                    None,
+                )
+                .ok()
+        });
+        if reason.is_some() {
             self.reporter.event(
                 label::ROLLBACK,
                 Status::Start,
@@ -624,6 +628,9 @@ impl<'a> Transaction<'a> {
             }
             match self.undo_one(u, new_ran, service_down) {
                 Ok(()) => service_down |= matches!(u, Undo::StopNew),
+                // A leftover staging folder changes nothing on the node; its
+                // failed event says which folder to delete.
+                Err(_) if !u.changes_node() => {}
                 Err(e) => match u {
                     Undo::StopNew => {
                         // Restoring files and databases under a running
@@ -637,6 +644,16 @@ impl<'a> Transaction<'a> {
                     _ => problems.push(e.to_string()),
                 },
             }
+        }
+        if let Some(seq) = rollback_row {
+            let (state, error) = if problems.is_empty() {
+                (RowState::Done, None)
+            } else {
+                (RowState::Failed, Some(problems.join("; ")))
+            };
+            let _ = self
+                .state
+                .journal_end(self.record.id, seq, state, None, error.as_deref());
         }
         if reason.is_some() {
             if problems.is_empty() {

@@ -107,6 +107,11 @@ impl Undo {
         }
     }
 
+    /// Whether the action changes the node (removing the staging folder does not).
+    pub fn changes_node(&self) -> bool {
+        !matches!(self, Self::RemoveStaging { .. })
+    }
+
     /// The database this action restores, if it restores one.
     pub fn database(&self) -> Option<&str> {
         match self {
