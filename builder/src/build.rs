@@ -45,6 +45,43 @@ pub struct BuildReport {
     pub size: u64,
 }
 
+/// What `airlock-build build --json` prints.
+#[derive(Debug, serde::Serialize)]
+pub struct BuildSummary {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    /// Bundle name.
+    pub name: String,
+    /// Bundle version.
+    pub version: String,
+    /// Size of the bundle file, in bytes.
+    pub size: u64,
+    /// Size of the payload unpacked, in bytes.
+    pub unpacked_size: u64,
+    /// Number of payload files.
+    pub files: usize,
+    /// The signing key's id.
+    pub key_id: String,
+    /// How long the build took, in seconds.
+    pub seconds: f64,
+}
+
+impl BuildReport {
+    /// The summary `build --json` prints; `key_id` signed it in `seconds`.
+    pub fn summary(&self, key_id: String, seconds: f64) -> BuildSummary {
+        BuildSummary {
+            bundle: self.path.clone(),
+            name: self.manifest.name.clone(),
+            version: self.manifest.version.to_string(),
+            size: self.size,
+            unpacked_size: self.manifest.payload.unpacked_size,
+            files: self.manifest.files.len(),
+            key_id,
+            seconds,
+        }
+    }
+}
+
 /// One file to put in the payload.
 struct Planned {
     source: PathBuf,

@@ -211,14 +211,18 @@ impl Rollout<'_> {
         let _ = self.state.update_rollout_node(self.id, node, &u);
     }
 
-    fn healthy(&self, node: &NodeProfile) -> Result<(), String> {
+    /// `node` passes the cluster's health probe.
+    fn healthy(&self, node: &NodeProfile) -> Result<(), ClusterError> {
         let r = self
             .site
             .probe(&self.site.profile.cluster.healthy, node, None);
         if r.ok {
             Ok(())
         } else {
-            Err(r.output)
+            Err(ClusterError::Unhealthy {
+                node: node.name.clone(),
+                output: r.output.lines().last().unwrap_or("").trim().to_owned(),
+            })
         }
     }
 
@@ -249,11 +253,7 @@ impl Rollout<'_> {
             if Some(node.name.as_str()) == except {
                 continue;
             }
-            self.healthy(node)
-                .map_err(|output| ClusterError::Unhealthy {
-                    node: node.name.clone(),
-                    output: output.lines().last().unwrap_or("").trim().to_owned(),
-                })?;
+            self.healthy(node)?;
         }
         Ok(())
     }

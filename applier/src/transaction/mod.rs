@@ -124,21 +124,26 @@ impl<'a> Transaction<'a> {
         action: AuditAction,
         record: ApplyRecord,
     ) -> Result<Self, Box<(State, Unreadable)>> {
-        let parsed = (|| {
-            let manifest = Manifest::from_json(record.manifest_json.as_bytes())
-                .map_err(|e| format!("stored manifest: {e}"))?;
-            let old = Version::parse(&record.from_version)
-                .map_err(|e| format!("from version `{}`: {e}", record.from_version))?;
-            let new = Version::parse(&record.to_version)
-                .map_err(|e| format!("to version `{}`: {e}", record.to_version))?;
-            Ok::<_, String>((manifest, old, new))
-        })();
+        let unreadable = |what: String| Unreadable {
+            id: record.id,
+            what,
+        };
+        let parsed = Manifest::from_json(record.manifest_json.as_bytes())
+            .map_err(|e| unreadable(format!("stored manifest: {e}")))
+            .and_then(|manifest| {
+                let version = |text: &str, which: &str| {
+                    Version::parse(text)
+                        .map_err(|e| unreadable(format!("{which} version `{text}`: {e}")))
+                };
+                Ok((
+                    manifest,
+                    version(&record.from_version, "from")?,
+                    version(&record.to_version, "to")?,
+                ))
+            });
         let (manifest, old, new) = match parsed {
             Ok(p) => p,
-            Err(what) => {
-                let id = record.id;
-                return Err(Box::new((state, Unreadable { id, what })));
-            }
+            Err(e) => return Err(Box::new((state, e))),
         };
         let stage_dir = site.staging_dir().join(format!("apply-{}", record.id));
         let env = vec![

@@ -210,17 +210,9 @@ fn run(program: Program) -> Result<(), Failure> {
             })?;
             let m = &report.manifest;
             if json {
-                let value = serde_json::json!({
-                    "bundle": report.path,
-                    "name": m.name,
-                    "version": m.version.to_string(),
-                    "size": report.size,
-                    "unpacked_size": m.payload.unpacked_size,
-                    "files": m.files.len(),
-                    "key_id": key.key_id().to_string(),
-                    "seconds": started.elapsed().as_secs_f64(),
-                });
-                println!("{value}");
+                let summary =
+                    report.summary(key.key_id().to_string(), started.elapsed().as_secs_f64());
+                println!("{}", serde_json::to_string(&summary)?);
             } else {
                 eprintln!(
                     "built {} ({} files, {} bytes unpacked, {} bytes bundle) in {:.1}s, signed by {}",
