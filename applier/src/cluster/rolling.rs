@@ -525,7 +525,16 @@ impl Rollout<'_> {
                 self.options(),
                 |e| self.relay(&node.name, e, &mut stop_at, &mut up_at),
             )
-            .map_err(|e| self.stop(&at_node(&node.name), e.into(), NodeOutcome::Unchanged))?;
+            .map_err(|e| {
+                // Not started: nothing on the node changed. Its output
+                // unreadable halfway: where it stands is unknown.
+                let outcome = if matches!(e, NodeError::Spawn { .. }) {
+                    NodeOutcome::Unchanged
+                } else {
+                    NodeOutcome::NeedsOperator
+                };
+                self.stop(&at_node(&node.name), e.into(), outcome)
+            })?;
         let stopped_ms = match (stop_at, up_at) {
             (Some(a), Some(b)) if b >= a => i64::try_from(b - a).ok(),
             _ => None,
