@@ -1,11 +1,20 @@
-//! SIGINT and SIGTERM during an apply: the current step finishes, then the
-//! apply rolls back. A second signal is reported and not obeyed mid-step
-//! (SIGKILL still stops the process; `airlock-apply resume` then finishes the job).
+//! Signals during an apply, a resume or a rollback (docs/OPERATIONS.md,
+//! "Apply the bundle" and "If the session drops"):
+//!
+//! - SIGINT and SIGTERM: the current step finishes, then the apply rolls
+//!   back. A second signal is reported and not obeyed mid-step (SIGKILL
+//!   still stops the process; `airlock-apply resume` then finishes the job).
+//! - SIGHUP (the terminal or SSH session went away): ignored. The
+//!   transaction completes or rolls back as it would have; what it prints is
+//!   lost, but the journal and the apply's log file keep everything.
+//!
+//! SIGPIPE is ignored by every Rust program, so a closed pipe only makes
+//! writes fail, and the reporter ignores those.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::report::eprint_line;
@@ -22,18 +31,24 @@ impl Interrupt {
         Self::default()
     }
 
-    /// Catches SIGINT and SIGTERM from now on, in a background thread that
-    /// says on stderr what it will do: `then` (e.g. "finishing the current
-    /// step, then rolling back").
+    /// Catches SIGINT, SIGTERM and SIGHUP from now on, in a background
+    /// thread that says on stderr what it will do: `then` (e.g. "finishing
+    /// the current step, then rolling back").
     ///
     /// # Errors
     /// An I/O error when the handlers cannot be installed.
     pub fn install(then: &'static str) -> std::io::Result<Self> {
         let interrupt = Self::default();
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         let count = Arc::clone(&interrupt.count);
         std::thread::spawn(move || {
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    eprint_line(
+                        "airlock-apply: received SIGHUP (the session went away); going on: the journal and the apply's log file under the state folder record the rest",
+                    );
+                    continue;
+                }
                 let name = if signal == SIGINT {
                     "SIGINT"
                 } else {

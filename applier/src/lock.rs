@@ -27,6 +27,32 @@ pub fn lock(site: &Site) -> Result<NodeLock, ApplyError> {
     lock_in(&site.profile.paths.state_dir, LOCK_FILE)
 }
 
+/// The pid the live holder of the node's lock wrote, or `None` when no
+/// process holds it. Takes a shared lock for an instant to find out, so it
+/// never waits and never stops an apply from starting but for that instant.
+///
+/// # Errors
+/// [`ApplyError::Io`] when the lock file exists but cannot be read.
+pub fn holder(site: &Site) -> Result<Option<String>, ApplyError> {
+    let path = site.profile.paths.state_dir.join(LOCK_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut file = File::open(&path).map_err(ApplyError::io("reading the lock"))?;
+    match file.try_lock_shared() {
+        Ok(()) => Ok(None),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Ok(Some(pid.trim().to_owned()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(ApplyError::io(format!(
+            "checking the lock `{}`",
+            path.display()
+        ))(e)),
+    }
+}
+
 /// Takes the lock file `name` in `dir` (created if missing) and writes this
 /// process's pid into it.
 ///

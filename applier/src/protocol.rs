@@ -100,12 +100,25 @@ pub struct StatusReport {
     /// Why it cannot be found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_error: Option<String>,
-    /// The id of an interrupted apply that `resume` must finish or undo.
+    /// The id of an interrupted apply that `resume` must finish or undo
+    /// (`null` while it is still running).
     pub interrupted_apply: Option<i64>,
+    /// An apply, resume or rollback running now: it holds the node's lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_apply: Option<RunningApply>,
     /// The last five applies, newest first.
     pub applies: Vec<ApplySummary>,
     /// Every backup folder, oldest first.
     pub backups: Vec<BackupSummary>,
+}
+
+/// An apply whose process is alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningApply {
+    /// Its id, when it recorded one yet.
+    pub id: Option<i64>,
+    /// The pid that holds the lock.
+    pub pid: String,
 }
 
 /// The installed version and where it was read.

@@ -2,20 +2,38 @@
 //! stderr (`[elapsed]  MARK step: detail`, docs/OPERATIONS.md "Reading the
 //! output"), or with `--json` one [`crate::protocol::Message`] per line on
 //! stdout. A failed write (a closed pipe, a hung-up terminal) is ignored:
-//! output never stops a transaction halfway.
+//! output never stops a transaction halfway. An apply, resume or rollback
+//! also writes every line to its log file, `STATE_DIR/logs/apply-ID.log`,
+//! which outlives a lost session.
 
+use std::cell::RefCell;
 use std::io::Write as _;
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::error::ApplyError;
 use crate::protocol::{ErrorReport, Event, Message, Status, PROTOCOL};
 use crate::transaction::step::Step;
 use crate::transaction::undo::Undo;
 
+/// Lines kept before the log file is opened, at most.
+const EARLY_LINES: usize = 1000;
+
+/// Where the human lines also go.
+enum Log {
+    /// Not opened yet: the first lines, kept for the file.
+    Early(Vec<String>),
+    /// The apply's log file.
+    File(fs_err::File),
+    /// It could not be opened.
+    Off,
+}
+
 /// Prints events and reports.
 pub struct Reporter {
     json: bool,
     started: Instant,
+    log: RefCell<Log>,
 }
 
 impl Reporter {
@@ -24,6 +42,58 @@ impl Reporter {
         Self {
             json,
             started: Instant::now(),
+            log: RefCell::new(Log::Early(Vec::new())),
+        }
+    }
+
+    /// From now on every line also goes to the log file at `path` (appended
+    /// to, its folder created private), the lines so far first. When it
+    /// cannot be opened, that is reported and the command goes on.
+    pub fn open_log(&self, path: &Path) {
+        let opened = path
+            .parent()
+            .map_or(Ok(()), airlock_formats::durable::create_private_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                fs_err::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| e.to_string())
+            });
+        let early = std::mem::replace(&mut *self.log.borrow_mut(), Log::Off);
+        match opened {
+            Ok(mut file) => {
+                let mut lines = match early {
+                    Log::Early(lines) => lines,
+                    Log::File(_) | Log::Off => Vec::new(),
+                };
+                lines.insert(
+                    0,
+                    format!(
+                        "== airlock-apply {} at {} (Unix seconds), pid {}",
+                        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+                        crate::state::now(),
+                        std::process::id()
+                    ),
+                );
+                for line in lines {
+                    let _ = writeln!(file, "{line}");
+                }
+                *self.log.borrow_mut() = Log::File(file);
+            }
+            Err(e) => self.event("log", Status::Failed, &format!("cannot write the log: {e}")),
+        }
+    }
+
+    /// Writes `line` to the log (or keeps it for the log).
+    fn log(&self, line: &str) {
+        match &mut *self.log.borrow_mut() {
+            Log::Early(lines) if lines.len() < EARLY_LINES => lines.push(line.to_owned()),
+            Log::File(file) => {
+                let _ = writeln!(file, "{line}");
+            }
+            Log::Early(_) | Log::Off => {}
         }
     }
 
@@ -68,25 +138,15 @@ impl Reporter {
         self.emit(&event);
     }
 
-    /// Prints `event` (stderr for people, stdout with `--json`).
+    /// Prints `event` (stderr for people, stdout with `--json`) and logs it.
     pub fn emit(&self, event: &Event) {
+        let line = human(event);
+        self.log(&line);
         if self.json {
             self.message(&Message::Event(event.clone()));
-            return;
-        }
-        let secs = event.elapsed_ms as f64 / 1000.0;
-        let mark = match event.status {
-            Status::Ok => "ok",
-            Status::Failed => "FAILED",
-            Status::Start => "..",
-            Status::Info => "--",
-        };
-        let line = if event.detail.is_empty() {
-            format!("[{secs:7.2}s] {mark:>6} {}", event.step)
         } else {
-            format!("[{secs:7.2}s] {mark:>6} {}: {}", event.step, event.detail)
-        };
-        eprint_line(&line);
+            eprint_line(&line);
+        }
     }
 
     /// Prints a message as one JSON line on stdout.
@@ -97,13 +157,33 @@ impl Reporter {
     /// Reports a failed command: `error:` and `help:` on stderr, and with
     /// `--json` an [`ErrorReport`] as the last line on stdout.
     pub fn error(&self, error: &ApplyError) {
-        eprint_line(&format!("error: {error}"));
+        let text = format!("error: {error}");
+        self.log(&text);
+        eprint_line(&text);
         if let Some(help) = error.help() {
-            eprint_line(&format!("\nhelp: {help}"));
+            let text = format!("\nhelp: {help}");
+            self.log(&text);
+            eprint_line(&text);
         }
         if self.json {
             self.message(&Message::Error(ErrorReport::of(error)));
         }
+    }
+}
+
+/// An event as one line for people: `[elapsed]  MARK step: detail`.
+fn human(event: &Event) -> String {
+    let secs = Duration::from_millis(event.elapsed_ms).as_secs_f64();
+    let mark = match event.status {
+        Status::Ok => "ok",
+        Status::Failed => "FAILED",
+        Status::Start => "..",
+        Status::Info => "--",
+    };
+    if event.detail.is_empty() {
+        format!("[{secs:7.2}s] {mark:>6} {}", event.step)
+    } else {
+        format!("[{secs:7.2}s] {mark:>6} {}: {}", event.step, event.detail)
     }
 }
 

@@ -283,6 +283,15 @@ impl Site {
             .unwrap_or_else(|| self.profile.paths.state_dir.join("staging"))
     }
 
+    /// The log file of apply `id`: `STATE_DIR/logs/apply-ID.log`.
+    pub fn log_path(&self, id: i64) -> PathBuf {
+        self.profile
+            .paths
+            .state_dir
+            .join("logs")
+            .join(format!("apply-{id}.log"))
+    }
+
     /// The platform bundles must be built for.
     pub fn platform(&self) -> String {
         self.profile

@@ -247,6 +247,7 @@ pub fn apply(
         manifest_json: &manifest_json,
         signers: &header.signers_text(),
     })?;
+    reporter.open_log(&site.log_path(id));
     state.set_backup_dir(id, &backup_dir(id))?;
     let record = state.require_apply(id)?;
     let txn = Transaction::new(site, state, reporter, interrupt, AuditAction::Apply, record)

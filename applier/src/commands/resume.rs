@@ -57,6 +57,7 @@ pub fn resume(
         reporter.event("resume", Status::Ok, "no interrupted apply: nothing to do");
         return Ok(Resumed::Nothing);
     };
+    reporter.open_log(&site.log_path(record.id));
     let rows = state.journal(record.id)?;
     let legacy = crate::state::schema::has_legacy_journal(&state, record.id)?;
     let journal = fold(&rows);

@@ -149,6 +149,7 @@ pub fn rollback(
         manifest_json: &last.manifest_json,
         signers: &last.signers,
     })?;
+    reporter.open_log(&site.log_path(id));
     let record = state.require_apply(id)?;
     let mut txn = Transaction::new(
         site,

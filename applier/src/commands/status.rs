@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use crate::error::ApplyError;
-use crate::protocol::{ApplySummary, BackupSummary, InstalledReport, StatusReport, PROTOCOL};
+use crate::protocol::{
+    ApplySummary, BackupSummary, InstalledReport, RunningApply, StatusReport, PROTOCOL,
+};
 use crate::site::Site;
 use crate::state::State;
 use crate::steps::backup::{self, BackupInfo};
@@ -32,10 +34,17 @@ pub fn backup_summary(b: &BackupInfo) -> BackupSummary {
 pub fn status(site: &Site) -> Result<StatusReport, ApplyError> {
     let state = State::open_existing(&site.profile.paths.state_dir)?;
     let installed = installed_version(site, state.as_ref());
-    let (applies, interrupted) = match &state {
+    let (applies, unfinished) = match &state {
         Some(s) => (s.recent_applies(5)?, s.interrupted()?.map(|a| a.id)),
         None => (Vec::new(), None),
     };
+    // An unfinished apply whose process still holds the lock is running,
+    // not interrupted.
+    let running = crate::lock::holder(site)?.map(|pid| RunningApply {
+        id: unfinished,
+        pid,
+    });
+    let interrupted = if running.is_some() { None } else { unfinished };
     Ok(StatusReport {
         protocol: PROTOCOL,
         installed_error: installed.as_ref().err().map(ToString::to_string),
@@ -44,6 +53,7 @@ pub fn status(site: &Site) -> Result<StatusReport, ApplyError> {
             source: i.source.into(),
         }),
         interrupted_apply: interrupted,
+        running_apply: running,
         applies: applies
             .into_iter()
             .map(|a| ApplySummary {
@@ -79,6 +89,15 @@ impl StatusReport {
                 "installed   unknown: {}\n",
                 e.as_deref().unwrap_or("no record")
             )),
+        }
+        if let Some(running) = &self.running_apply {
+            let what = running
+                .id
+                .map_or_else(|| "an apply".to_string(), |id| format!("apply #{id}"));
+            out.push_str(&format!(
+                "RUNNING {what} (pid {}): it holds the lock; wait for it to end, its log is under `STATE_DIR/logs/`\n",
+                running.pid
+            ));
         }
         if let Some(id) = self.interrupted_apply {
             out.push_str(&format!(

@@ -61,6 +61,8 @@ pub struct ApplyReport {
     pub migrations: Vec<String>,
     /// Time from the stop to the new version healthy with its hook done.
     pub downtime: Duration,
+    /// The apply's log file.
+    pub log: PathBuf,
 }
 
 /// The bundle a transaction stages from.
@@ -273,6 +275,7 @@ impl<'a> Transaction<'a> {
             backup_dir: self.backup_dir.clone(),
             migrations: self.migrations.clone(),
             downtime,
+            log: self.site.log_path(self.record.id),
         })
     }
 

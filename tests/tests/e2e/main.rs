@@ -13,6 +13,7 @@
 mod cli;
 mod cluster;
 mod demo;
+mod field;
 mod harness;
 mod recovery;
 mod refusals;

@@ -302,7 +302,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                 "done",
                 Status::Ok,
                 &format!(
-                    "{} -> {} in {:.1}s (service down {:.1}s); migrations: {}; backup: {}",
+                    "{} -> {} in {:.1}s (service down {:.1}s); migrations: {}; backup: {}; log: {}",
                     report.from,
                     report.to,
                     reporter.elapsed().as_secs_f64(),
@@ -312,7 +312,8 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                     } else {
                         report.migrations.join(", ")
                     },
-                    report.backup_dir.display()
+                    report.backup_dir.display(),
+                    report.log.display()
                 ),
             );
         }

@@ -1,0 +1,120 @@
+//! Hardened for the field: an apply survives its session and its pipes
+//! going away, `status` tells a running apply from an interrupted one, a
+//! site takes only its own product, and unsigned input costs bounded memory.
+
+use std::fs;
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Command, Stdio};
+
+use crate::demo::Demo;
+use crate::harness::*;
+
+/// Asserts the demo node runs 1.1.0, healthy, recorded, with nothing left to resume.
+fn ends_on_the_new_version(demo: &Demo) {
+    assert_eq!(
+        fs::read_to_string(demo.site_dir().join("node/RELEASE")).unwrap(),
+        "1.1.0\n"
+    );
+    assert!(demo.healthy(), "the new version is not healthy");
+    let status = airlock_apply(&["--json", "status", "--site", &demo.site()]).ok();
+    let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(status["installed"]["version"], "1.1.0", "{status}");
+    assert!(status["interrupted_apply"].is_null(), "{status}");
+    assert!(status.get("running_apply").is_none(), "{status}");
+    // The apply's log file has the whole run, to its end.
+    let log = fs::read_to_string(demo.site_dir().join("state/logs/apply-1.log")).unwrap();
+    assert!(log.contains("ok commit: demo 1.1.0 installed"), "{log}");
+    assert!(log.contains("ok done: 1.0.0 -> 1.1.0"), "{log}");
+}
+
+#[test]
+fn an_apply_whose_stdout_closes_after_its_first_line_completes() {
+    let demo = Demo::start();
+    let mut child = Command::new(bin("airlock-apply"))
+        .args(["--json", "apply", &demo.bundle(), "--site", &demo.site()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Like `airlock-apply ... | head -1`: one line, then the pipe closes.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("\"step\":\"lock\""), "{first}");
+    drop(stdout);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(0), "{stderr}");
+    ends_on_the_new_version(&demo);
+}
+
+#[test]
+fn an_apply_whose_session_hangs_up_completes() {
+    let demo = Demo::start();
+    let mut child = Command::new(bin("airlock-apply"))
+        .args(["--json", "apply", &demo.bundle(), "--site", &demo.site()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if line.contains("\"step\":\"stop\"") && line.contains("\"status\":\"ok\"") {
+            // The SSH session drops: SIGHUP, and the terminal is gone.
+            Command::new("kill")
+                .args(["-HUP", &child.id().to_string()])
+                .status()
+                .unwrap();
+            break;
+        }
+    }
+    drop(child.stderr.take());
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(0), "the apply did not survive SIGHUP");
+    ends_on_the_new_version(&demo);
+}
+
+#[test]
+fn status_tells_a_running_apply_from_an_interrupted_one() {
+    let demo = Demo::start();
+    let site = demo.site();
+    let (_, code, _) = run_with_signal(
+        &failpoints_bin(),
+        &[("FAILPOINTS", "after-journal-install=pause")],
+        &["apply", &demo.bundle(), "--site", &site],
+        "KILL",
+        |e, _| {
+            if e.step == "install" && e.status == "start" {
+                // Paused there, alive, holding the lock.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let status = airlock_apply(&["--json", "status", "--site", &site]).ok();
+                let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+                assert!(status["interrupted_apply"].is_null(), "{status}");
+                assert_eq!(status["running_apply"]["id"], 1, "{status}");
+                let text = airlock_apply(&["status", "--site", &site]).ok();
+                assert!(text.stdout.contains("RUNNING apply #1"), "{}", text.stdout);
+                assert!(!text.stdout.contains("INTERRUPTED"), "{}", text.stdout);
+                true
+            } else {
+                false
+            }
+        },
+    );
+    assert_eq!(code, -1);
+    // Killed: now it is interrupted, and `resume` is what to run.
+    let text = airlock_apply(&["status", "--site", &site]).ok();
+    assert!(
+        text.stdout.contains("INTERRUPTED apply #1"),
+        "{}",
+        text.stdout
+    );
+    let resumed = airlock_apply(&["resume", "--site", &site]);
+    assert_eq!(resumed.code, 4, "{}", resumed.stderr);
+}
