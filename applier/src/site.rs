@@ -31,6 +31,11 @@ pub struct SiteProfile {
     /// Platform of this site, `OS-ARCH`; defaults to the applier's own.
     #[serde(default)]
     pub platform: Option<String>,
+    /// The product this node runs: the bundle name it accepts (docs/SITE.md,
+    /// "Top level"). Unset, the name of the installed release decides once
+    /// airlock installed one.
+    #[serde(default)]
+    pub product: Option<String>,
     /// The service and how to control it.
     pub service: Service,
     /// Binary name (as in the bundle) to install path; overrides the bundle's default.

@@ -35,6 +35,8 @@ pub struct InstalledVersion {
     pub version: Version,
     /// `state database` or `version probe`.
     pub source: &'static str,
+    /// The installed release's bundle name, when airlock installed it.
+    pub name: Option<String>,
 }
 
 /// A bundle that passed verification, header and payload.
@@ -75,6 +77,7 @@ pub fn installed_version(
         return Ok(InstalledVersion {
             version: installed.version,
             source: "state database",
+            name: Some(installed.name),
         });
     }
     let preflight = VerifyError::Installed;
@@ -97,6 +100,7 @@ pub fn installed_version(
     Ok(InstalledVersion {
         version,
         source: "version probe",
+        name: None,
     })
 }
 
@@ -139,13 +143,43 @@ pub fn check_expiry(m: &Manifest) -> Result<(), Refusal> {
     }
 }
 
+/// Refuses a bundle of another product than the one this node runs: the
+/// site profile's `product`, else the installed release's name (RAUC's
+/// `compatible`, Mender's `device_type` play this part).
+fn check_product(site: &Site, m: &Manifest, installed: &InstalledVersion) -> Result<(), Refusal> {
+    let (product, from) = match (&site.profile.product, &installed.name) {
+        (Some(product), _) => (
+            product,
+            format!("its site profile says product = \"{product}\""),
+        ),
+        (None, Some(name)) => (name, format!("it runs {name} {}", installed.version)),
+        (None, None) => return Ok(()),
+    };
+    if &m.name == product {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        format!(
+            "it is a bundle of `{}`, but this node runs `{product}` ({from})",
+            m.name
+        ),
+        format!(
+            "use the `{product}` bundle for this node; if this node really changes product, set `product = \"{}\"` in {}",
+            m.name,
+            site.path.display()
+        ),
+    ))
+}
+
 /// Checks the manifest against the site.
 fn check_manifest(
     site: &Site,
     m: &Manifest,
-    installed: &Version,
+    installed: &InstalledVersion,
     opts: VerifyOptions,
 ) -> Result<(), Refusal> {
+    check_product(site, m, installed)?;
+    let installed = &installed.version;
     check_expiry(m)?;
     if m.platform != site.platform() {
         return Err(Refusal::new(
@@ -260,7 +294,7 @@ pub fn read_and_verify(
                     site.trust.threshold()
                 ));
             })?;
-            check_manifest(site, &h.manifest, &installed.version, opts).map_err(|refusal| {
+            check_manifest(site, &h.manifest, &installed, opts).map_err(|refusal| {
                 refusal_help = Some(refusal.help);
                 BundleError::Refused(refusal.reason)
             })

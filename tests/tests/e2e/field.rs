@@ -118,3 +118,53 @@ fn status_tells_a_running_apply_from_an_interrupted_one() {
     let resumed = airlock_apply(&["resume", "--site", &site]);
     assert_eq!(resumed.code, 4, "{}", resumed.stderr);
 }
+
+#[test]
+fn a_bundle_of_another_product_is_refused_and_nothing_changes() {
+    let demo = Demo::start();
+    let site = demo.site();
+    let rename = |release: &std::path::Path| {
+        let spec = release.join("bundle.toml");
+        let text = fs::read_to_string(&spec).unwrap();
+        fs::write(&spec, text.replace("name = \"demo\"", "name = \"billing\"")).unwrap();
+    };
+    let billing = demo.release("1.1.0", rename);
+    let before = sha256_tree(&demo.site_dir().join("node"));
+    for command in ["verify", "plan", "apply"] {
+        let run = airlock_apply(&[command, &billing, "--site", &site]);
+        assert_eq!(run.code, 3, "{command}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("it is a bundle of `billing`, but this node runs `demo` (its site profile says product = \"demo\")"),
+            "{command}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("help: use the `demo` bundle"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_eq!(sha256_tree(&demo.site_dir().join("node")), before);
+    assert!(!demo.site_dir().join("backups").exists());
+
+    // Without `product`, the installed release's name decides.
+    demo.edit_site(|s| s.replace("product = \"demo\"", ""));
+    airlock_apply(&["apply", &demo.bundle(), "--site", &site]).ok();
+    let billing_next = demo.release("1.2.0", rename);
+    let run = airlock_apply(&["apply", &billing_next, "--site", &site]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "it is a bundle of `billing`, but this node runs `demo` (it runs demo 1.1.0)"
+        ),
+        "{}",
+        run.stderr
+    );
+    let status = airlock_apply(&["--json", "status", "--site", &site]).ok();
+    assert!(
+        status.stdout.contains("\"version\":\"1.1.0\""),
+        "{}",
+        status.stdout
+    );
+}
