@@ -24,8 +24,11 @@ use crate::steps::service::{find_version, run_probe};
 /// Options of verification.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VerifyOptions {
-    /// Accept a version lower than or equal to the installed one.
+    /// Accept a version lower than or equal to the installed one, and an
+    /// installed version outside `upgrades_from`.
     pub allow_downgrade: bool,
+    /// Accept the installed version itself (install it again).
+    pub reinstall: bool,
 }
 
 /// Where the installed version came from.
@@ -201,10 +204,10 @@ fn check_manifest(
             "bring a newer airlock-apply to the site first",
         ));
     }
-    if m.version == *installed && !opts.allow_downgrade {
+    if m.version == *installed && !opts.allow_downgrade && !opts.reinstall {
         return Err(Refusal::new(
             format!("{} {} is already installed", m.name, installed),
-            "nothing to do; pass --allow-downgrade to reinstall the same version",
+            "nothing to do: `airlock-apply apply` says so and exits 0; pass --reinstall to install it again",
         ));
     }
     if m.version < *installed && !opts.allow_downgrade {
@@ -216,7 +219,7 @@ fn check_manifest(
             "pass --allow-downgrade if a downgrade is really intended",
         ));
     }
-    if !m.upgrades_from.matches(installed) && !opts.allow_downgrade {
+    if m.version != *installed && !m.upgrades_from.matches(installed) && !opts.allow_downgrade {
         return Err(Refusal::new(
             format!(
                 "it upgrades installed versions `{}`, but {installed} is installed",

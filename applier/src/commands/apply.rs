@@ -172,6 +172,20 @@ pub fn refuse_if_interrupted(state: &State) -> Result<(), ApplyError> {
     }
 }
 
+/// How an apply ended well.
+#[derive(Debug, Clone)]
+pub enum Applied {
+    /// The bundle's version is installed now.
+    Installed(ApplyReport),
+    /// It was installed already: nothing was done (`--reinstall` forces it).
+    AlreadyInstalled {
+        /// Bundle name.
+        name: String,
+        /// The version.
+        version: semver::Version,
+    },
+}
+
 /// Applies the bundle at `bundle` to the node `site` describes.
 ///
 /// # Errors
@@ -185,7 +199,7 @@ pub fn apply(
     opts: VerifyOptions,
     reporter: &Reporter,
     interrupt: &Interrupt,
-) -> Result<ApplyReport, ApplyError> {
+) -> Result<Applied, ApplyError> {
     let _lock = lock(site)?;
     reporter.event(
         "lock",
@@ -204,10 +218,39 @@ pub fn apply(
     // Authenticate and check the header first (no payload read), so the
     // disk-space check knows the sizes before anything is written.
     reporter.event("verify", Status::Start, &bundle.display().to_string());
-    let header = read_and_verify(site, Some(&state), bundle, opts, None)
+    // The installed version itself is no refusal here: it is nothing to do.
+    let header_opts = VerifyOptions {
+        reinstall: true,
+        ..opts
+    };
+    let header = read_and_verify(site, Some(&state), bundle, header_opts, None)
         .map_err(ApplyError::from)
         .inspect_err(|e| audit_early_failure(&state, bundle, e))?;
     let m = header.header.manifest.clone();
+    if m.version == header.installed.version && !opts.reinstall && !opts.allow_downgrade {
+        reporter.event(
+            "verify",
+            Status::Ok,
+            &format!(
+                "{} {} is already installed, nothing to do (signed by {}); pass --reinstall to install it again",
+                m.name,
+                m.version,
+                header.signers_text()
+            ),
+        );
+        let _ = state.audit(&AuditEntry {
+            action: AuditAction::Apply,
+            bundle: Some(bundle.display().to_string()),
+            version: Some(m.version.to_string()),
+            signers: Some(header.signers_text()),
+            error: Some("already installed, nothing to do".into()),
+            ..AuditEntry::default()
+        });
+        return Ok(Applied::AlreadyInstalled {
+            name: m.name,
+            version: m.version,
+        });
+    }
     reporter.event(
         "verify",
         Status::Ok,
@@ -256,5 +299,5 @@ pub fn apply(
             bundle: bundle.to_owned(),
             opts,
         });
-    txn.run(&steps)
+    txn.run(&steps).map(Applied::Installed)
 }

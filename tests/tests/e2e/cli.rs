@@ -217,8 +217,12 @@ fn exit_2_the_command_line_is_wrong() {
 #[test]
 fn exit_3_the_bundle_is_refused() {
     let demo = Demo::start();
-    airlock_apply(&["apply", &demo.bundle(), "--site", &demo.site()]).ok();
-    let run = airlock_apply(&["apply", &demo.bundle(), "--site", &demo.site()]);
+    let billing = demo.release("1.1.0", |release| {
+        let spec = release.join("bundle.toml");
+        let text = fs::read_to_string(&spec).unwrap();
+        fs::write(&spec, text.replace("name = \"demo\"", "name = \"billing\"")).unwrap();
+    });
+    let run = airlock_apply(&["apply", &billing, "--site", &demo.site()]);
     check_exit(3, "refused", &run, &demo.root);
 }
 

@@ -168,3 +168,37 @@ fn a_bundle_of_another_product_is_refused_and_nothing_changes() {
         status.stdout
     );
 }
+
+#[test]
+fn applying_the_installed_version_does_nothing_unless_reinstall() {
+    let demo = Demo::start();
+    let site = demo.site();
+    airlock_apply(&["apply", &demo.bundle(), "--site", &site]).ok();
+    let backups = || {
+        fs::read_dir(demo.site_dir().join("backups"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(backups(), 1);
+    let again = airlock_apply(&["apply", &demo.bundle(), "--site", &site]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains("demo 1.1.0 is already installed, nothing to do"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(backups(), 1, "a no-op apply made a backup");
+    let reinstalled = airlock_apply(&["apply", &demo.bundle(), "--site", &site, "--reinstall"]);
+    assert_eq!(reinstalled.code, 0, "{}", reinstalled.stderr);
+    assert!(
+        reinstalled
+            .stderr
+            .contains("ok commit: demo 1.1.0 installed"),
+        "{}",
+        reinstalled.stderr
+    );
+    assert_eq!(backups(), 2);
+    assert!(demo.healthy());
+}

@@ -113,19 +113,24 @@ fn upgrade_installs_binary_runs_migrations_and_keeps_every_key() {
     assert_eq!(status["installed"]["source"], "state database");
     assert_eq!(status["applies"][0]["outcome"], "ok");
 
-    // Applying the same bundle again is refused: it is installed.
+    // Applying the same bundle again does nothing and says so: it is
+    // installed (exit 0, not the exit 3 of a forged bundle).
+    let before = node.snapshot();
     let again = airlock_apply(&[
         "apply",
         &bundle.display().to_string(),
         "--site",
         &node.site(),
     ]);
-    assert_eq!(again.code, 3, "{}", again.stderr);
+    assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(
-        again.stderr.contains("1.1.0 is already installed"),
+        again
+            .stderr
+            .contains("etcd-node 1.1.0 is already installed, nothing to do"),
         "{}",
         again.stderr
     );
+    assert_eq!(node.snapshot(), before);
 }
 
 #[test]

@@ -61,6 +61,9 @@ enum Command {
         /// As for `apply`.
         #[arg(long)]
         allow_downgrade: bool,
+        /// As for `apply`.
+        #[arg(long)]
+        reinstall: bool,
     },
     /// Apply a bundle to this node: verify, stage, stop, back up, install,
     /// migrate, start, check health; roll back by itself on failure. With
@@ -78,6 +81,10 @@ enum Command {
         /// installed version outside the bundle's `upgrades_from`.
         #[arg(long)]
         allow_downgrade: bool,
+        /// Install the version that is installed already again (without it,
+        /// applying the installed version does nothing and exits 0).
+        #[arg(long)]
+        reinstall: bool,
     },
     /// Finish or undo an interrupted apply (killed, power cut): roll it back,
     /// or complete it when the new version was already healthy. With a cluster
@@ -251,16 +258,25 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             allow_downgrade,
         } => {
             let site = Site::load(&site)?;
-            let v = verify::verify(&site, &bundle, VerifyOptions { allow_downgrade })?;
+            let opts = VerifyOptions {
+                allow_downgrade,
+                reinstall: false,
+            };
+            let v = verify::verify(&site, &bundle, opts)?;
             reporter.event("verify", Status::Ok, &verify::summary(&site, &v));
         }
         Command::Plan {
             bundle,
             site,
             allow_downgrade,
+            reinstall,
         } => {
             let site = Site::load(&site)?;
-            let plan = plan::plan(&site, &bundle, VerifyOptions { allow_downgrade })?;
+            let opts = VerifyOptions {
+                allow_downgrade,
+                reinstall,
+            };
+            let plan = plan::plan(&site, &bundle, opts)?;
             if reporter.json() {
                 reporter.message(&Message::Plan(plan));
             } else {
@@ -271,13 +287,14 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             bundle,
             site,
             allow_downgrade,
+            reinstall,
             mode,
         } => {
             if mode == Mode::Rolling {
-                if allow_downgrade {
+                if allow_downgrade || reinstall {
                     return Err(ApplyError::Site {
                         path: site,
-                        reason: "--allow-downgrade is for one node at a time; a rolling downgrade is not supported: apply the older bundle on each node's own site profile".into(),
+                        reason: "--allow-downgrade and --reinstall are for one node at a time; a rolling downgrade or reinstall is not supported: apply the bundle on each node's own site profile".into(),
                     });
                 }
                 let cluster = ClusterSite::load(&site)?;
@@ -291,13 +308,21 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                 });
             }
             let site = Site::load(&site)?;
-            let report = apply::apply(
-                &site,
-                &bundle,
-                VerifyOptions { allow_downgrade },
-                reporter,
-                &interrupt()?,
-            )?;
+            let opts = VerifyOptions {
+                allow_downgrade,
+                reinstall,
+            };
+            let report = match apply::apply(&site, &bundle, opts, reporter, &interrupt()?)? {
+                apply::Applied::Installed(report) => report,
+                apply::Applied::AlreadyInstalled { name, version } => {
+                    reporter.event(
+                        "done",
+                        Status::Ok,
+                        &format!("{name} {version} is already installed, nothing to do"),
+                    );
+                    return Ok(exit::OK);
+                }
+            };
             reporter.event(
                 "done",
                 Status::Ok,
