@@ -348,13 +348,16 @@ fn read_payload(
         .map_err(BundleError::io("starting the zstd decoder"))?;
     // Bound what decompression may produce: the files, a few header blocks
     // each (long names, PAX) and the end-of-archive blocks. No zip bombs.
-    let bound = manifest.payload.unpacked_size
-        + (manifest.files.len() as u64 + 2) * 4 * 512
-        + manifest
-            .files
-            .iter()
-            .map(|f| f.path.as_str().len() as u64 + 512)
-            .sum::<u64>();
+    // Saturating: a signed manifest may still declare absurd sizes.
+    let files = u64::try_from(manifest.files.len()).unwrap_or(u64::MAX);
+    let bound = manifest
+        .payload
+        .unpacked_size
+        .saturating_add(files.saturating_add(2).saturating_mul(4 * 512))
+        .saturating_add(manifest.files.iter().fold(0u64, |sum, f| {
+            sum.saturating_add(u64::try_from(f.path.as_str().len()).unwrap_or(u64::MAX))
+                .saturating_add(512)
+        }));
     let mut inner = tar::Archive::new(decoder.take(bound));
     let index: HashMap<&BundlePath, usize> = manifest
         .files
@@ -625,6 +628,12 @@ mod tests {
             tar.append(&header, body).unwrap();
         }
         let payload = zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap();
+        craft_payload(&payload, listed)
+    }
+
+    /// A bundle whose signed payload is `payload` (compressed bytes, as
+    /// they are) while the signed manifest lists `listed` (path, data).
+    fn craft_payload(payload: &[u8], listed: &[(&str, &[u8])]) -> (Vec<u8>, SecretKey) {
         let mut manifest = sample();
         manifest.files = listed
             .iter()
@@ -650,16 +659,36 @@ mod tests {
         let key = SecretKey::from_minisign(&SecretKey::generate(None).unwrap().secret_text, None)
             .unwrap();
         let sig = key.sign(&bytes, "t");
-        let out = write_bundle(
-            Vec::new(),
-            &bytes,
-            &[sig],
-            &payload[..],
-            payload.len() as u64,
-            0,
-        )
-        .unwrap();
+        let out =
+            write_bundle(Vec::new(), &bytes, &[sig], payload, payload.len() as u64, 0).unwrap();
         (out, key)
+    }
+
+    #[test]
+    fn a_signed_payload_that_does_not_decompress_is_an_invalid_bundle_not_an_io_error() {
+        let hello: &[u8] = b"hello";
+        let mut big_window = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        big_window.include_contentsize(false).unwrap();
+        big_window.window_log(31).unwrap();
+        io::Write::write_all(&mut big_window, b"hello").unwrap();
+        let big_window = big_window.finish().unwrap();
+        for (what, payload) in [
+            ("not zstd", b"this is not a zstd frame at all".to_vec()),
+            ("a 2 GiB window", big_window),
+            (
+                "truncated",
+                zstd::encode_all(&b"hello"[..], 3).unwrap()[..8].to_vec(),
+            ),
+            ("empty", Vec::new()),
+        ] {
+            let (bytes, key) = craft_payload(&payload, &[("a", hello)]);
+            let err = read(&bytes, &key).err().expect("accepted");
+            assert!(matches!(err, BundleError::Malformed(_)), "{what}: {err:?}");
+            assert!(
+                err.to_string().contains("does not decompress"),
+                "{what}: {err}"
+            );
+        }
     }
 
     #[track_caller]

@@ -244,22 +244,43 @@ impl<R: Read> Read for ChunkVerifier<'_, R> {
     }
 }
 
-/// Turns an I/O error that carries a [`BundleError`] (raised inside a reader
-/// chain, e.g. by the chunk verifier) back into it; other errors get `context`.
+/// Turns an error of the payload's reader chain (chunk verifier, zstd, tar)
+/// back into a [`BundleError`]: the one the chunk verifier raised when it
+/// carries one, an I/O error when reading the bundle file failed further
+/// down, and otherwise an invalid bundle: the signed payload does not
+/// decompress as a zstd frame holding a tar (not zstd, truncated, a window
+/// larger than the decoder allows).
 pub fn unwrap_io(context: &str, e: io::Error) -> BundleError {
     if e.get_ref().is_some_and(|inner| inner.is::<BundleError>()) {
-        match e.into_inner().map(|inner| inner.downcast::<BundleError>()) {
+        return match e.into_inner().map(|inner| inner.downcast::<BundleError>()) {
             Some(Ok(inner)) => *inner,
             Some(Err(other)) => BundleError::Io {
                 context: context.to_owned(),
                 source: io::Error::other(other),
             },
             None => BundleError::Malformed(context.to_owned()),
-        }
-    } else {
-        BundleError::Io {
+        };
+    }
+    if carries_io_error(&e) {
+        return BundleError::Io {
             context: context.to_owned(),
             source: e,
-        }
+        };
     }
+    BundleError::Malformed(format!(
+        "{context}: the payload does not decompress as a zstd frame holding a tar ({e})"
+    ))
+}
+
+/// Whether a [`BundleError::Io`] is somewhere in `e`'s chain (a wrapper such
+/// as the tar crate's may sit around the verifier's error).
+fn carries_io_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(b) = e.downcast_ref::<BundleError>() {
+        return matches!(b, BundleError::Io { .. });
+    }
+    let inner = e
+        .downcast_ref::<io::Error>()
+        .and_then(|io| io.get_ref())
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    inner.or_else(|| e.source()).is_some_and(carries_io_error)
 }

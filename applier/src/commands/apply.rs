@@ -19,9 +19,12 @@ use crate::transaction::step::planned_steps;
 use crate::transaction::{ApplyReport, Source, Transaction};
 use crate::verify::{read_and_verify, VerifyOptions};
 
-/// Free space kept in reserve beyond what staging and backups need: 5 % plus 16 MiB.
+/// Free space kept in reserve beyond what staging and backups need: 5 % plus
+/// 16 MiB, saturating (a signed manifest may still declare absurd sizes).
 pub fn with_margin(bytes: u64) -> u64 {
-    bytes + bytes / 20 + 16 * 1024 * 1024
+    bytes
+        .saturating_add(bytes / 20)
+        .saturating_add(16 * 1024 * 1024)
 }
 
 /// Space an apply needs: per folder, the bytes it will write (without margin).
@@ -47,26 +50,20 @@ impl SpaceNeed {
 /// Bytes the backup of this site will take for `manifest`.
 pub fn backup_size(site: &Site, manifest: &Manifest) -> u64 {
     let data = &site.profile.data;
-    let mut need: u64 = data
+    let databases = data
         .databases
         .values()
-        .map(|p| {
-            stage::tree_size(p) + stage::tree_size(&PathBuf::from(format!("{}-wal", p.display())))
-        })
-        .sum();
-    need += data.raft_dir.as_deref().map_or(0, stage::tree_size);
-    need += data
-        .config_files
-        .iter()
-        .map(|p| stage::tree_size(p))
-        .sum::<u64>();
-    need += manifest
-        .files
-        .iter()
-        .filter_map(|e| install_target(site, e))
-        .map(|p| stage::tree_size(&p))
-        .sum::<u64>();
-    need
+        .flat_map(|p| [p.clone(), PathBuf::from(format!("{}-wal", p.display()))]);
+    databases
+        .chain(data.raft_dir.iter().cloned())
+        .chain(data.config_files.iter().cloned())
+        .chain(
+            manifest
+                .files
+                .iter()
+                .filter_map(|e| install_target(site, e)),
+        )
+        .fold(0u64, |need, p| need.saturating_add(stage::tree_size(&p)))
 }
 
 /// What staging and backups need and what is free, per filesystem.
@@ -82,7 +79,7 @@ pub fn space_needs(site: &Site, manifest: &Manifest) -> Result<Vec<SpaceNeed>, A
         needs[0] = (
             staging,
             "staging and backups",
-            manifest.payload.unpacked_size + backup_need,
+            manifest.payload.unpacked_size.saturating_add(backup_need),
         );
     } else {
         needs.push((backups, "backups", backup_need));
