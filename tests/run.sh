@@ -10,6 +10,7 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v scp >/dev/null 2>&1 || need+=(openssh-client)
+[ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     sudo=""

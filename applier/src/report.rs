@@ -157,11 +157,11 @@ impl Reporter {
     /// Reports a failed command: `error:` and `help:` on stderr, and with
     /// `--json` an [`ErrorReport`] as the last line on stdout.
     pub fn error(&self, error: &ApplyError) {
-        let text = format!("error: {error}");
+        let text = terminal_safe(&format!("error: {error}"));
         self.log(&text);
         eprint_line(&text);
         if let Some(help) = error.help() {
-            let text = format!("\nhelp: {help}");
+            let text = terminal_safe(&format!("\nhelp: {help}"));
             self.log(&text);
             eprint_line(&text);
         }
@@ -169,6 +169,21 @@ impl Reporter {
             self.message(&Message::Error(ErrorReport::of(error)));
         }
     }
+}
+
+/// `text` as it may go to a terminal or a log: control and bidirectional
+/// formatting characters escaped (docs/FORMAT.md, "Reader rules"), except
+/// the newlines of a command's output that a message quotes.
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c != '\n' && airlock_formats::shown::is_unsafe(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// An event as one line for people: `[elapsed]  MARK step: detail`.
@@ -180,10 +195,14 @@ fn human(event: &Event) -> String {
         Status::Start => "..",
         Status::Info => "--",
     };
+    let step = terminal_safe(&event.step);
     if event.detail.is_empty() {
-        format!("[{secs:7.2}s] {mark:>6} {}", event.step)
+        format!("[{secs:7.2}s] {mark:>6} {step}")
     } else {
-        format!("[{secs:7.2}s] {mark:>6} {}: {}", event.step, event.detail)
+        format!(
+            "[{secs:7.2}s] {mark:>6} {step}: {}",
+            terminal_safe(&event.detail)
+        )
     }
 }
 

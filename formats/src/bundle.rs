@@ -12,6 +12,7 @@ use crate::error::BundleError;
 use crate::manifest::{FileEntry, Manifest, FORMAT_MARKER};
 use crate::path::BundlePath;
 use crate::payload::{unwrap_io, ChunkVerifier};
+use crate::shown::shown;
 use crate::signing::Signature;
 
 /// Name of the first entry, holding the format marker and a newline.
@@ -28,6 +29,130 @@ pub const MAX_SIGNATURE_SIZE: u64 = 4096;
 pub const MAX_SIGNATURES: usize = 64;
 /// Most zero padding accepted after the container's end-of-archive block, in bytes.
 const MAX_TRAILING_ZEROS: u64 = 20 * 512;
+
+/// Why [`ContainerGuard`] stopped: a container header the tar crate must not see.
+#[derive(Debug)]
+struct ContainerRefusal(String);
+
+impl std::fmt::Display for ContainerRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ContainerRefusal {}
+
+/// The reader under the container's tar reader. It reads the container one
+/// 512-byte header at a time, ahead of the tar crate, and refuses every
+/// header that is not a regular file before the tar crate acts on it: a GNU
+/// long name or PAX record would otherwise be read into memory whole, at any
+/// size, before any signature is checked. After the end-of-archive block it
+/// passes bytes through unread.
+struct ContainerGuard<R> {
+    inner: R,
+    /// Data bytes of the current entry (padded to 512) still to pass through.
+    data_left: u64,
+    /// A checked header block being passed on, and how much of it was.
+    block: [u8; 512],
+    block_len: usize,
+    block_pos: usize,
+    /// The end-of-archive block went by.
+    ended: bool,
+}
+
+impl<R: Read> ContainerGuard<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            data_left: 0,
+            block: [0; 512],
+            block_len: 0,
+            block_pos: 0,
+            ended: false,
+        }
+    }
+
+    /// Reads the next header block (all of it, unless the file ends) and checks it.
+    fn next_header(&mut self) -> io::Result<()> {
+        let mut filled = 0;
+        while filled < 512 {
+            match self.inner.read(&mut self.block[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.block_len = filled;
+        self.block_pos = 0;
+        if filled < 512 || self.block.iter().all(|b| *b == 0) {
+            // A short block is for the tar crate to call truncated; a zero
+            // block ends the archive.
+            self.ended = filled == 512;
+            return Ok(());
+        }
+        let header = tar::Header::from_byte_slice(&self.block);
+        let kind = header.entry_type();
+        let size = header.entry_size().unwrap_or(u64::MAX);
+        if !matches!(kind, tar::EntryType::Regular) {
+            let what = match kind {
+                tar::EntryType::GNULongName => "a GNU long-name record",
+                tar::EntryType::GNULongLink => "a GNU long-link record",
+                tar::EntryType::XHeader | tar::EntryType::XGlobalHeader => "a PAX header record",
+                tar::EntryType::Directory => "a directory",
+                tar::EntryType::Symlink | tar::EntryType::Link => "a link",
+                _ => "not a regular file",
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                ContainerRefusal(format!(
+                    "container entry `{}` is {what} of {size} bytes; an airlock bundle's container holds regular files only (refused before reading it)",
+                    crate::shown::shown_bytes(&header.path_bytes())
+                )),
+            ));
+        }
+        self.data_left = size.saturating_add(511) / 512 * 512;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for ContainerGuard<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if self.block_pos == self.block_len && self.data_left == 0 && !self.ended {
+            self.next_header()?;
+        }
+        if self.block_pos < self.block_len {
+            let n = out.len().min(self.block_len - self.block_pos);
+            out[..n].copy_from_slice(&self.block[self.block_pos..self.block_pos + n]);
+            self.block_pos += n;
+            return Ok(n);
+        }
+        if self.ended {
+            return self.inner.read(out);
+        }
+        let want = usize::try_from(self.data_left)
+            .unwrap_or(usize::MAX)
+            .min(out.len());
+        let n = self.inner.read(&mut out[..want])?;
+        self.data_left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The [`BundleError`] for an error of the container's tar reader: the
+/// guard's refusal as it is, else `context` and the error.
+fn container_error(context: String, e: io::Error) -> BundleError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ContainerRefusal>())
+    {
+        Some(refusal) => BundleError::Container(refusal.0.clone()),
+        None => BundleError::Malformed(format!("{context}: {e}")),
+    }
+}
 
 /// Name of the entry holding the signature by `key_id`.
 pub fn signature_entry_name(sig: &Signature) -> String {
@@ -148,13 +273,14 @@ pub fn rewrite_signatures<R: Read, W: Write>(
     out: W,
     signatures: &[Signature],
 ) -> Result<W, BundleError> {
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(ContainerGuard::new(reader));
     let entries = archive
         .entries()
         .map_err(BundleError::io("reading the bundle"))?;
     let mut manifest_bytes = None;
     for entry in entries {
-        let mut entry = entry.map_err(BundleError::io("reading the bundle"))?;
+        let mut entry =
+            entry.map_err(|e| container_error("cannot read a container entry".into(), e))?;
         let name = entry_name(&entry)?;
         if name == MANIFEST_ENTRY {
             manifest_bytes = Some(read_small(&mut entry, MANIFEST_ENTRY, MAX_MANIFEST_SIZE)?);
@@ -182,10 +308,14 @@ fn read_small(entry: &mut dyn Read, name: &str, max: u64) -> Result<Vec<u8>, Bun
     entry
         .take(max + 1)
         .read_to_end(&mut buf)
-        .map_err(BundleError::io(format!("reading bundle entry `{name}`")))?;
+        .map_err(BundleError::io(format!(
+            "reading bundle entry `{}`",
+            shown(name)
+        )))?;
     if buf.len() as u64 > max {
         return Err(BundleError::Malformed(format!(
-            "entry `{name}` is larger than {max} bytes"
+            "entry `{}` is larger than {max} bytes",
+            shown(name)
         )));
     }
     Ok(buf)
@@ -195,7 +325,8 @@ fn entry_name(entry: &tar::Entry<'_, impl Read>) -> Result<String, BundleError> 
     let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
     if entry.header().entry_type() != tar::EntryType::Regular {
         return Err(BundleError::Malformed(format!(
-            "container entry `{name}` is not a regular file"
+            "container entry `{}` is not a regular file",
+            shown(&name)
         )));
     }
     Ok(name)
@@ -216,7 +347,7 @@ pub fn read_bundle<R: Read>(
     check: impl FnOnce(&BundleHeader) -> Result<(), BundleError>,
     sink: Option<&mut dyn PayloadSink>,
 ) -> Result<BundleHeader, BundleError> {
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(ContainerGuard::new(reader));
     let header;
     {
         let mut entries = archive
@@ -225,9 +356,7 @@ pub fn read_bundle<R: Read>(
         let mut next = |what: &str| -> Result<_, BundleError> {
             match entries.next() {
                 Some(entry) => entry.map_err(|e| {
-                    BundleError::Malformed(format!(
-                        "cannot read the container entry for {what}: {e}"
-                    ))
+                    container_error(format!("cannot read the container entry for {what}"), e)
                 }),
                 None => Err(BundleError::Malformed(format!(
                     "the file ends before {what}"
@@ -235,16 +364,18 @@ pub fn read_bundle<R: Read>(
             }
         };
 
-        let mut first = next("the format marker").map_err(|_| {
-            BundleError::Malformed(
+        let mut first = next("the format marker").map_err(|e| match e {
+            refused @ BundleError::Container(_) => refused,
+            _ => BundleError::Malformed(
                 "this is not an airlock bundle (no tar container with an `airlock-format` entry)"
                     .into(),
-            )
+            ),
         })?;
         let name = entry_name(&first)?;
         if name != FORMAT_ENTRY {
             return Err(BundleError::Malformed(format!(
-                "this is not an airlock bundle: the first entry is `{name}`, not `{FORMAT_ENTRY}`"
+                "this is not an airlock bundle: the first entry is `{}`, not `{FORMAT_ENTRY}`",
+                shown(&name)
             )));
         }
         let marker = read_small(&mut first, FORMAT_ENTRY, 64)?;
@@ -258,7 +389,8 @@ pub fn read_bundle<R: Read>(
         let name = entry_name(&manifest_entry)?;
         if name != MANIFEST_ENTRY {
             return Err(BundleError::Malformed(format!(
-                "expected `{MANIFEST_ENTRY}` as the second entry, found `{name}`"
+                "expected `{MANIFEST_ENTRY}` as the second entry, found `{}`",
+                shown(&name)
             )));
         }
         let manifest_bytes = read_small(&mut manifest_entry, MANIFEST_ENTRY, MAX_MANIFEST_SIZE)?;
@@ -274,7 +406,8 @@ pub fn read_bundle<R: Read>(
             }
             if !(name.starts_with("signature-") && name.ends_with(".minisig")) {
                 return Err(BundleError::Malformed(format!(
-                    "unexpected container entry `{name}` (expected signatures, then `{PAYLOAD_ENTRY}`)"
+                    "unexpected container entry `{}` (expected signatures, then `{PAYLOAD_ENTRY}`)",
+                    shown(&name)
                 )));
             }
             if signatures.len() == MAX_SIGNATURES {
@@ -283,12 +416,14 @@ pub fn read_bundle<R: Read>(
                 )));
             }
             let text = read_small(&mut entry, &name, MAX_SIGNATURE_SIZE)?;
-            let text = String::from_utf8(text)
-                .map_err(|_| BundleError::Malformed(format!("entry `{name}` is not UTF-8")))?;
+            let text = String::from_utf8(text).map_err(|_| {
+                BundleError::Malformed(format!("entry `{}` is not UTF-8", shown(&name)))
+            })?;
             let sig = Signature::from_minisign(&text)?;
             if name != signature_entry_name(&sig) {
                 return Err(BundleError::Malformed(format!(
-                    "entry `{name}` holds a signature by key {}",
+                    "entry `{}` holds a signature by key {}",
+                    shown(&name),
                     sig.key_id()
                 )));
             }
@@ -319,7 +454,8 @@ pub fn read_bundle<R: Read>(
                 .map(|e| String::from_utf8_lossy(&e.path_bytes()).into_owned())
                 .unwrap_or_else(|_| "unreadable data".into());
             return Err(BundleError::Malformed(format!(
-                "trailing data after the payload: `{what}`"
+                "trailing data after the payload: `{}`",
+                shown(&what)
             )));
         }
     }
@@ -662,6 +798,74 @@ mod tests {
         let out =
             write_bundle(Vec::new(), &bytes, &[sig], payload, payload.len() as u64, 0).unwrap();
         (out, key)
+    }
+
+    /// A reader that counts what was read from it.
+    struct Counting<R> {
+        inner: R,
+        read: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(out)?;
+            self.read.set(self.read.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    /// A container that starts with an extension record of `kind` and
+    /// `size` bytes (the bytes come from `io::repeat`, never stored).
+    fn extension_first(kind: tar::EntryType, size: u64) -> impl Read {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_size(size);
+        header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        header.set_cksum();
+        io::Cursor::new(header.as_bytes().to_vec()).chain(io::repeat(b'a').take(size))
+    }
+
+    #[test]
+    fn an_extension_record_before_the_signature_check_is_refused_unread() {
+        for kind in [
+            tar::EntryType::GNULongName,
+            tar::EntryType::XHeader,
+            tar::EntryType::XGlobalHeader,
+        ] {
+            let read = std::rc::Rc::new(std::cell::Cell::new(0));
+            let reader = Counting {
+                inner: extension_first(kind, 256 << 20),
+                read: read.clone(),
+            };
+            let err = read_bundle(reader, |_| Ok(()), None).expect_err("accepted");
+            assert!(
+                matches!(err, BundleError::Container(_)),
+                "{kind:?}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains("of 268435456 bytes"), "{text}");
+            assert!(text.len() < 300, "{text}");
+            assert!(read.get() <= 512, "{kind:?}: read {} bytes", read.get());
+        }
+    }
+
+    #[test]
+    fn a_name_with_terminal_escapes_is_shown_escaped() {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(1);
+        let name = b"\x1b[2Kok \rx";
+        header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        header.set_cksum();
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend_from_slice(&[b'x'; 512]);
+        bytes.extend_from_slice(&[0; 1024]);
+        let err = read_bundle(&bytes[..], |_| Ok(()), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+        assert!(err.contains("\\u{1b}[2Kok \\rx"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use thiserror::Error;
 
 /// A payload path that breaks a rule of [`crate::BundlePath`].
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("invalid path `{path}`: {reason}")]
+#[error("invalid path `{}`: {reason}", crate::shown::shown(.path))]
 pub struct PathError {
     /// The path as found.
     pub path: String,
@@ -18,13 +18,14 @@ pub struct PathError {
 #[non_exhaustive]
 pub enum ManifestError {
     /// Not valid JSON for this format version.
-    #[error("manifest.json is not valid: {0}")]
+    #[error("manifest.json is not valid: {}", crate::shown::shown_at_most(.0, 400))]
     Json(String),
     /// A format version this reader does not know (fail closed).
-    #[error("bundle format `{0}` is not supported: this version reads `airlock-bundle/1`; use a newer airlock")]
+    #[error("bundle format `{}` is not supported: this version reads `airlock-bundle/1`; use a newer airlock", crate::shown::shown(.0))]
     UnknownFormat(String),
-    /// A field breaks a rule of docs/FORMAT.md.
-    #[error("manifest field `{field}`: {reason}")]
+    /// A field breaks a rule of docs/FORMAT.md. The values it quotes come
+    /// from the bundle: they are shown escaped and cut short.
+    #[error("manifest field `{}`: {}", crate::shown::shown(.field), crate::shown::shown_at_most(.reason, 400))]
     Invalid {
         /// The field, e.g. `files[bin/etcd]`.
         field: String,
@@ -79,6 +80,11 @@ pub enum BundleError {
         #[source]
         source: std::io::Error,
     },
+    /// A container header that is not a regular file (a GNU long name, a
+    /// PAX record, a link), refused before it was read: docs/FORMAT.md,
+    /// "Reader rules".
+    #[error("malformed bundle: {0}")]
+    Container(String),
     /// The file's layout breaks docs/FORMAT.md.
     #[error("malformed bundle: {0}")]
     Malformed(String),
@@ -102,7 +108,7 @@ pub enum BundleError {
         end: u64,
     },
     /// Security: a payload entry breaks a rule (link, device, unlisted, duplicate, size, hash).
-    #[error("payload entry `{path}`: {reason}")]
+    #[error("payload entry `{}`: {reason}", crate::shown::shown(.path))]
     Entry {
         /// The entry's path as found.
         path: String,

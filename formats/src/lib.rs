@@ -17,6 +17,7 @@ pub mod error;
 pub mod manifest;
 pub mod path;
 pub mod payload;
+pub mod shown;
 pub mod signing;
 
 pub use bundle::{
@@ -29,6 +30,7 @@ pub use manifest::{
 };
 pub use path::BundlePath;
 pub use payload::PayloadWriter;
+pub use shown::shown;
 pub use signing::{KeyId, PublicKey, SecretKey, Signature, Trust};
 
 /// This crate's version, which is also the applier version bundles compare

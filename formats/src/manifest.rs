@@ -259,6 +259,14 @@ impl Manifest {
                         invalid(&field, "a migration needs its database and version".into())
                     })?;
                     validate_name(&m.database).map_err(|r| invalid(&field, r))?;
+                    if !crate::shown::is_safe(&m.version) || !crate::shown::is_safe(&m.description)
+                    {
+                        return Err(invalid(
+                            &field,
+                            "a migration's version and description may not hold control characters"
+                                .into(),
+                        ));
+                    }
                     if let Some(other) =
                         migrations.insert((m.database.as_str(), m.order, m.direction), &file.path)
                     {
@@ -404,6 +412,12 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 /// # Errors
 /// The reason, as a phrase.
 pub fn validate_install_path(path: &str) -> Result<(), String> {
+    if !crate::shown::is_safe(path) {
+        return Err(format!(
+            "install path `{}` has control characters",
+            crate::shown::shown(path)
+        ));
+    }
     if !path.starts_with('/') {
         return Err(format!("install path `{path}` is not absolute"));
     }

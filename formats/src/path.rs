@@ -45,6 +45,9 @@ impl BundlePath {
         if s.contains('\0') {
             return Err(bad("NUL bytes are not allowed"));
         }
+        if !crate::shown::is_safe(s) {
+            return Err(bad("control characters are not allowed"));
+        }
         for component in s.split('/') {
             match component {
                 "" => return Err(bad("empty path components are not allowed")),

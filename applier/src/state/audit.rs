@@ -110,6 +110,15 @@ impl AuditRow {
     }
 }
 
+/// Longest error text an audit entry keeps, in characters.
+const MAX_ERROR_CHARS: usize = 4096;
+
+/// An error text as the audit log keeps it: control characters escaped (the
+/// newlines of a command's output too) and at most [`MAX_ERROR_CHARS`].
+fn bounded(error: &str) -> String {
+    airlock_formats::shown::shown_at_most(error, MAX_ERROR_CHARS)
+}
+
 impl State {
     /// Appends an audit entry with the time and OS user, chained by hash to
     /// the one before, and records the new head in `audit.head`.
@@ -140,7 +149,7 @@ impl State {
             bundle_sha256: entry.bundle_sha256.clone(),
             signers: entry.signers.clone(),
             outcome: entry.outcome.as_str().into(),
-            error: entry.error.clone(),
+            error: entry.error.as_deref().map(bounded),
             prev_hash,
             hash: String::new(),
         };

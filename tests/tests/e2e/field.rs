@@ -202,3 +202,92 @@ fn applying_the_installed_version_does_nothing_unless_reinstall() {
     assert_eq!(backups(), 2);
     assert!(demo.healthy());
 }
+
+/// Writes a file that starts with a container header of `kind` declaring
+/// `size` bytes, named `name`, followed by `size` bytes (a sparse file).
+fn crafted_container(path: &std::path::Path, kind: tar::EntryType, name: &[u8], size: u64) {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    header.set_cksum();
+    let file = fs::File::create(path).unwrap();
+    std::io::Write::write_all(&mut &file, header.as_bytes()).unwrap();
+    file.set_len(512 + size.div_ceil(512) * 512 + 1024).unwrap();
+}
+
+#[test]
+fn a_256_mib_long_name_is_refused_in_bounded_memory_with_a_short_error() {
+    let demo = Demo::start();
+    let site = demo.site();
+    // A state database first, to see that the audit log does not grow.
+    airlock_apply(&["apply", &demo.bundle(), "--site", &site]).ok();
+    let db = demo.site_dir().join("state/airlock-state.sqlite");
+    let db_before = fs::metadata(&db).unwrap().len();
+    let bundle = demo.root.join("long-name.airlock");
+    crafted_container(
+        &bundle,
+        tar::EntryType::GNULongName,
+        b"././@LongLink",
+        256 << 20,
+    );
+    for command in ["verify", "apply"] {
+        let out = Command::new("/usr/bin/time")
+            .args(["-f", "max-rss-kib %M"])
+            .arg(bin("airlock-apply"))
+            .args([command, &bundle.display().to_string(), "--site", &site])
+            .output()
+            .expect("run /usr/bin/time (Debian package `time`; tests/run.sh installs it)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{command}: {stderr}");
+        let rss: u64 = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("max-rss-kib "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no max-rss line in {stderr}"));
+        eprintln!("{command} of a 256 MiB long name: max RSS {rss} KiB");
+        assert!(rss < 64 * 1024, "{command} used {rss} KiB");
+        let error = stderr.lines().find(|l| l.starts_with("error:")).unwrap();
+        assert!(error.len() < 400, "{error}");
+        assert!(
+            error.contains("is a GNU long-name record of 268435456 bytes"),
+            "{error}"
+        );
+    }
+    let history = airlock_apply(&["--json", "history", "--site", &site]).ok();
+    assert!(
+        history.stdout.len() < 16 * 1024,
+        "{} bytes",
+        history.stdout.len()
+    );
+    assert!(fs::metadata(&db).unwrap().len() < db_before + 256 * 1024);
+}
+
+#[test]
+fn a_name_with_terminal_escapes_cannot_paint_over_the_refusal() {
+    let demo = Demo::start();
+    let bundle = demo.root.join("escapes.airlock");
+    crafted_container(
+        &bundle,
+        tar::EntryType::Regular,
+        b"\x1b[1A\x1b[2K\r[   0.06s]     ok verify",
+        1,
+    );
+    for json in [false, true] {
+        let mut args = vec!["verify", bundle.to_str().unwrap(), "--site"];
+        let site = demo.site();
+        args.push(&site);
+        if json {
+            args.insert(0, "--json");
+        }
+        let run = airlock_apply(&args);
+        assert_eq!(run.code, 3, "{}", run.stderr);
+        for text in [&run.stderr, &run.stdout] {
+            assert!(
+                !text.contains('\x1b') && !text.contains('\r'),
+                "raw escapes in {text:?}"
+            );
+        }
+        assert!(run.stderr.contains("\\u{1b}[1A"), "{}", run.stderr);
+    }
+}
