@@ -9,6 +9,16 @@
 //! (what each step does), [`state`] (the state database), [`cluster`]
 //! (rolling upgrades), [`protocol`] (the `--json` messages).
 
+/// A fail point (docs/ARCHITECTURE.md, "Fail points"). Compiled in only
+/// with the `failpoints` feature; `FAILPOINTS=NAME=pause` makes the process
+/// wait there, `NAME=panic` makes it die there.
+macro_rules! failpoint {
+    ($name:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!(&$name);
+    };
+}
+
 pub mod cluster;
 pub mod commands;
 pub mod error;

@@ -65,18 +65,36 @@ pub fn parent_of(path: &Path) -> &Path {
     }
 }
 
-/// The temporary name used beside `target`: `.NAME.airlock-tmp`.
-pub fn temp_beside(target: &Path) -> PathBuf {
-    let name = target
+/// How the temporary files [`write_atomic`] makes end: `.NAME.XXXXXX.airlock-tmp`
+/// beside the target `NAME`, `XXXXXX` random.
+pub const TEMP_SUFFIX: &str = ".airlock-tmp";
+
+/// Random characters in a temporary file's name.
+const TEMP_RANDOM: usize = 6;
+
+fn file_name(target: &Path) -> String {
+    target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    parent_of(target).join(format!(".{name}.airlock-tmp"))
+        .unwrap_or_default()
 }
 
-/// Replaces `target` with what `fill` writes, durably: temp file beside it
-/// with `mode` (Unix permission bits), `fill`, fsync, rename, fsync the folder.
-/// On error the temp file is removed and `target` is unchanged.
+/// Whether `name` is one of [`write_atomic`]'s temporary files for `target`.
+fn is_temp_of(name: &str, target: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|n| n.strip_prefix(target))
+        .and_then(|n| n.strip_prefix('.'))
+        .and_then(|n| n.strip_suffix(TEMP_SUFFIX))
+        .is_some_and(|random| {
+            random.len() == TEMP_RANDOM && random.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+}
+
+/// Replaces `target` with what `fill` writes, durably: a temporary file with
+/// a unique name beside it (so two writers never share one) and `mode`
+/// (Unix permission bits), `fill`, fsync, rename over the target, fsync the
+/// folder. On error the temporary file is removed and `target` is unchanged;
+/// a crash may leave it, for [`remove_temps_beside`].
 ///
 /// # Errors
 /// [`DurableError`] naming the file; `fill`'s error is reported as a write error.
@@ -85,30 +103,55 @@ pub fn write_atomic(
     mode: u32,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), DurableError> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let tmp = temp_beside(target);
-    let result = (|| {
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(err("creating", &tmp))?;
-        fill(&mut file).map_err(err("writing", &tmp))?;
-        file.flush().map_err(err("writing", &tmp))?;
-        // The umask may have cleared bits of `mode`; set them exactly.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(err("setting permissions of", &tmp))?;
-        file.sync_all().map_err(err("syncing", &tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, target).map_err(err("renaming over", target))?;
-        sync_dir(parent_of(target))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = parent_of(target);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", file_name(target)))
+        .suffix(TEMP_SUFFIX)
+        .rand_bytes(TEMP_RANDOM)
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(err("creating a temporary file in", dir))?;
+    let path = tmp.path().to_owned();
+    fill(tmp.as_file_mut()).map_err(err("writing", &path))?;
+    tmp.as_file_mut().flush().map_err(err("writing", &path))?;
+    // The umask may have cleared bits of `mode`; set them exactly.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(err("setting permissions of", &path))?;
+    tmp.as_file().sync_all().map_err(err("syncing", &path))?;
+    tmp.persist(target)
+        .map_err(|e| err("renaming over", target)(e.error))?;
+    sync_dir(dir)
+}
+
+/// Removes the temporary files [`write_atomic`] left beside `target` when
+/// the process died before renaming them (`resume` and `rollback` call this
+/// for every file they put back). Returns how many it removed.
+///
+/// # Errors
+/// [`DurableError`] naming the folder or the file that could not be removed.
+pub fn remove_temps_beside(target: &Path) -> Result<usize, DurableError> {
+    let dir = parent_of(target);
+    let name = file_name(target);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(err("reading folder", dir)(e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(err("reading folder", dir))?;
+        if is_temp_of(&entry.file_name().to_string_lossy(), &name) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(err("removing", &path))?;
+            removed += 1;
+        }
     }
-    result
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 /// [`write_atomic`] with fixed contents.
@@ -136,11 +179,27 @@ mod tests {
             fs::metadata(&target).unwrap().permissions().mode() & 0o777,
             0o750
         );
-        assert!(!temp_beside(&target).exists());
+        let only_target = || fs::read_dir(dir.path()).unwrap().count() == 1;
+        assert!(only_target());
         let failed = write_atomic(&target, 0o644, |_| Err(io::Error::other("boom")));
         assert!(failed.is_err());
         assert_eq!(fs::read(&target).unwrap(), b"new");
-        assert!(!temp_beside(&target).exists());
+        assert!(only_target(), "a temporary file was left");
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_found_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("demo");
+        fs::write(dir.path().join(".demo.a1B2c3.airlock-tmp"), b"half").unwrap();
+        fs::write(dir.path().join(".demo.Zz9Yy8.airlock-tmp"), b"half").unwrap();
+        // Another file's temporary files and the target stay.
+        fs::write(dir.path().join(".demo.conf.q1w2e3.airlock-tmp"), b"keep").unwrap();
+        fs::write(dir.path().join(".demo-other.q1w2e3.airlock-tmp"), b"keep").unwrap();
+        fs::write(dir.path().join("demo"), b"keep").unwrap();
+        assert_eq!(remove_temps_beside(&target).unwrap(), 2);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
+        assert_eq!(remove_temps_beside(&dir.path().join("gone/x")).unwrap(), 0);
     }
 
     #[test]

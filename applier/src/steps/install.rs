@@ -46,6 +46,11 @@ pub fn install(
         fs_err::create_dir_all(parent)?;
     }
     let mut staged = stage::open_staged(stage_dir, entry)?;
-    write_atomic(target, mode, |f| std::io::copy(&mut staged, f).map(|_| ()))?;
+    write_atomic(target, mode, |f| {
+        std::io::copy(&mut staged, f)?;
+        // Written beside the target, not renamed over it yet.
+        failpoint!("install-before-rename");
+        Ok(())
+    })?;
     Ok(())
 }

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use airlock_formats::durable::create_private_dir;
+use airlock_formats::durable::{create_private_dir, remove_temps_beside};
 use airlock_formats::{FileEntry, Manifest};
 use semver::Version;
 
@@ -37,16 +37,6 @@ use journal::Entry;
 use outcome::Failure;
 use step::Step;
 use undo::Undo;
-
-/// A fail point right after a journal row, before its action
-/// (docs/ARCHITECTURE.md, "Fail points"). Compiled in only with the
-/// `failpoints` feature; `FAILPOINTS=NAME=pause` makes the process wait there.
-macro_rules! failpoint {
-    ($name:expr) => {
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!(&$name);
-    };
-}
 
 /// What a successful apply did.
 #[derive(Debug, Clone)]
@@ -739,12 +729,17 @@ impl<'a> Transaction<'a> {
                 done("removed (it did not exist before)".into())
             }
             Undo::RestoreFile { backup, record } => {
+                let temps = remove_temps_beside(&record.source)?;
                 backup::restore_file(backup, record)?;
-                done("restored from its backup copy".into())
+                done(format!("restored from its backup copy{}", leftovers(temps)))
             }
             Undo::RemoveNewFile { target } => {
+                let temps = remove_temps_beside(target)?;
                 backup::remove_new_file(target)?;
-                done("removed (it did not exist before)".into())
+                done(format!(
+                    "removed (it did not exist before){}",
+                    leftovers(temps)
+                ))
             }
             Undo::SettleRaft { backup, record } => self.settle_raft(backup, record, new_ran),
             Undo::StartOld { version } => {
@@ -801,6 +796,15 @@ impl<'a> Transaction<'a> {
             version: version.clone(),
             changed: diff.len(),
         })
+    }
+}
+
+/// What an undo says about the temporary files an interrupted install left.
+fn leftovers(removed: usize) -> String {
+    if removed == 0 {
+        String::new()
+    } else {
+        format!("; {removed} temporary file(s) of an interrupted install removed")
     }
 }
 

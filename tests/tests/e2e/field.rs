@@ -291,3 +291,58 @@ fn a_name_with_terminal_escapes_cannot_paint_over_the_refusal() {
         assert!(run.stderr.contains("\\u{1b}[1A"), "{}", run.stderr);
     }
 }
+
+/// The temporary files of interrupted writes in `dir`.
+fn temporary_files(dir: &std::path::Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".airlock-tmp"))
+        .collect()
+}
+
+#[test]
+fn a_kill_during_an_install_then_resume_leaves_no_temporary_file() {
+    let demo = Demo::start();
+    let site = demo.site();
+    let bin_dir = demo.site_dir().join("node/bin");
+    let mut seen = Vec::new();
+    let (_, code, stderr) = run_with_signal(
+        &failpoints_bin(),
+        &[("FAILPOINTS", "install-before-rename=pause")],
+        &["apply", &demo.bundle(), "--site", &site],
+        "KILL",
+        |e, _| {
+            if e.step == "install" && e.status == "start" {
+                // The new binary is written beside the old one, not renamed yet.
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                seen = temporary_files(&bin_dir);
+                true
+            } else {
+                false
+            }
+        },
+    );
+    assert_eq!(code, -1, "{stderr}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "no temporary file while installing: {seen:?}"
+    );
+    assert!(seen[0].starts_with(".demo-service."), "{seen:?}");
+    let resumed = airlock_apply(&["resume", "--site", &site]);
+    assert_eq!(resumed.code, 4, "{}", resumed.stderr);
+    assert!(
+        resumed
+            .stderr
+            .contains("1 temporary file(s) of an interrupted install removed"),
+        "{}",
+        resumed.stderr
+    );
+    assert_eq!(temporary_files(&bin_dir), Vec::<String>::new());
+    assert_eq!(
+        fs::read_to_string(demo.site_dir().join("node/RELEASE")).unwrap(),
+        "1.0.0\n"
+    );
+    assert!(demo.healthy());
+}
