@@ -35,7 +35,7 @@ pub fn lock(site: &Site) -> Result<NodeLock, ApplyError> {
 /// [`ApplyError::Io`] when the lock file exists but cannot be read.
 pub fn holder(site: &Site) -> Result<Option<String>, ApplyError> {
     let path = site.profile.paths.state_dir.join(LOCK_FILE);
-    if !path.exists() {
+    if !fs_err::exists(&path).map_err(ApplyError::io("checking the lock"))? {
         return Ok(None);
     }
     let mut file = File::open(&path).map_err(ApplyError::io("reading the lock"))?;

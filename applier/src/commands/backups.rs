@@ -13,26 +13,32 @@ use crate::state::State;
 use crate::steps::backup;
 
 /// Every backup folder, each copy re-hashed against its `backup.json`.
-pub fn list(site: &Site) -> Vec<BackupSummary> {
-    backup::list(&site.profile.paths.backup_dir)
-        .iter()
-        .map(|b| {
-            let problems: Vec<String> = match &b.manifest {
-                Some(m) => backup::verify(&b.dir, m)
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-                None => {
-                    vec!["incomplete: no backup.json (the apply stopped while backing up)".into()]
-                }
-            };
-            BackupSummary {
-                intact: Some(problems.is_empty()),
-                problems,
-                ..backup_summary(b)
-            }
-        })
-        .collect()
+///
+/// # Errors
+/// [`ApplyError::Preflight`] naming the folder or copy that cannot be read
+/// (a permission problem, not damage).
+pub fn list(site: &Site) -> Result<Vec<BackupSummary>, ApplyError> {
+    let unreadable = |cause| ApplyError::Preflight {
+        step: "reading the backups".into(),
+        cause: Box::new(cause),
+    };
+    let mut rows = Vec::new();
+    for b in backup::list(&site.profile.paths.backup_dir).map_err(unreadable)? {
+        let problems: Vec<String> = match &b.manifest {
+            Some(m) => backup::verify(&b.dir, m)
+                .map_err(unreadable)?
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            None => vec!["incomplete: no backup.json (the apply stopped while backing up)".into()],
+        };
+        rows.push(BackupSummary {
+            intact: Some(problems.is_empty()),
+            problems,
+            ..backup_summary(&b)
+        });
+    }
+    Ok(rows)
 }
 
 /// The error `backups verify` ends with when any backup is damaged or incomplete.

@@ -28,7 +28,7 @@ pub fn check(site: &Site) -> Result<Option<usize>, ApplyError> {
     match state.check_history()? {
         Ok(n) => Ok(Some(n)),
         Err(problems) => Err(ApplyError::CheckFailed(format!(
-            "the audit log was tampered with: {}",
+            "the audit log does not match its hash chain: {}",
             problems.join("; ")
         ))),
     }

@@ -146,9 +146,8 @@ fn explain(site: &Site, m: &airlock_formats::Manifest, step: &Step) -> (String, 
         }
         Step::Commit { version } => {
             let complete = backup::list(&site.profile.paths.backup_dir)
-                .into_iter()
-                .filter(|b| b.manifest.is_some())
-                .count();
+                .map(|all| all.into_iter().filter(|b| b.manifest.is_some()).count())
+                .unwrap_or(0);
             let keep = site.profile.paths.keep_backups;
             (
                 format!(

@@ -64,7 +64,12 @@ pub fn rollback_plan(state: &State) -> Result<RollbackPlan, ApplyError> {
             cause: Box::new(cause),
         })
     })?;
-    let problems = backup::verify(&backup_dir, &record);
+    let problems = backup::verify(&backup_dir, &record).map_err(|cause| {
+        refuse(RollbackRefusal::BackupUnusable {
+            id: apply.id,
+            cause: Box::new(cause),
+        })
+    })?;
     if !problems.is_empty() {
         return Err(refuse(RollbackRefusal::BackupDamaged {
             dir: backup_dir,

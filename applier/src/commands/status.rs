@@ -70,6 +70,10 @@ pub fn status(site: &Site) -> Result<StatusReport, ApplyError> {
             })
             .collect(),
         backups: backup::list(&site.profile.paths.backup_dir)
+            .map_err(|cause| ApplyError::Preflight {
+                step: "reading the backups".into(),
+                cause: Box::new(cause),
+            })?
             .iter()
             .map(backup_summary)
             .collect(),

@@ -126,6 +126,30 @@ impl State {
     /// # Errors
     /// [`StateError`].
     pub fn audit(&self, entry: &AuditEntry) -> Result<(), StateError> {
+        // Read the newest entry and append after it in one write transaction,
+        // so two writers (a `verify` beside an `apply`) never chain to the
+        // same entry.
+        self.exec("BEGIN IMMEDIATE")?;
+        let appended = self.append_audit(entry);
+        let ended = self.exec(if appended.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        });
+        let (id, hash) = appended?;
+        ended?;
+        // The head follows the committed row; a crash in between leaves it
+        // one entry behind, which `check_history` tells apart from a deletion.
+        airlock_formats::durable::write_bytes_atomic(
+            &self.dir.join(AUDIT_HEAD),
+            0o600,
+            format!("{id} {hash}\n").as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Inserts `entry` after the newest one; returns its id and hash.
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(i64, String), StateError> {
         let last: Option<(i64, String)> = self
             .conn
             .query_row(
@@ -174,12 +198,7 @@ impl State {
                 ],
             )
             .map_err(|e| self.err(e))?;
-        airlock_formats::durable::write_bytes_atomic(
-            &self.dir.join(AUDIT_HEAD),
-            0o600,
-            format!("{} {}\n", row.id, row.hash).as_bytes(),
-        )?;
-        Ok(())
+        Ok((row.id, row.hash))
     }
 
     /// Audit entries, oldest first.
@@ -217,10 +236,13 @@ impl State {
 
     /// Checks the audit chain: ids from 1 without gaps, each hash right, each
     /// `prev_hash` the hash before, and the newest entry the one `audit.head`
-    /// names. Returns the number of entries checked, or every problem found.
+    /// names. Returns the number of entries checked, or what does not match,
+    /// first bad entry first. It says what it finds, not who did it: a hash
+    /// chain proves that entries no longer match, not how.
     ///
     /// # Errors
-    /// [`StateError`] when the database cannot be read.
+    /// [`StateError`] when the database or `audit.head` cannot be read (a
+    /// permission problem is an error, not a finding).
     pub fn check_history(&self) -> Result<Result<usize, Vec<String>>, StateError> {
         let rows = self.history()?;
         let mut problems = Vec::new();
@@ -232,7 +254,7 @@ impl State {
             let expected_id = i64::try_from(i).unwrap_or(i64::MAX).saturating_add(1);
             if row.id != expected_id {
                 problems.push(format!(
-                    "entry {expected_id} is missing (found entry {} in its place)",
+                    "entry {expected_id} is missing (entry {} is in its place)",
                     row.id
                 ));
             }
@@ -241,10 +263,16 @@ impl State {
                 continue;
             }
             if row.prev_hash != prev {
-                problems.push(format!("entry {} does not follow the entry before it: an entry before it was deleted or changed", row.id));
+                problems.push(format!(
+                    "entry {}'s prev_hash does not match the hash of the entry before it (an entry before it was removed or changed)",
+                    row.id
+                ));
             }
             if row.compute_hash() != row.hash {
-                problems.push(format!("entry {} was changed after it was written", row.id));
+                problems.push(format!(
+                    "entry {}'s hash does not match its content (it was changed after it was written)",
+                    row.id
+                ));
             }
             prev = row.hash.clone();
         }
@@ -254,16 +282,29 @@ impl State {
                 let mut parts = text.split_whitespace();
                 let (id, hash) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                 let last = rows.last().map(|r| (r.id.to_string(), r.hash.as_str()));
-                if last.as_ref().map(|(i, h)| (i.as_str(), *h)) != Some((id, hash)) {
+                let behind_by_one = rows.len() >= 2
+                    && rows
+                        .get(rows.len() - 2)
+                        .is_some_and(|r| r.id.to_string() == id && r.hash == hash);
+                if behind_by_one {
                     problems.push(format!(
-                        "the newest entry should be {id} with hash {hash} (from `{}`), but the log ends at {}: entries were deleted or changed",
+                        "`{}` names entry {id}, one before the newest: the head was not updated after the newest entry (a crash right after writing it), or that entry was added by hand; the next recorded action updates the head",
+                        head_path.display()
+                    ));
+                } else if last.as_ref().map(|(i, h)| (i.as_str(), *h)) != Some((id, hash)) {
+                    problems.push(format!(
+                        "the newest entry should be {id} with hash {hash} (from `{}`), but the log ends at {}: entries after it are missing or changed",
                         head_path.display(),
                         last.map_or_else(|| "nothing".to_string(), |(i, _)| format!("entry {i}"))
                     ));
                 }
             }
-            Err(_) if rows.is_empty() => {}
-            Err(e) => problems.push(format!("cannot read `{}`: {e}", head_path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !rows.is_empty() {
+                    problems.push(format!("`{}` is missing", head_path.display()));
+                }
+            }
+            Err(e) => return Err(StateError::Io(e)),
         }
         Ok(if problems.is_empty() {
             Ok(rows.len())
@@ -302,7 +343,9 @@ mod tests {
             .unwrap();
         let problems = state.check_history().unwrap().unwrap_err();
         assert!(
-            problems.iter().any(|p| p.contains("entry 2 was changed")),
+            problems
+                .iter()
+                .any(|p| p.contains("entry 2's hash does not match its content")),
             "{problems:?}"
         );
         // And deletes the newest one.

@@ -5,8 +5,11 @@
 //! coordinator the rolling upgrades ([`rollouts`]). [`schema`] creates the
 //! tables and upgrades older databases in place.
 //!
-//! The database runs with `synchronous = FULL` (SQLite docs, "PRAGMA
-//! synchronous"), so a journal row is on disk before the step it announces acts.
+//! The database runs with `synchronous = EXTRA` in its rollback-journal
+//! mode (SQLite docs, "PRAGMA synchronous": EXTRA also syncs the folder
+//! after the journal is deleted, so a commit survives a power cut that
+//! follows it closely), so a journal row is on disk before the step it
+//! announces acts.
 
 use std::path::{Path, PathBuf};
 
@@ -153,7 +156,7 @@ impl State {
             path,
             dir: state_dir.to_owned(),
         };
-        state.exec("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")?;
+        state.exec("PRAGMA synchronous = EXTRA; PRAGMA busy_timeout = 10000;")?;
         schema::bring_up_to_date(&state)?;
         Ok(state)
     }
@@ -163,7 +166,7 @@ impl State {
     /// # Errors
     /// [`StateError`] naming the file.
     pub fn open_existing(state_dir: &Path) -> Result<Option<Self>, StateError> {
-        if state_dir.join(STATE_DB).exists() {
+        if fs_err::exists(state_dir.join(STATE_DB))? {
             Self::open(state_dir).map(Some)
         } else {
             Ok(None)

@@ -190,7 +190,8 @@ pub fn backup_database(
     name: &str,
     source: &Path,
 ) -> Result<DatabaseRecord, StepError> {
-    if !source.exists() {
+    // Missing is a fact to record; unreadable is an error, never "missing".
+    if !fs_err::exists(source)? {
         return Ok(DatabaseRecord {
             name: name.into(),
             source: source.into(),
@@ -404,7 +405,7 @@ impl TreeDiff {
 /// [`StepError::Io`] naming the folder that could not be read.
 pub fn diff_tree(record: &TreeRecord) -> Result<TreeDiff, StepError> {
     let mut diff = TreeDiff::default();
-    if !record.source.exists() {
+    if !fs_err::exists(&record.source)? {
         diff.changed = (0..record.files.len()).collect();
         return Ok(diff);
     }
@@ -466,7 +467,7 @@ pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, Ste
 /// # Errors
 /// [`StepError`] naming the file.
 pub fn backup_file(backup_dir: &Path, rel: &str, source: &Path) -> Result<FileRecord, StepError> {
-    if !source.exists() {
+    if !fs_err::exists(source)? {
         return Ok(FileRecord {
             source: source.into(),
             file: None,
@@ -536,13 +537,24 @@ pub fn load(backup_dir: &Path) -> Result<BackupManifest, StepError> {
 }
 
 /// Checks every copy in a complete backup against the SHA-256 recorded in
-/// `backup.json`. Returns the problems found (none: the backup is intact).
-pub fn verify(backup_dir: &Path, manifest: &BackupManifest) -> Vec<StepError> {
+/// `backup.json`. Returns the damage found (none: the backup is intact): a
+/// copy that differs or is missing.
+///
+/// # Errors
+/// [`StepError::Io`] when a copy cannot be read for another reason (a
+/// permission problem is not damage).
+pub fn verify(backup_dir: &Path, manifest: &BackupManifest) -> Result<Vec<StepError>, StepError> {
     let mut problems = Vec::new();
-    let mut check = |rel: &str, expected: Option<Sha256Digest>| {
-        if let Err(e) = check_copy(&backup_dir.join(rel), expected) {
-            problems.push(e);
+    let mut failure = None;
+    let mut check = |rel: &str, expected: Option<Sha256Digest>| match check_copy(
+        &backup_dir.join(rel),
+        expected,
+    ) {
+        Ok(()) => {}
+        Err(e @ StepError::Io(_)) if e.io_kind() != Some(io::ErrorKind::NotFound) => {
+            failure.get_or_insert(e);
         }
+        Err(e) => problems.push(e),
     };
     for db in &manifest.databases {
         if let Some(rel) = &db.file {
@@ -559,7 +571,10 @@ pub fn verify(backup_dir: &Path, manifest: &BackupManifest) -> Vec<StepError> {
             check(&format!("{}/{}", raft.dir, file.path), Some(file.sha256));
         }
     }
-    problems
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(problems),
+    }
 }
 
 /// A backup folder found below the backup folder.
@@ -573,21 +588,38 @@ pub struct BackupInfo {
     pub size: u64,
 }
 
-/// Backups below `root`, oldest first (names start with the Unix time).
-pub fn list(root: &Path) -> Vec<BackupInfo> {
-    let mut out: Vec<BackupInfo> = fs_err::read_dir(root)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-        .map(|e| BackupInfo {
-            manifest: load(&e.path()).ok(),
-            size: super::stage::tree_size(&e.path()),
-            dir: e.path(),
-        })
-        .collect();
+/// Backups below `root`, oldest first (names start with the Unix time); a
+/// folder without `backup.json` is listed as incomplete.
+///
+/// # Errors
+/// [`StepError`] when `root` or a `backup.json` exists but cannot be read
+/// (a permission problem is not "no backups" nor "incomplete").
+pub fn list(root: &Path) -> Result<Vec<BackupInfo>, StepError> {
+    let entries = match fs_err::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let dir = entry.path();
+        let manifest = match load(&dir) {
+            Ok(m) => Some(m),
+            Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        out.push(BackupInfo {
+            manifest,
+            size: super::stage::tree_size(&dir),
+            dir,
+        });
+    }
     out.sort_by(|a, b| a.dir.cmp(&b.dir));
-    out
+    Ok(out)
 }
 
 /// Removes complete backups beyond the newest `keep`, and incomplete ones;
@@ -597,7 +629,7 @@ pub fn list(root: &Path) -> Vec<BackupInfo> {
 /// # Errors
 /// [`StepError::Io`] naming the folder that could not be removed.
 pub fn prune(root: &Path, keep: usize, protect: &[&Path]) -> Result<Vec<PathBuf>, StepError> {
-    let all = list(root);
+    let all = list(root)?;
     // Compare real paths: the same folder may be spelled two ways.
     let real = |p: &Path| fs_err::canonicalize(p).unwrap_or_else(|_| p.to_owned());
     let protected: Vec<PathBuf> = protect.iter().map(|p| real(p)).collect();

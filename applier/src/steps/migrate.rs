@@ -85,7 +85,7 @@ pub fn pending<'a>(
         path: path.into(),
         source,
     };
-    let conn = if path.exists() {
+    let conn = if fs_err::exists(path)? {
         Some(Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?)
     } else {
         None

@@ -25,7 +25,7 @@ impl StageSink {
     /// # Errors
     /// [`StepError`] naming the folder.
     pub fn create(root: &Path, on_bytes: Box<dyn FnMut(u64)>) -> Result<Self, StepError> {
-        if root.exists() {
+        if fs_err::exists(root)? {
             fs_err::remove_dir_all(root)?;
         }
         create_private_dir(root)?;

@@ -711,7 +711,7 @@ impl<'a> Transaction<'a> {
         let done = |detail: String| Ok((Status::Ok, detail));
         match undo {
             Undo::RemoveStaging { dir } => {
-                if dir.exists() {
+                if fs_err::exists(dir)? {
                     fs_err::remove_dir_all(dir)?;
                 }
                 done("removed".into())

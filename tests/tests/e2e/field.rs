@@ -346,3 +346,65 @@ fn a_kill_during_an_install_then_resume_leaves_no_temporary_file() {
     );
     assert!(demo.healthy());
 }
+
+/// Runs `airlock-apply ARGS` as the user `nobody` (setpriv, util-linux).
+fn airlock_apply_as_nobody(args: &[&str]) -> Run {
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(bin("airlock-apply"))
+        .args(args)
+        .output()
+        .expect("run setpriv (util-linux)");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_permission_problem_is_reported_as_one_never_as_damage() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let demo = Demo::start();
+    let site = demo.site();
+    airlock_apply(&["apply", &demo.bundle(), "--site", &site]).ok();
+    // Another user may read the profile and its keys, not the state or backups.
+    let open = |p: &std::path::Path, mode| {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(&demo.root, 0o755);
+    open(&demo.site_dir(), 0o755);
+    open(&demo.site_dir().join("state"), 0o700);
+    open(&demo.site_dir().join("backups"), 0o700);
+    let check = airlock_apply_as_nobody(&["history", "--site", &site, "--check"]);
+    assert_eq!(check.code, 1, "{}", check.stderr);
+    assert!(
+        check.stderr.contains("Permission denied"),
+        "{}",
+        check.stderr
+    );
+    assert!(check.stderr.contains("state"), "{}", check.stderr);
+    assert!(!check.stderr.contains("does not match"), "{}", check.stderr);
+    let list = airlock_apply_as_nobody(&["backups", "list", "--site", &site]);
+    assert_eq!(list.code, 1, "{}", list.stderr);
+    assert!(list.stderr.contains("Permission denied"), "{}", list.stderr);
+    assert!(list.stderr.contains("backups"), "{}", list.stderr);
+    assert!(!list.stdout.contains("no backups"), "{}", list.stdout);
+    // A backup copy that cannot be read is not a damaged backup.
+    open(&demo.site_dir().join("backups"), 0o755);
+    let backup = fs::read_dir(demo.site_dir().join("backups"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    open(&backup, 0o755);
+    let verify = airlock_apply_as_nobody(&["backups", "verify", "--site", &site]);
+    assert_eq!(verify.code, 1, "{}", verify.stderr);
+    assert!(
+        verify.stderr.contains("Permission denied"),
+        "{}",
+        verify.stderr
+    );
+    assert!(!verify.stderr.contains("damaged"), "{}", verify.stderr);
+}

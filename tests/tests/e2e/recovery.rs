@@ -417,7 +417,9 @@ fn history_records_every_action_and_detects_tampering() {
     let check = airlock_apply(&["history", "--site", &site, "--check"]);
     assert_eq!(check.code, 8, "{}", check.stderr);
     assert!(
-        check.stderr.contains("entry 2 was changed"),
+        check
+            .stderr
+            .contains("entry 2's hash does not match its content"),
         "{}",
         check.stderr
     );

@@ -432,7 +432,7 @@ fn backups_command(action: BackupsAction, reporter: &Reporter) -> Result<(), App
     match action {
         BackupsAction::List { site } | BackupsAction::Verify { site } => {
             let site = Site::load(&site)?;
-            let rows = backups::list(&site);
+            let rows = backups::list(&site)?;
             if reporter.json() {
                 print_json(&rows);
             } else {
