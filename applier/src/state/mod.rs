@@ -67,16 +67,23 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// The OS user running the applier (`$USER`, `$LOGNAME`, else `uid N`).
+/// Who runs the applier, for the audit log: the real uid and its user name
+/// from the user database (`alice (uid 1000)`), and, when that is root run
+/// through sudo, the user who ran sudo (`root (uid 0) via sudo by alice`).
+/// `$USER` is not used: anyone can set it.
 pub fn os_user() -> String {
-    use std::os::unix::fs::MetadataExt as _;
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| {
-            fs_err::metadata("/proc/self")
-                .map(|m| format!("uid {}", m.uid()))
-                .unwrap_or_else(|_| "unknown".into())
-        })
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| "?".to_string(), |u| u.name);
+    let mut who = format!("{name} (uid {uid})");
+    if uid.is_root() {
+        if let Ok(by) = std::env::var("SUDO_USER") {
+            who.push_str(&format!(" via sudo by {}", airlock_formats::shown(&by)));
+        }
+    }
+    who
 }
 
 /// Declares an enum that is stored as TEXT in the state database and shown as

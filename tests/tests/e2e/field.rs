@@ -408,3 +408,29 @@ fn a_permission_problem_is_reported_as_one_never_as_damage() {
     );
     assert!(!verify.stderr.contains("damaged"), "{}", verify.stderr);
 }
+
+#[test]
+fn the_audit_log_names_the_real_user_not_user_from_the_environment() {
+    let demo = Demo::start();
+    let site = demo.site();
+    airlock_apply(&["apply", &demo.bundle(), "--site", &site]).ok();
+    let run = Command::new(bin("airlock-apply"))
+        .args(["verify", &demo.bundle(), "--site", &site])
+        .env("USER", "mallory")
+        .env("LOGNAME", "mallory")
+        .env("SUDO_USER", "alice")
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let history = airlock_apply(&["--json", "history", "--site", &site]).ok();
+    let rows: serde_json::Value = serde_json::from_str(history.stdout.trim()).unwrap();
+    let user = rows[1]["user"].as_str().unwrap();
+    assert_eq!(user, "root (uid 0) via sudo by alice", "{rows}");
+    assert!(!history.stdout.contains("mallory"));
+    assert_eq!(rows[0]["user"], "root (uid 0)");
+}
