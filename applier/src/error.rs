@@ -124,6 +124,16 @@ pub enum StepError {
         /// `stop_wait_secs`.
         secs: u64,
     },
+    /// A process still holds a lock on a database after the service stopped.
+    #[error("database `{name}` (`{}`) is still in use {secs}s after the stop command: a process of the service may still be shutting down, or another program holds it open in a transaction; nothing was backed up", .path.display())]
+    DatabaseInUse {
+        /// Database name in the site profile.
+        name: String,
+        /// The database file.
+        path: PathBuf,
+        /// `stop_wait_secs`.
+        secs: u64,
+    },
     /// The service did not pass its health check in time.
     #[error("service `{service}` did not become healthy within {secs}s: {output}")]
     Unhealthy {

@@ -180,6 +180,38 @@ fn sqlite_copy(src: &Connection, dst: &mut Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// Waits until no process holds a lock on database `name` at `path`, for at
+/// most `wait`: takes SQLite's EXCLUSIVE lock (`BEGIN EXCLUSIVE`, which
+/// waits for every reader and writer of a rollback-journal database to let
+/// go) and releases it at once. A database that does not exist is free.
+///
+/// # Errors
+/// [`StepError::DatabaseInUse`] naming the database and the `secs` waited.
+pub fn wait_unlocked(name: &str, path: &Path, wait: Duration, secs: u64) -> Result<(), StepError> {
+    if !fs_err::exists(path)? {
+        return Ok(());
+    }
+    let fail = |e: rusqlite::Error| StepError::Sqlite {
+        what: format!("checking that nothing uses database `{name}`"),
+        path: path.into(),
+        source: e,
+    };
+    let conn = Connection::open(path).map_err(fail)?;
+    conn.busy_timeout(wait.max(Duration::from_millis(100)))
+        .map_err(fail)?;
+    match conn.execute_batch("BEGIN EXCLUSIVE; ROLLBACK;") {
+        Ok(()) => Ok(()),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+            Err(StepError::DatabaseInUse {
+                name: name.into(),
+                path: path.into(),
+                secs,
+            })
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
 /// Backs up database `name` at `source` into `BACKUP/databases/NAME.sqlite`
 /// and checks the copy with `PRAGMA integrity_check`.
 ///

@@ -297,19 +297,27 @@ impl<'a> ServiceControl<'a> {
         }
     }
 
-    /// Runs the stop command and waits until the health check fails.
+    /// Runs the stop command and waits until the service is stopped: its
+    /// health check fails, and no process holds a lock on any of its
+    /// databases any more (a process on its way down may still be writing),
+    /// all within `stop_wait_secs`.
     ///
     /// # Errors
-    /// The command's failure, or [`StepError::StillRunning`].
+    /// The command's failure, [`StepError::StillRunning`] or
+    /// [`StepError::DatabaseInUse`].
     pub fn stop(&self) -> Result<(), StepError> {
         let service = self.service();
+        let deadline = Instant::now() + Duration::from_secs(service.stop_wait_secs);
         self.run("stop", &service.stop)?;
-        let wait = Duration::from_secs(service.stop_wait_secs);
-        if wait_health(service, &self.site.dir, self.env, false, wait).ok {
+        let left = || deadline.saturating_duration_since(Instant::now());
+        if wait_health(service, &self.site.dir, self.env, false, left()).ok {
             return Err(StepError::StillRunning {
                 service: service.name.clone(),
                 secs: service.stop_wait_secs,
             });
+        }
+        for (name, path) in &self.site.profile.data.databases {
+            super::backup::wait_unlocked(name, path, left(), service.stop_wait_secs)?;
         }
         Ok(())
     }

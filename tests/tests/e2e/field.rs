@@ -434,3 +434,55 @@ fn the_audit_log_names_the_real_user_not_user_from_the_environment() {
     assert!(!history.stdout.contains("mallory"));
     assert_eq!(rows[0]["user"], "root (uid 0)");
 }
+
+#[test]
+fn a_database_still_in_use_after_the_stop_is_not_backed_up_under_it() {
+    let demo = Demo::start();
+    let site = demo.site();
+    demo.edit_site(|s| s.replace("stop_wait_secs = 15", "stop_wait_secs = 2"));
+    let db = demo.site_dir().join("node/app.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let mut child = Command::new(bin("airlock-apply"))
+        .args(["--json", "apply", &demo.bundle(), "--site", &site])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut holder = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if holder.is_none()
+            && line.contains("\"step\":\"stop\"")
+            && line.contains("\"status\":\"start\"")
+        {
+            // A process of the service that has not let go of its database.
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            holder = Some(conn);
+        }
+    }
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let code = child.wait().unwrap().code();
+    drop(holder);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(
+        stderr.contains("database `main`")
+            && stderr.contains("is still in use 2s after the stop command"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ok backup database"), "{stderr}");
+    assert_eq!(
+        fs::read_to_string(demo.site_dir().join("node/RELEASE")).unwrap(),
+        "1.0.0\n"
+    );
+    assert!(demo.healthy());
+}
