@@ -11,7 +11,7 @@ use std::io;
 use std::path::PathBuf;
 
 use airlock_formats::durable::DurableError;
-use airlock_formats::{BundleError, ManifestError, Sha256Digest};
+use airlock_formats::{BundleError, ManifestError, MigrationTool};
 use semver::Version;
 use thiserror::Error;
 
@@ -164,17 +164,45 @@ pub enum StepError {
         database: String,
     },
     /// A migration recorded in a database differs from the bundle's.
-    #[error("database `{}` ({}) recorded migration {} `{}` with SHA-256 {recorded}, but the bundle's is {expected}", .migration.database, .migration.path.display(), .migration.version, .migration.description)]
+    #[error("database `{}` ({}) recorded {} migration {} `{}` with {digest} {recorded}, but the bundle's is {expected}", .migration.database, .migration.path.display(), .migration.tool, .migration.version, .migration.description)]
     MigrationChanged {
         /// The migration.
         migration: Box<MigrationRef>,
-        /// SHA-256 recorded in `airlock_migrations`, hex.
+        /// Which record: `SHA-256 in airlock_migrations` or `SHA-384 checksum in _sqlx_migrations`.
+        digest: &'static str,
+        /// What the database recorded, hex.
         recorded: String,
-        /// SHA-256 in the signed manifest.
-        expected: Sha256Digest,
+        /// What the signed manifest says, hex.
+        expected: String,
     },
-    /// A migration's SQL failed; its transaction was rolled back.
-    #[error("migration {} `{}` ({}) on database `{}` ({}): {source}", .migration.version, .migration.description, .migration.file, .migration.database, .migration.path.display())]
+    /// The tool's history records a migration that failed half way: sqlx's
+    /// `success = false` (its `Dirty` error) or golang-migrate's `dirty`.
+    #[error("database `{database}` ({}): {tool} records migration {version} as failed half way ({}), so {tool} itself would not run", .path.display(), .tool.history_table())]
+    MigrationDirty {
+        /// Database name in the site profile.
+        database: String,
+        /// Database file.
+        path: PathBuf,
+        /// The tool.
+        tool: MigrationTool,
+        /// The version recorded as dirty.
+        version: String,
+    },
+    /// The tool's history records a version the bundle has no migration for
+    /// (sqlx `VersionMissing`, golang-migrate "no migration found for version").
+    #[error("database `{database}` ({}): {tool} records migration {version} in {}, which this bundle does not have", .path.display(), .tool.history_table())]
+    MigrationMissing {
+        /// Database name in the site profile.
+        database: String,
+        /// Database file.
+        path: PathBuf,
+        /// The tool.
+        tool: MigrationTool,
+        /// The recorded version.
+        version: String,
+    },
+    /// A migration's SQL failed; its transaction, if it had one, was rolled back.
+    #[error("{} migration {} `{}` ({}) on database `{}` ({}): {source}", .migration.tool, .migration.version, .migration.description, .migration.file, .migration.database, .migration.path.display())]
     Migration {
         /// The migration.
         migration: Box<MigrationRef>,
@@ -247,7 +275,9 @@ pub struct MigrationRef {
     pub database: String,
     /// Database file.
     pub path: PathBuf,
-    /// Migration version.
+    /// The tool whose rules it follows.
+    pub tool: MigrationTool,
+    /// Migration version, as the tool records it.
     pub version: String,
     /// Migration description.
     pub description: String,

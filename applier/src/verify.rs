@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 
 use airlock_formats::digest::HashingReader;
 use airlock_formats::{
-    read_bundle, BundleError, BundleHeader, KeyId, Manifest, PayloadSink, Role, Sha256Digest,
+    read_bundle, BundleError, BundleHeader, KeyId, Manifest, MigrationTool, PayloadSink, Role,
+    Sha256Digest,
 };
 use semver::Version;
 
-use crate::error::VerifyError;
+use crate::error::{StepError, VerifyError};
 use crate::site::Site;
 use crate::state::State;
 use crate::steps::migrate;
@@ -239,10 +240,16 @@ fn check_manifest(
             ));
         };
         migrate::pending(path, database, m).map_err(|e| {
-            Refusal::new(
-                e.to_string(),
-                "a migration that already ran was changed; the release engineer must ship a new migration instead",
-            )
+            let help = match &e {
+                StepError::MigrationDirty { tool: MigrationTool::Sqlx, .. } =>
+                    "repair the database by hand as sqlx asks (fix what the migration left, then delete its row with success = false from _sqlx_migrations), then apply again",
+                StepError::MigrationDirty { .. } =>
+                    "repair the database by hand as golang-migrate asks (fix what the migration left, then `migrate force VERSION`), then apply again",
+                StepError::MigrationMissing { .. } =>
+                    "the database is ahead of this bundle or comes from another history: apply the bundle that carries every migration the database has",
+                _ => "a migration that already ran was changed; the release engineer must ship a new migration instead",
+            };
+            Refusal::new(e.to_string(), help)
         })?;
     }
     for f in m.files.iter().filter(|f| f.role == Role::Binary) {

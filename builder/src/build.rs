@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use airlock_formats::durable::write_atomic;
 use airlock_formats::manifest::{validate_install_path, validate_name, DEFAULT_CHUNK_SIZE};
 use airlock_formats::{
-    write_bundle, BundlePath, FileEntry, Hooks, Manifest, MigrationInfo, PayloadWriter, Role,
-    SecretKey, FORMAT_MARKER,
+    write_bundle, BundlePath, Direction, FileEntry, Hooks, Manifest, MigrationInfo, MigrationTool,
+    PayloadWriter, Role, SecretKey, FORMAT_MARKER,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use semver::{Version, VersionReq};
+use std::collections::BTreeMap;
 
 use crate::error::BuildError;
 use crate::migrations;
@@ -43,6 +44,59 @@ pub struct BuildReport {
     pub manifest: Manifest,
     /// Size of the bundle file, in bytes.
     pub size: u64,
+    /// Each `[[migrations]]` folder as its tool read it.
+    pub migrations: Vec<MigrationsSummary>,
+}
+
+/// One `[[migrations]]` folder as its tool read it: what `build` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationsSummary {
+    /// Database name.
+    pub database: String,
+    /// The folder.
+    pub dir: PathBuf,
+    /// `diesel`, `sqlx` or `golang-migrate`; `None` when it holds no migrations.
+    pub tool: Option<MigrationTool>,
+    /// `declared`, or what the layout showed (`detected: ...`).
+    pub chosen_by: String,
+    /// Up migrations bundled.
+    pub up: usize,
+    /// Down migrations bundled (never run by apply).
+    pub down: usize,
+    /// Entries the tool skips, as it would.
+    pub ignored: Vec<PathBuf>,
+}
+
+impl MigrationsSummary {
+    /// One line for a person: `migrations main (migrations): sqlx, detected: ...; 2 up, 0 down`.
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "migrations {} ({}): {}, {}; {} up, {} down",
+            self.database,
+            self.dir.display(),
+            self.tool.map_or("none", MigrationTool::name),
+            self.chosen_by,
+            self.up,
+            self.down
+        );
+        if !self.ignored.is_empty() {
+            let names: Vec<String> = self
+                .ignored
+                .iter()
+                .map(|p| {
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            line.push_str(&format!(
+                "; skipped as the tool skips them: {}",
+                names.join(", ")
+            ));
+        }
+        line
+    }
 }
 
 /// What `airlock-build build --json` prints.
@@ -64,6 +118,8 @@ pub struct BuildSummary {
     pub key_id: String,
     /// How long the build took, in seconds.
     pub seconds: f64,
+    /// Each `[[migrations]]` folder as its tool read it.
+    pub migrations: Vec<MigrationsSummary>,
 }
 
 impl BuildReport {
@@ -78,6 +134,7 @@ impl BuildReport {
             files: self.manifest.files.len(),
             key_id,
             seconds,
+            migrations: self.migrations.clone(),
         }
     }
 }
@@ -109,9 +166,10 @@ fn bundle_path(s: String) -> Result<BundlePath, BuildError> {
     BundlePath::parse(&s).map_err(|e| BuildError::Invalid(e.to_string()))
 }
 
-fn plan(spec: &Spec, base: &Path) -> Result<Vec<Planned>, BuildError> {
+fn plan(spec: &Spec, base: &Path) -> Result<(Vec<Planned>, Vec<MigrationsSummary>), BuildError> {
     let invalid = BuildError::Invalid;
     let mut planned = Vec::new();
+    let mut summaries = Vec::new();
     for b in &spec.binaries {
         validate_name(&b.name).map_err(|r| invalid(format!("binary name: {r}")))?;
         validate_install_path(&b.install_path)
@@ -126,22 +184,51 @@ fn plan(spec: &Spec, base: &Path) -> Result<Vec<Planned>, BuildError> {
             migration: None,
         });
     }
+    let mut tools: BTreeMap<&str, MigrationTool> = BTreeMap::new();
     for m in &spec.migrations {
         validate_name(&m.database).map_err(|r| invalid(format!("migrations database: {r}")))?;
-        for found in migrations::discover(&base.join(&m.dir))? {
+        let dir = base.join(&m.dir);
+        let found = migrations::discover(&dir, m.tool)?;
+        if let Some(tool) = found.tool {
+            if let Some(other) = tools.insert(&m.database, tool) {
+                if other != tool {
+                    return Err(BuildError::Migration {
+                        path: dir,
+                        reason: format!(
+                            "is read as {tool}, but another folder of database `{}` is {other}; one service has one migrator",
+                            m.database
+                        ),
+                    });
+                }
+            }
+        }
+        let count = |d| found.migrations.iter().filter(|f| f.direction == d).count();
+        summaries.push(MigrationsSummary {
+            database: m.database.clone(),
+            dir: m.dir.clone(),
+            tool: found.tool,
+            chosen_by: found.chosen_by.clone(),
+            up: count(Direction::Up),
+            down: count(Direction::Down),
+            ignored: found.ignored.clone(),
+        });
+        for f in found.migrations {
             planned.push(Planned {
-                path: bundle_path(format!("migrations/{}/{}", m.database, found.relative))?,
-                source: found.source,
+                path: bundle_path(format!("migrations/{}/{}", m.database, f.relative))?,
+                source: f.source,
                 role: Role::Migration,
                 mode: 0o644,
                 name: None,
                 install_path: None,
                 migration: Some(MigrationInfo {
                     database: m.database.clone(),
-                    version: found.version,
-                    order: found.order,
-                    description: found.description,
-                    direction: found.direction,
+                    tool: found.tool,
+                    version: f.version.to_string(),
+                    order: None,
+                    description: f.description,
+                    direction: f.direction,
+                    transaction: f.transaction,
+                    checksum: f.checksum,
                 }),
             });
         }
@@ -199,7 +286,7 @@ fn plan(spec: &Spec, base: &Path) -> Result<Vec<Planned>, BuildError> {
             )));
         }
     }
-    Ok(planned)
+    Ok((planned, summaries))
 }
 
 /// Builds and signs a bundle as `OUT_DIR/NAME-VERSION.airlock`.
@@ -231,7 +318,15 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
     };
     validate_name(&spec.name).map_err(|r| BuildError::Invalid(format!("name: {r}")))?;
     let base = airlock_formats::durable::parent_of(opts.spec);
-    let planned = plan(&spec, base)?;
+    let (planned, migration_summaries) = plan(&spec, base)?;
+    // Migration tools entered the manifest in 0.2.0 (docs/FORMAT.md,
+    // "Migration information"); an older applier cannot read them.
+    let tools_from = Version::new(0, 2, 0);
+    if planned.iter().any(|p| p.migration.is_some()) && min_applier_version < tools_from {
+        return Err(BuildError::Invalid(format!(
+            "min_applier_version {min_applier_version} is too low: bundles with migrations need airlock-apply {tools_from} or newer, which reads their tool"
+        )));
+    }
 
     // Stat every source before writing anything, so a missing one fails fast.
     let mut sizes = Vec::with_capacity(planned.len());
@@ -386,5 +481,6 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
         path: out,
         manifest,
         size,
+        migrations: migration_summaries,
     })
 }

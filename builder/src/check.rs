@@ -91,13 +91,45 @@ pub fn render(header: &BundleHeader) -> String {
         m.payload.unpacked_size,
         m.payload.chunks.len()
     ));
+    for database in m.migrated_databases() {
+        match m.migrations(database) {
+            Ok(list) => {
+                let tool = list.first().map_or("none", |x| x.tool.name());
+                let legacy = list.iter().any(|x| x.info.tool.is_none());
+                let up = list
+                    .iter()
+                    .filter(|x| x.direction == airlock_formats::Direction::Up)
+                    .count();
+                out.push_str(&format!(
+                    "migrations    {database}: {tool}{}, {up} up, {} down\n",
+                    if legacy {
+                        " (inferred from the layout: built by airlock 0.1)"
+                    } else {
+                        ""
+                    },
+                    list.len() - up
+                ));
+            }
+            Err(e) => out.push_str(&format!("migrations    {database}: {e}\n")),
+        }
+    }
     out.push_str("files:\n");
     for f in &m.files {
         let target = match (&f.install_path, &f.migration) {
             (Some(p), _) => format!(" -> {p}"),
             (None, Some(mig)) => format!(
-                " (database {}, version {}, {:?})",
-                mig.database, mig.version, mig.direction
+                " (database {}, version {}, {}{})",
+                mig.database,
+                mig.version,
+                match mig.direction {
+                    airlock_formats::Direction::Up => "up",
+                    airlock_formats::Direction::Down => "down",
+                },
+                if mig.transaction {
+                    ""
+                } else {
+                    ", no transaction"
+                }
             ),
             _ => String::new(),
         };

@@ -69,8 +69,12 @@ pub struct BinarySpec {
 pub struct MigrationsSpec {
     /// Database name in the site profile.
     pub database: String,
-    /// Folder written by sqlx or diesel.
+    /// Folder written for diesel, sqlx or golang-migrate.
     pub dir: PathBuf,
+    /// The tool whose rules the folder follows; detected from its layout
+    /// when absent (docs/FORMAT.md, "`[[migrations]]`").
+    #[serde(default)]
+    pub tool: Option<airlock_formats::MigrationTool>,
 }
 
 /// Hook scripts.

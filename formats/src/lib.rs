@@ -15,6 +15,7 @@ pub mod digest;
 pub mod durable;
 pub mod error;
 pub mod manifest;
+pub mod migration;
 pub mod path;
 pub mod payload;
 pub mod shown;
@@ -26,8 +27,10 @@ pub use bundle::{
 pub use digest::Sha256Digest;
 pub use error::{BundleError, ManifestError, PathError, SignatureError};
 pub use manifest::{
-    Direction, FileEntry, Hooks, Manifest, MigrationInfo, PayloadInfo, Role, FORMAT_MARKER,
+    Direction, FileEntry, Hooks, Manifest, Migration, MigrationInfo, PayloadInfo, Role,
+    FORMAT_MARKER,
 };
+pub use migration::{MigrationTool, MigrationVersion};
 pub use path::BundlePath;
 pub use payload::PayloadWriter;
 pub use shown::shown;

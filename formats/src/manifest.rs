@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
 use crate::error::ManifestError;
+use crate::migration::{MigrationTool, MigrationVersion, NameRule};
 use crate::path::BundlePath;
 
 /// The format marker this crate reads and writes.
@@ -46,7 +47,7 @@ pub struct Manifest {
     /// Scripts the applier runs around the service restart.
     #[serde(default)]
     pub hooks: Hooks,
-    /// Every payload file, sorted by path (migrations apply in [`MigrationInfo::order`]).
+    /// Every payload file, sorted by path (migrations apply in their tool's order, [`Manifest::migrations`]).
     pub files: Vec<FileEntry>,
     /// The compressed payload: its size and the digest of each chunk.
     pub payload: PayloadInfo,
@@ -103,20 +104,68 @@ pub struct FileEntry {
     pub migration: Option<MigrationInfo>,
 }
 
-/// Where a migration belongs and when it runs.
+/// Where a migration belongs, which tool's rules it follows, and how it runs
+/// (docs/FORMAT.md, "Migration information").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationInfo {
     /// Name of the database in the site profile.
     pub database: String,
-    /// Version as the migration tool wrote it: `0001` (sqlx) or `2024-02-14-140000` (diesel).
+    /// The tool whose rules the migration follows. Bundles built by airlock
+    /// 0.1 have none: then the payload layout tells, a folder holding
+    /// `up.sql` being diesel's and a file sqlx's (see [`Manifest::migrations`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<MigrationTool>,
+    /// Version as the tool records it in its history table: `1` (sqlx,
+    /// golang-migrate), `20240214140000` (diesel). airlock 0.1 wrote it as
+    /// the name spelled it (`0001`, `2024-02-14-140000`).
     pub version: String,
-    /// Ordering key: the version's digits as a number.
-    pub order: u64,
-    /// Description from the file or folder name, e.g. `add_orders`.
+    /// airlock 0.1 only, and ignored: the version's digits as a number. The
+    /// tool's own order applies instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<u64>,
+    /// The tool's description: sqlx's (`add orders`), golang-migrate's title,
+    /// or the diesel folder name after its first `_`.
     pub description: String,
     /// `up` applies the migration, `down` reverts it (kept for the record, never run by apply).
     pub direction: Direction,
+    /// Whether the tool runs it in a transaction of its own: diesel unless
+    /// `metadata.toml` says otherwise, sqlx unless the file starts with
+    /// `-- no-transaction`, golang-migrate never (airlock adds none). Absent
+    /// (airlock 0.1): `true`.
+    #[serde(default = "yes")]
+    pub transaction: bool,
+    /// sqlx only: SHA-384 of the file, 96 lowercase hex digits, the checksum
+    /// `_sqlx_migrations` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One migration of a manifest, read by its tool's rules: what the applier
+/// runs and records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration<'a> {
+    /// The payload file.
+    pub entry: &'a FileEntry,
+    /// Its migration information as the manifest says.
+    pub info: &'a MigrationInfo,
+    /// The tool (inferred from the layout for airlock 0.1 bundles).
+    pub tool: MigrationTool,
+    /// The migration's name as written: the diesel folder or the file name.
+    pub name: &'a str,
+    /// The version as the tool compares and records it.
+    pub version: MigrationVersion,
+    /// The tool's description.
+    pub description: String,
+    /// `up` or `down`.
+    pub direction: Direction,
+    /// Whether the tool runs it in a transaction of its own. For sqlx the
+    /// file's first bytes decide at apply time as well.
+    pub transaction: bool,
 }
 
 /// Direction of a migration script.
@@ -207,7 +256,9 @@ impl Manifest {
         }
         let mut paths = BTreeSet::new();
         let mut binaries = BTreeSet::new();
-        let mut migrations: BTreeMap<(&str, u64, Direction), &BundlePath> = BTreeMap::new();
+        let mut migrations: BTreeMap<(&str, MigrationVersion, Direction), &BundlePath> =
+            BTreeMap::new();
+        let mut tools: BTreeMap<&str, MigrationTool> = BTreeMap::new();
         let mut previous: Option<&BundlePath> = None;
         let mut unpacked = 0u64;
         for file in &self.files {
@@ -267,19 +318,32 @@ impl Manifest {
                                 .into(),
                         ));
                     }
-                    if let Some(other) =
-                        migrations.insert((m.database.as_str(), m.order, m.direction), &file.path)
-                    {
+                    if file.install_path.is_some() || file.name.is_some() {
+                        return Err(invalid(&field, "a migration is not installed".into()));
+                    }
+                    let read = resolve(file, m).map_err(|r| invalid(&field, r))?;
+                    if let Some(other) = tools.insert(m.database.as_str(), read.tool) {
+                        if other != read.tool {
+                            return Err(invalid(
+                                &field,
+                                format!(
+                                    "database `{}` has migrations of both {other} and {}; one service has one migrator",
+                                    m.database, read.tool
+                                ),
+                            ));
+                        }
+                    }
+                    if let Some(other) = migrations.insert(
+                        (m.database.as_str(), read.version.clone(), read.direction),
+                        &file.path,
+                    ) {
                         return Err(invalid(
                             &field,
                             format!(
                                 "migration version {} of database `{}` is also `{other}`",
-                                m.version, m.database
+                                read.version, m.database
                             ),
                         ));
-                    }
-                    if file.install_path.is_some() || file.name.is_some() {
-                        return Err(invalid(&field, "a migration is not installed".into()));
                     }
                 }
                 Role::Script | Role::File => {
@@ -353,19 +417,28 @@ impl Manifest {
         Ok(())
     }
 
-    /// The `up` migrations of `database`, in the order they apply.
-    pub fn migrations_for<'a>(
-        &'a self,
-        database: &'a str,
-    ) -> impl Iterator<Item = (&'a FileEntry, &'a MigrationInfo)> + 'a {
-        let mut list: Vec<_> = self
-            .files
-            .iter()
-            .filter_map(|f| f.migration.as_ref().map(|m| (f, m)))
-            .filter(|(_, m)| m.database == database && m.direction == Direction::Up)
-            .collect();
-        list.sort_by_key(|(_, m)| m.order);
-        list.into_iter()
+    /// The migrations of `database`, `up` and `down`, in the order their
+    /// tool applies them (by version as the tool compares versions, `up`
+    /// before `down`), each read by its tool's rules.
+    ///
+    /// # Errors
+    /// [`ManifestError::Invalid`] for a migration that breaks its tool's
+    /// rules, which [`Manifest::validate`] has refused already.
+    pub fn migrations(&self, database: &str) -> Result<Vec<Migration<'_>>, ManifestError> {
+        let mut list = Vec::new();
+        for file in &self.files {
+            let Some(info) = file.migration.as_ref().filter(|m| m.database == database) else {
+                continue;
+            };
+            list.push(
+                resolve(file, info).map_err(|reason| ManifestError::Invalid {
+                    field: format!("files[{}]", file.path),
+                    reason,
+                })?,
+            );
+        }
+        list.sort_by(|a, b| (&a.version, a.direction).cmp(&(&b.version, b.direction)));
+        Ok(list)
     }
 
     /// Names of the databases that have migrations in this bundle, sorted.
@@ -384,6 +457,92 @@ impl Manifest {
             .ok()
             .and_then(|i| self.files.get(i))
     }
+}
+
+/// Reads one migration entry by its tool's rules (docs/FORMAT.md,
+/// "Migration information"): its payload path is
+/// `migrations/DATABASE/FILE`, or `migrations/DATABASE/FOLDER/FILE` for
+/// diesel; the tool's reading of that name must give the version,
+/// description and direction the manifest states.
+fn resolve<'a>(entry: &'a FileEntry, info: &'a MigrationInfo) -> Result<Migration<'a>, String> {
+    let prefix = format!("migrations/{}/", info.database);
+    let rest = entry.path.as_str().strip_prefix(&prefix).ok_or_else(|| {
+        format!(
+            "a migration of database `{}` is stored below `{prefix}`",
+            info.database
+        )
+    })?;
+    let (folder, file) = match rest.split_once('/') {
+        Some((folder, file)) if !file.contains('/') => (Some(folder), file),
+        None => (None, rest),
+        Some(_) => return Err("a migration is a file or a folder's file, no deeper".into()),
+    };
+    let tool = match (info.tool, folder) {
+        (Some(tool), _) => tool,
+        (None, Some(_)) => MigrationTool::Diesel,
+        (None, None) => MigrationTool::Sqlx,
+    };
+    let name = match tool.read_name(folder, file) {
+        NameRule::Migration(name) => name,
+        NameRule::Ignored => {
+            return Err(format!(
+                "{tool} does not read `{rest}` as a migration{}",
+                if folder.is_some() {
+                    " (a diesel folder holds up.sql and down.sql)"
+                } else {
+                    ""
+                }
+            ))
+        }
+        NameRule::Refused(reason) => {
+            return Err(format!(
+                "{tool} refuses `{rest}`: {reason}; rebuild the bundle"
+            ))
+        }
+    };
+    if info.tool.is_some() {
+        let stated = (
+            info.version.as_str(),
+            info.description.as_str(),
+            info.direction,
+        );
+        let version = name.version.to_string();
+        if stated != (version.as_str(), name.description.as_str(), name.direction) {
+            return Err(format!(
+                "{tool} reads `{rest}` as version {version} `{}` ({:?}), not as the manifest states",
+                name.description, name.direction
+            ));
+        }
+        match (tool, &info.checksum) {
+            (MigrationTool::Sqlx, Some(c))
+                if c.len() == 96 && c.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {}
+            (MigrationTool::Sqlx, _) => {
+                return Err(
+                    "a sqlx migration needs its SHA-384 checksum as 96 lowercase hex digits".into(),
+                )
+            }
+            (_, Some(_)) => {
+                return Err(format!("only sqlx migrations have a checksum, not {tool}"))
+            }
+            (_, None) => {}
+        }
+        if tool == MigrationTool::GolangMigrate && info.transaction {
+            return Err(
+                "golang-migrate scripts run as written, without a transaction airlock adds".into(),
+            );
+        }
+    }
+    let name_as_written = folder.unwrap_or(file);
+    Ok(Migration {
+        entry,
+        info,
+        tool,
+        name: name_as_written,
+        version: name.version,
+        description: name.description,
+        direction: name.direction,
+        transaction: info.transaction,
+    })
 }
 
 fn safe_char(c: char) -> bool {
@@ -483,6 +642,99 @@ pub(crate) mod tests {
             Err(ManifestError::UnknownFormat(v)) => assert_eq!(v, "airlock-bundle/2"),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn migration(path: &str, info: MigrationInfo) -> FileEntry {
+        FileEntry {
+            path: BundlePath::parse(path).unwrap(),
+            role: Role::Migration,
+            size: 1,
+            mode: 0o644,
+            sha256: Sha256Digest::of(b"x"),
+            name: None,
+            install_path: None,
+            migration: Some(info),
+        }
+    }
+
+    fn info(tool: Option<MigrationTool>, version: &str, description: &str) -> MigrationInfo {
+        MigrationInfo {
+            database: "main".into(),
+            tool,
+            version: version.into(),
+            order: None,
+            description: description.into(),
+            direction: Direction::Up,
+            transaction: true,
+            checksum: None,
+        }
+    }
+
+    #[test]
+    fn migrations_read_by_their_tool_and_airlock_0_1_layouts_inferred() {
+        let mut m = sample();
+        // airlock 0.1 wrote the version as the name spelled it, with `order`.
+        let mut legacy = info(None, "2024-03-13", "170000_sso");
+        legacy.order = Some(20240313);
+        m.files.push(migration(
+            "migrations/main/2024-03-06-170000_add/up.sql",
+            info(None, "2024-03-06-170000", "add"),
+        ));
+        m.files.push(migration(
+            "migrations/main/2024-03-13_170000_sso/up.sql",
+            legacy,
+        ));
+        m.files.push(migration(
+            "migrations/main/2024-06-05-131359_later/up.sql",
+            info(None, "2024-06-05-131359", "later"),
+        ));
+        m.files.sort_by(|a, b| a.path.cmp(&b.path));
+        m.payload.unpacked_size = 6;
+        m.validate().unwrap();
+        let order: Vec<String> = m
+            .migrations("main")
+            .unwrap()
+            .iter()
+            .map(|x| format!("{} {}", x.tool, x.version))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "diesel 20240306170000",
+                "diesel 20240313",
+                "diesel 20240605131359"
+            ]
+        );
+
+        // A tool's manifest must state what the tool reads from the name.
+        let mut m = sample();
+        let mut sqlx = info(Some(MigrationTool::Sqlx), "1", "add orders");
+        sqlx.checksum = Some("0".repeat(96));
+        m.files.push(migration(
+            "migrations/main/0001_add_orders.sql",
+            sqlx.clone(),
+        ));
+        m.payload.unpacked_size = 4;
+        m.validate().unwrap();
+        let mut wrong = sqlx.clone();
+        wrong.version = "0001".into();
+        m.files[1] = migration("migrations/main/0001_add_orders.sql", wrong);
+        let err = m.validate().unwrap_err().to_string();
+        assert!(err.contains("not as the manifest states"), "{err}");
+        let mut no_checksum = sqlx.clone();
+        no_checksum.checksum = None;
+        m.files[1] = migration("migrations/main/0001_add_orders.sql", no_checksum);
+        assert!(m.validate().is_err());
+        let mut golang = info(Some(MigrationTool::GolangMigrate), "1", "add_orders");
+        m.files[1] = migration("migrations/main/0001_add_orders.up.sql", golang.clone());
+        let err = m.validate().unwrap_err().to_string();
+        assert!(err.contains("without a transaction"), "{err}");
+        golang.transaction = false;
+        m.files[1] = migration("migrations/main/0001_add_orders.up.sql", golang);
+        m.validate().unwrap();
+        m.files[1] = migration("migrations/other/0001_add_orders.sql", sqlx);
+        let err = m.validate().unwrap_err().to_string();
+        assert!(err.contains("stored below `migrations/main/`"), "{err}");
     }
 
     #[test]

@@ -65,15 +65,30 @@ pub fn plan(site: &Site, bundle: &Path, opts: VerifyOptions) -> Result<Plan, App
             .get(database)
             .map(|p| p.as_path())
             .unwrap_or(Path::new(""));
-        if crate::steps::migrate::pending(path, database, m)
-            .map_err(preflight)?
-            .is_empty()
-        {
-            notes.push(format!(
-                "migrate {database}: none pending ({} already applied)",
-                m.migrations_for(database).count()
-            ));
-        }
+        let pending = crate::steps::migrate::pending(path, database, m).map_err(preflight)?;
+        let all = m.migrations(database).map_err(|e| {
+            preflight(StepError::Inconsistent {
+                what: e.to_string(),
+            })
+        })?;
+        let Some(first) = all.first() else {
+            continue;
+        };
+        let ups = all
+            .iter()
+            .filter(|x| x.direction == airlock_formats::Direction::Up)
+            .count();
+        notes.push(format!(
+            "migrate {database}: {} rules ({}), history in {}; {} of {ups} pending",
+            first.tool,
+            if first.info.tool.is_some() {
+                "as the bundle declares"
+            } else {
+                "inferred from the layout of an airlock 0.1 bundle"
+            },
+            first.tool.history_table(),
+            pending.len()
+        ));
     }
     let space = space_needs(site, m)?
         .into_iter()

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_formats::durable::{create_private_dir, remove_temps_beside};
-use airlock_formats::{FileEntry, Manifest};
+use airlock_formats::{Direction, FileEntry, Manifest};
 use semver::Version;
 
 use crate::error::{ApplyError, StepError};
@@ -85,6 +85,9 @@ pub struct Transaction<'a> {
     undo: Vec<Undo>,
     node_changed: bool,
     migrations: Vec<String>,
+    /// The connection migrations of one database run on, as their tool
+    /// runs them all on one; closed by the first step that is not one of them.
+    session: Option<migrate::Session>,
     stopped_at: Option<Instant>,
     healthy_at: Option<Instant>,
 }
@@ -176,6 +179,7 @@ impl<'a> Transaction<'a> {
             undo: Vec::new(),
             node_changed: false,
             migrations: Vec::new(),
+            session: None,
             stopped_at: None,
             healthy_at: None,
         })
@@ -272,6 +276,9 @@ impl<'a> Transaction<'a> {
     /// Journals `step` with the undo it needs once begun, reports it, acts,
     /// and marks it done or failed.
     fn execute(&mut self, step: &Step) -> Result<(), StepError> {
+        if !matches!(step, Step::Migrate { .. }) {
+            self.session = None;
+        }
         if step.stops_on_signal() && self.interrupt.requested() {
             return Err(StepError::Interrupted);
         }
@@ -450,16 +457,22 @@ impl<'a> Transaction<'a> {
             }
             Step::Migrate {
                 database,
-                version,
-                description,
                 file,
+                action,
+                ..
             } => {
                 let entry = self.entry(file)?.clone();
-                let info = entry
-                    .migration
-                    .clone()
+                let migrations =
+                    self.manifest
+                        .migrations(database)
+                        .map_err(|e| StepError::Inconsistent {
+                            what: e.to_string(),
+                        })?;
+                let migration = migrations
+                    .iter()
+                    .find(|m| m.entry.path == entry.path && m.direction == Direction::Up)
                     .ok_or_else(|| StepError::Inconsistent {
-                        what: format!("`{file}` is not a migration in the signed manifest"),
+                        what: format!("`{file}` is not an up migration of `{database}` in the signed manifest"),
                     })?;
                 let path = self
                     .site
@@ -472,16 +485,30 @@ impl<'a> Transaction<'a> {
                         database: database.clone(),
                     })?;
                 let sql = fs_err::read_to_string(entry.path.join_to(&self.stage_dir))?;
-                migrate::apply_one(
-                    &path,
-                    database,
-                    &entry,
-                    &info,
-                    &sql,
-                    &self.manifest.version.to_string(),
-                )?;
-                self.migrations.push(format!("{database}:{version}"));
-                none(format!("{database} {version} {description}"))
+                if self
+                    .session
+                    .as_ref()
+                    .is_none_or(|s| s.database() != database)
+                {
+                    self.session = None;
+                    self.session = Some(migrate::Session::open(database, &path, migration.tool)?);
+                }
+                let session = self
+                    .session
+                    .as_mut()
+                    .ok_or_else(|| StepError::Inconsistent {
+                        what: format!("no connection to database `{database}`"),
+                    })?;
+                session.apply(migration, *action, &sql, &self.manifest.version.to_string())?;
+                self.migrations
+                    .push(format!("{database}:{}", migration.version));
+                none(format!(
+                    "{database} {} `{}` ({}, {})",
+                    migration.version,
+                    migration.description,
+                    migration.tool,
+                    action.describe()
+                ))
             }
             Step::Start { .. } => {
                 self.control().start()?;
@@ -550,6 +577,8 @@ impl<'a> Transaction<'a> {
     /// After `step` failed with `cause`: undoes what began, records the
     /// outcome and returns the error to report.
     fn fail(&mut self, step: &Step, cause: StepError) -> ApplyError {
+        // Close the database before its backup is put back.
+        self.session = None;
         if let Step::Commit { version } = step {
             // The new version runs and is healthy; only recording it failed.
             // Rolling a healthy node back for that would cost more than it saves.

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use airlock_formats::Manifest;
+use airlock_formats::{Manifest, MigrationTool};
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
@@ -71,16 +71,23 @@ pub enum Step {
         /// Permission bits.
         mode: u32,
     },
-    /// Run one `up` migration in its own transaction.
+    /// Run one `up` migration as its tool runs it, and record it where the
+    /// tool records it (docs/SITE.md, "Migrations").
     Migrate {
         /// Database name in the site profile.
         database: String,
-        /// Migration version.
+        /// Migration version, as the tool records it.
         version: String,
         /// Migration description.
         description: String,
         /// Payload path of its SQL.
         file: String,
+        /// The tool whose rules it follows (absent in journals of airlock 0.1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tool: Option<MigrationTool>,
+        /// In a transaction, without one, or recording only.
+        #[serde(default)]
+        action: migrate::Action,
     },
     /// Run the site's start command.
     Start {
@@ -167,8 +174,16 @@ impl Step {
                 database,
                 version,
                 description,
+                tool,
+                action,
                 ..
-            } => format!("{database} {version} {description}"),
+            } => match tool {
+                Some(tool) => format!(
+                    "{database} {version} `{description}` ({tool}, {})",
+                    action.describe()
+                ),
+                None => format!("{database} {version} `{description}`"),
+            },
             Self::Start { command } => format!("`{command}`"),
             Self::Health { version, wait_secs } => format!(
                 "wait up to {wait_secs}s for the health check to pass and the version to be {version}"
@@ -261,12 +276,14 @@ pub fn planned_steps(site: &Site, manifest: &Manifest) -> Result<Vec<Step>, Step
             .ok_or_else(|| StepError::UnknownDatabase {
                 database: database.into(),
             })?;
-        for (entry, info) in migrate::pending(path, database, manifest)? {
+        for p in migrate::pending(path, database, manifest)? {
             steps.push(Step::Migrate {
                 database: database.into(),
-                version: info.version.clone(),
-                description: info.description.clone(),
-                file: entry.path.to_string(),
+                version: p.migration.version.to_string(),
+                description: p.migration.description.clone(),
+                file: p.migration.entry.path.to_string(),
+                tool: Some(p.migration.tool),
+                action: p.action,
             });
         }
     }
@@ -308,6 +325,14 @@ mod tests {
                 mode: 0o755,
             },
             Step::BackupComplete,
+            Step::Migrate {
+                database: "main".into(),
+                version: "20240313".into(),
+                description: "170000_sso".into(),
+                file: "migrations/main/2024-03-13_170000_sso/up.sql".into(),
+                tool: Some(MigrationTool::Diesel),
+                action: migrate::Action::WithoutTransaction,
+            },
             Step::Healthy {
                 version: Version::new(1, 1, 0),
             },
@@ -320,6 +345,15 @@ mod tests {
             serde_json::to_value(Step::BackupComplete).unwrap(),
             serde_json::json!({"kind": "backup_complete"})
         );
+        // A journal row of airlock 0.1 still reads.
+        let old = r#"{"kind":"migrate","database":"main","version":"0001","description":"x","file":"migrations/main/0001_x.sql"}"#;
+        match serde_json::from_str::<Step>(old).unwrap() {
+            Step::Migrate { tool, action, .. } => {
+                assert_eq!(tool, None);
+                assert_eq!(action, migrate::Action::InTransaction);
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             Step::BackupRaft { dir: "/d".into() }.failpoint(),
             "after-journal-backup-raft"

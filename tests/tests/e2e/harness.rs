@@ -607,8 +607,9 @@ pub fn build_bundle(spec: &Path, key: &str, out: &Path) -> PathBuf {
     PathBuf::from(run.stdout.trim())
 }
 
-/// `sqlite_dump_hash` without airlock's own bookkeeping table, to compare a
-/// migrated database with one migrated by hand.
+/// `sqlite_dump_hash` without the migration history tables (airlock's, and
+/// diesel's, sqlx's and golang-migrate's), to compare a migrated database
+/// with one migrated by hand.
 pub fn sqlite_content_hash(path: &Path) -> String {
     let copy = tempfile::NamedTempFile::new().unwrap();
     fs::copy(path, copy.path()).unwrap();
@@ -617,8 +618,13 @@ pub fn sqlite_content_hash(path: &Path) -> String {
         fs::copy(&wal, format!("{}-wal", copy.path().display())).unwrap();
     }
     let conn = Connection::open(copy.path()).unwrap();
-    conn.execute_batch("DROP TABLE IF EXISTS airlock_migrations;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE IF EXISTS airlock_migrations;
+         DROP TABLE IF EXISTS _sqlx_migrations;
+         DROP TABLE IF EXISTS __diesel_schema_migrations;
+         DROP TABLE IF EXISTS schema_migrations;",
+    )
+    .unwrap();
     drop(conn);
     sqlite_dump_hash(copy.path())
 }

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use rusqlite::Connection;
+use sha2::Digest as _;
 
 use crate::harness::*;
 
@@ -57,8 +58,8 @@ fn upgrade_installs_binary_runs_migrations_and_keeps_every_key() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(recorded.len(), 2);
-    assert_eq!(recorded[0].0, "0001");
-    assert_eq!(recorded[0].1, "add_order_status");
+    assert_eq!(recorded[0].0, "1");
+    assert_eq!(recorded[0].1, "0001_add_order_status.sql");
     assert_eq!(
         recorded[0].2,
         sha256_file(
@@ -68,6 +69,32 @@ fn upgrade_installs_binary_runs_migrations_and_keeps_every_key() {
         )
     );
     assert_eq!(recorded[1].3, "1.1.0");
+    // ... and in sqlx's own table, as sqlx records them, so a service that
+    // embeds `sqlx::migrate!` finds nothing to do.
+    let sqlx: Vec<(i64, String, bool, Vec<u8>, i64)> = db
+        .prepare("SELECT version, description, success, checksum, execution_time FROM _sqlx_migrations ORDER BY version")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(sqlx.len(), 2);
+    assert_eq!(
+        (sqlx[0].0, sqlx[0].1.as_str(), sqlx[0].2),
+        (1, "add order status", true)
+    );
+    assert_eq!(
+        sqlx[0].3,
+        sha2::Sha384::digest(
+            std::fs::read(
+                work.path()
+                    .join("release/migrations/0001_add_order_status.sql")
+            )
+            .unwrap()
+        )
+        .to_vec()
+    );
+    assert!(sqlx[0].4 > 0, "execution_time is written after the commit");
     let totals: i64 = db
         .query_row("SELECT count(*) FROM customer_totals", [], |r| r.get(0))
         .unwrap();

@@ -139,7 +139,7 @@ fn help_for(error: &anyhow::Error) -> Option<String> {
     match error.downcast_ref::<BuildError>()? {
         BuildError::Source { .. } => Some("check the source paths in the spec; they are relative to the spec's folder".into()),
         BuildError::Migration { .. } => {
-            Some("name migrations VERSION_DESCRIPTION.sql (sqlx) or VERSION_DESCRIPTION/up.sql (diesel), one version each".into())
+            Some("name migrations as the service's tool does: VERSION_NAME/up.sql (diesel), VERSION_DESCRIPTION.sql (sqlx), VERSION_TITLE.up.sql (golang-migrate), one version each; docs/FORMAT.md, \"Migration tools\"".into())
         }
         BuildError::Key { .. } => Some("check the key file and passphrase (AIRLOCK_PASSPHRASE)".into()),
         BuildError::AlreadySigned { .. } => Some("each key signs once; a second signature must come from another release key".into()),
@@ -214,6 +214,9 @@ fn run(program: Program) -> Result<(), Failure> {
                     report.summary(key.key_id().to_string(), started.elapsed().as_secs_f64());
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
+                for folder in &report.migrations {
+                    eprintln!("{}", folder.line());
+                }
                 eprintln!(
                     "built {} ({} files, {} bytes unpacked, {} bytes bundle) in {:.1}s, signed by {}",
                     report.path.display(),
