@@ -11,6 +11,8 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v scp >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /usr/bin/time ] || need+=(time)
+# diesel, in tests/migrators, links the system's SQLite as its `sqlite` feature does.
+dpkg -s libsqlite3-dev >/dev/null 2>&1 || need+=(libsqlite3-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     sudo=""
@@ -27,4 +29,10 @@ fi
 cargo build -p airlock-applier --bin airlock-apply --features failpoints
 cp target/debug/airlock-apply target/debug/airlock-apply-failpoints
 cargo build --workspace --bins
+# The real diesel and sqlx migrators the migration tests compare airlock
+# with: projects of their own (tests/migrators/README.md).
+for tool in diesel sqlx; do
+    CARGO_TARGET_DIR=tests/migrators/target \
+        cargo build --release --locked --manifest-path "tests/migrators/$tool/Cargo.toml"
+done
 cargo test --workspace
