@@ -169,7 +169,7 @@ pub enum StepError {
         /// The migration.
         migration: Box<MigrationRef>,
         /// Which record: `SHA-256 in airlock_migrations` or `SHA-384 checksum in _sqlx_migrations`.
-        digest: &'static str,
+        digest: String,
         /// What the database recorded, hex.
         recorded: String,
         /// What the signed manifest says, hex.
@@ -177,7 +177,7 @@ pub enum StepError {
     },
     /// The tool's history records a migration that failed half way: sqlx's
     /// `success = false` (its `Dirty` error) or golang-migrate's `dirty`.
-    #[error("database `{database}` ({}): {tool} records migration {version} as failed half way ({}), so {tool} itself would not run", .path.display(), .tool.history_table())]
+    #[error("database `{database}` ({}): {tool} records migration {version} as failed half way ({table}), so {tool} itself would not run", .path.display())]
     MigrationDirty {
         /// Database name in the site profile.
         database: String,
@@ -185,12 +185,14 @@ pub enum StepError {
         path: PathBuf,
         /// The tool.
         tool: MigrationTool,
+        /// Its history table.
+        table: String,
         /// The version recorded as dirty.
         version: String,
     },
     /// The tool's history records a version the bundle has no migration for
     /// (sqlx `VersionMissing`, golang-migrate "no migration found for version").
-    #[error("database `{database}` ({}): {tool} records migration {version} in {}, which this bundle does not have", .path.display(), .tool.history_table())]
+    #[error("database `{database}` ({}): {tool} records migration {version} in {table}, which this bundle does not have", .path.display())]
     MigrationMissing {
         /// Database name in the site profile.
         database: String,
@@ -198,6 +200,8 @@ pub enum StepError {
         path: PathBuf,
         /// The tool.
         tool: MigrationTool,
+        /// Its history table.
+        table: String,
         /// The recorded version.
         version: String,
     },

@@ -247,7 +247,11 @@ fn check_manifest(
                     "repair the database by hand as golang-migrate asks (fix what the migration left, then `migrate force VERSION`), then apply again",
                 StepError::MigrationMissing { .. } =>
                     "the database is ahead of this bundle or comes from another history: apply the bundle that carries every migration the database has",
-                _ => "a migration that already ran was changed; the release engineer must ship a new migration instead",
+                StepError::MigrationChanged { .. } =>
+                    "a migration that already ran was changed; the release engineer must ship a new migration instead",
+                StepError::Inconsistent { .. } =>
+                    "the bundle's migrations break their tool's rules: ask for a bundle built with airlock-build 0.2 or newer",
+                _ => "check that the database file exists, is a SQLite database this user may read, and is not locked by another process",
             };
             Refusal::new(e.to_string(), help)
         })?;

@@ -188,7 +188,44 @@ fn plan(spec: &Spec, base: &Path) -> Result<(Vec<Planned>, Vec<MigrationsSummary
     for m in &spec.migrations {
         validate_name(&m.database).map_err(|r| invalid(format!("migrations database: {r}")))?;
         let dir = base.join(&m.dir);
-        let found = migrations::discover(&dir, m.tool)?;
+        let mut ignored_chars = Vec::new();
+        for text in &m.ignored_chars {
+            let mut chars = text.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => ignored_chars.push(c),
+                _ => {
+                    return Err(BuildError::Migration {
+                        path: dir,
+                        reason: format!(
+                            "ignored_chars holds `{}`, which is not one character",
+                            text.escape_default()
+                        ),
+                    })
+                }
+            }
+        }
+        let setup = migrations::ToolSetup {
+            ignored_chars,
+            tx_wrap: m.tx_wrap,
+        };
+        let found = migrations::discover(&dir, m.tool, &setup)?;
+        if let (Some(tool), Some(table)) = (found.tool, &m.history_table) {
+            if !tool.history_table_configurable() {
+                return Err(BuildError::Migration {
+                    path: dir,
+                    reason: format!(
+                        "history_table is not a {tool} setting: {tool} always records in {}",
+                        tool.history_table()
+                    ),
+                });
+            }
+            if !airlock_formats::migration::valid_history_table(table) {
+                return Err(BuildError::Migration {
+                    path: dir,
+                    reason: format!("history_table `{}` is not a plain SQL name (letters, digits, `_`; not airlock_migrations)", table.escape_default()),
+                });
+            }
+        }
         if let Some(tool) = found.tool {
             if let Some(other) = tools.insert(&m.database, tool) {
                 if other != tool {
@@ -229,6 +266,8 @@ fn plan(spec: &Spec, base: &Path) -> Result<(Vec<Planned>, Vec<MigrationsSummary
                     direction: f.direction,
                     transaction: f.transaction,
                     checksum: f.checksum,
+                    foreign_keys: m.foreign_keys,
+                    history_table: m.history_table.clone(),
                 }),
             });
         }

@@ -100,8 +100,15 @@ pub fn render(header: &BundleHeader) -> String {
                     .iter()
                     .filter(|x| x.direction == airlock_formats::Direction::Up)
                     .count();
+                let setup = list.first().map_or(String::new(), |x| {
+                    format!(
+                        " (foreign keys {}, history in {})",
+                        if x.foreign_keys { "on" } else { "off" },
+                        x.history_table
+                    )
+                });
                 out.push_str(&format!(
-                    "migrations    {database}: {tool}{}, {up} up, {} down\n",
+                    "migrations    {database}: {tool}{setup}{}, {up} up, {} down\n",
                     if legacy {
                         " (inferred from the layout: built by airlock 0.1)"
                     } else {

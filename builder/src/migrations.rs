@@ -167,6 +167,16 @@ fn detect(dir: &Path, all: &[Entry]) -> Result<Option<(MigrationTool, String)>, 
     })
 }
 
+/// How the service sets its tool up, where it differs from the tool's
+/// defaults (the spec's `[[migrations]]` keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolSetup {
+    /// sqlx: characters its checksums leave out.
+    pub ignored_chars: Vec<char>,
+    /// golang-migrate: run each script in a transaction.
+    pub tx_wrap: bool,
+}
+
 /// Reads the migrations of `dir` by the rules of `declared`, or of the tool
 /// its layout shows (see the module docs).
 ///
@@ -176,7 +186,11 @@ fn detect(dir: &Path, all: &[Entry]) -> Result<Option<(MigrationTool, String)>, 
 /// two migrations with one version, a diesel folder without `up.sql` or
 /// with an empty one, a golang-migrate version with only a down script, or
 /// a script that is not UTF-8.
-pub fn discover(dir: &Path, declared: Option<MigrationTool>) -> Result<FoundFolder, BuildError> {
+pub fn discover(
+    dir: &Path,
+    declared: Option<MigrationTool>,
+    setup: &ToolSetup,
+) -> Result<FoundFolder, BuildError> {
     let all = entries(dir)?;
     let (tool, chosen_by) = match declared {
         Some(tool) => (tool, "declared".to_string()),
@@ -194,8 +208,20 @@ pub fn discover(dir: &Path, declared: Option<MigrationTool>) -> Result<FoundFold
     };
     let mut folder = match tool {
         MigrationTool::Diesel => diesel(&all)?,
-        MigrationTool::Sqlx | MigrationTool::GolangMigrate => files(tool, &all)?,
+        MigrationTool::Sqlx | MigrationTool::GolangMigrate => files(tool, &all, setup)?,
     };
+    if !setup.ignored_chars.is_empty() && tool != MigrationTool::Sqlx {
+        return Err(bad(
+            dir,
+            format!("ignored_chars is a sqlx setting; this folder is {tool}'s"),
+        ));
+    }
+    if setup.tx_wrap && tool != MigrationTool::GolangMigrate {
+        return Err(bad(
+            dir,
+            format!("tx_wrap is a golang-migrate setting; this folder is {tool}'s"),
+        ));
+    }
     let mut seen: BTreeMap<(&MigrationVersion, Direction), &FoundMigration> = BTreeMap::new();
     for m in &folder.migrations {
         if let Some(other) = seen.insert((&m.version, m.direction), m) {
@@ -231,11 +257,11 @@ pub fn discover(dir: &Path, declared: Option<MigrationTool>) -> Result<FoundFold
     Ok(folder)
 }
 
-/// diesel: every entry that is not a plain file, does not start with `.`
-/// and is not an empty folder is a migration folder, which must hold
-/// `up.sql` (migrations_internals 2.3 `migrations_directories`,
-/// diesel_migrations `FileBasedMigrations::from_path`). `metadata.toml`
-/// decides the transaction ([`diesel_run_in_transaction`]).
+/// diesel: every entry that is not a plain file and does not start with
+/// `.` is a migration folder, which must hold `up.sql`, an empty folder
+/// included (migrations_internals 2.3.0 `migrations_directories`,
+/// diesel_migrations 2.3.2 `FileBasedMigrations::from_path`).
+/// `metadata.toml` decides the transaction ([`diesel_run_in_transaction`]).
 fn diesel(all: &[Entry]) -> Result<FoundFolder, BuildError> {
     let mut out = FoundFolder {
         tool: Some(MigrationTool::Diesel),
@@ -252,10 +278,6 @@ fn diesel(all: &[Entry]) -> Result<FoundFolder, BuildError> {
             return Err(bad(&e.path, "is neither a file nor a folder"));
         }
         let inner = entries(&e.path)?;
-        if inner.is_empty() {
-            out.ignored.push(e.path.clone());
-            continue;
-        }
         let up = e.path.join("up.sql");
         if !up.is_file() {
             return Err(bad(
@@ -308,7 +330,7 @@ fn diesel(all: &[Entry]) -> Result<FoundFolder, BuildError> {
 /// sqlx and golang-migrate: regular files (links followed) whose names the
 /// tool reads as migrations; folders and other names are skipped, as the
 /// tool skips them.
-fn files(tool: MigrationTool, all: &[Entry]) -> Result<FoundFolder, BuildError> {
+fn files(tool: MigrationTool, all: &[Entry], setup: &ToolSetup) -> Result<FoundFolder, BuildError> {
     let mut out = FoundFolder {
         tool: Some(tool),
         chosen_by: String::new(),
@@ -340,9 +362,9 @@ fn files(tool: MigrationTool, all: &[Entry]) -> Result<FoundFolder, BuildError> 
         let (transaction, checksum) = match tool {
             MigrationTool::Sqlx => (
                 !sqlx_no_transaction(&sql),
-                Some(hex::encode(sqlx_checksum(&sql))),
+                Some(hex::encode(sqlx_checksum(&sql, &setup.ignored_chars))),
             ),
-            _ => (false, None),
+            _ => (setup.tx_wrap, None),
         };
         out.migrations.push(FoundMigration {
             source: e.path.clone(),
@@ -399,7 +421,7 @@ mod tests {
         fs::write(d.join("11_rev.up.sql"), "x").unwrap();
         fs::write(d.join("11_rev.down.sql"), "x").unwrap();
         fs::write(d.join("README.md"), "x").unwrap();
-        let found = discover(d, None).unwrap();
+        let found = discover(d, None, &ToolSetup::default()).unwrap();
         assert_eq!(found.tool, Some(MigrationTool::Sqlx));
         assert!(
             found.chosen_by.starts_with("detected"),
@@ -444,9 +466,8 @@ mod tests {
                 fs::write(d.join(folder).join("metadata.toml"), meta).unwrap();
             }
         }
-        fs::create_dir(d.join("empty")).unwrap();
         fs::write(d.join("README.md"), "x").unwrap();
-        let found = discover(d, None).unwrap();
+        let found = discover(d, None, &ToolSetup::default()).unwrap();
         assert_eq!(found.tool, Some(MigrationTool::Diesel));
         let ups: Vec<_> = found
             .migrations
@@ -462,11 +483,21 @@ mod tests {
                 ("20240605131359".to_string(), true)
             ]
         );
-        assert_eq!(found.ignored.len(), 2);
+        assert_eq!(found.ignored, [d.join("README.md")]);
+
+        // diesel 2.3.2 refuses an empty folder as it refuses one without up.sql.
+        fs::create_dir(d.join("2025-01-01-000000_empty")).unwrap();
+        let err = discover(d, None, &ToolSetup::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no up.sql"), "{err}");
+        fs::remove_dir(d.join("2025-01-01-000000_empty")).unwrap();
 
         fs::create_dir(d.join("2025-01-01-000000_no_up")).unwrap();
         fs::write(d.join("2025-01-01-000000_no_up/down.sql"), "x").unwrap();
-        let err = discover(d, None).unwrap_err().to_string();
+        let err = discover(d, None, &ToolSetup::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no up.sql"), "{err}");
     }
 
@@ -476,19 +507,23 @@ mod tests {
         let d = dir.path();
         fs::write(d.join("1_init.up.sql"), "x").unwrap();
         fs::write(d.join("1_init.down.sql"), "x").unwrap();
-        let err = discover(d, None).unwrap_err().to_string();
+        let err = discover(d, None, &ToolSetup::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("declare the tool"), "{err}");
-        let found = discover(d, Some(MigrationTool::GolangMigrate)).unwrap();
+        let found = discover(d, Some(MigrationTool::GolangMigrate), &ToolSetup::default()).unwrap();
         assert_eq!(names(&found), ["1_init.up.sql", "1_init.down.sql"]);
         assert!(found.migrations.iter().all(|m| !m.transaction));
         assert_eq!(found.chosen_by, "declared");
 
         fs::write(d.join("2_more.up.txt"), "x").unwrap();
-        let found = discover(d, None).unwrap();
+        let found = discover(d, None, &ToolSetup::default()).unwrap();
         assert_eq!(found.tool, Some(MigrationTool::GolangMigrate));
 
         fs::write(d.join("3_only.down.sql"), "x").unwrap();
-        let err = discover(d, None).unwrap_err().to_string();
+        let err = discover(d, None, &ToolSetup::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no up script"), "{err}");
     }
 
@@ -497,12 +532,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("0001_a.sql"), "x").unwrap();
         fs::write(dir.path().join("1_b.sql"), "x").unwrap();
-        let err = discover(dir.path(), None).unwrap_err().to_string();
+        let err = discover(dir.path(), None, &ToolSetup::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("used twice"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("2024-01-01_x.sql"), "x").unwrap();
-        let err = discover(dir.path(), Some(MigrationTool::Sqlx))
+        let err = discover(dir.path(), Some(MigrationTool::Sqlx), &ToolSetup::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("expected integer version prefix"), "{err}");
@@ -512,7 +549,9 @@ mod tests {
         fs::write(dir.path().join("2024-03-13_170000_a/up.sql"), "x").unwrap();
         fs::create_dir(dir.path().join("2024-03-13_180000_b")).unwrap();
         fs::write(dir.path().join("2024-03-13_180000_b/up.sql"), "x").unwrap();
-        let err = discover(dir.path(), None).unwrap_err().to_string();
+        let err = discover(dir.path(), None, &ToolSetup::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("version 20240313 is used twice"), "{err}");
     }
 

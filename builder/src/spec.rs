@@ -75,6 +75,25 @@ pub struct MigrationsSpec {
     /// when absent (docs/FORMAT.md, "`[[migrations]]`").
     #[serde(default)]
     pub tool: Option<airlock_formats::MigrationTool>,
+    /// Whether the service's tool enforces foreign keys, when it differs
+    /// from the tool's default (diesel with a bundled SQLite, or
+    /// golang-migrate with `_foreign_keys=1`, have them on).
+    #[serde(default)]
+    pub foreign_keys: Option<bool>,
+    /// sqlx and golang-migrate: the history table, when the service names
+    /// it (`sqlx.toml` `[migrate] table-name`, `x-migrations-table`).
+    #[serde(default)]
+    pub history_table: Option<String>,
+    /// sqlx: characters its checksums leave out (`sqlx.toml` `[migrate]
+    /// ignored-chars`), each a one-character string such as `"\r"`.
+    #[serde(default)]
+    pub ignored_chars: Vec<String>,
+    /// golang-migrate: run each script in a transaction, as its `sqlite3`
+    /// driver does unless the URL says `x-no-tx-wrap=true`. Default
+    /// `false`: scripts run as written, and may hold their own `BEGIN` and
+    /// `COMMIT`.
+    #[serde(default)]
+    pub tx_wrap: bool,
 }
 
 /// Hook scripts.

@@ -131,10 +131,20 @@ pub struct MigrationInfo {
     pub direction: Direction,
     /// Whether the tool runs it in a transaction of its own: diesel unless
     /// `metadata.toml` says otherwise, sqlx unless the file starts with
-    /// `-- no-transaction`, golang-migrate never (airlock adds none). Absent
-    /// (airlock 0.1): `true`.
+    /// `-- no-transaction`, golang-migrate as the spec's `tx_wrap` says.
+    /// Absent (airlock 0.1): `true`.
     #[serde(default = "yes")]
     pub transaction: bool,
+    /// Whether foreign keys are enforced while it runs, when the service
+    /// sets its tool up otherwise than the tool's default
+    /// ([`MigrationTool::default_foreign_keys`]). Absent: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_keys: Option<bool>,
+    /// The tool's history table, when the service names it otherwise than
+    /// the tool's default ([`MigrationTool::history_table`]); sqlx and
+    /// golang-migrate only. Absent: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_table: Option<String>,
     /// sqlx only: SHA-384 of the file, 96 lowercase hex digits, the checksum
     /// `_sqlx_migrations` records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +176,10 @@ pub struct Migration<'a> {
     /// Whether the tool runs it in a transaction of its own. For sqlx the
     /// file's first bytes decide at apply time as well.
     pub transaction: bool,
+    /// Whether foreign keys are enforced while it runs.
+    pub foreign_keys: bool,
+    /// The tool's history table.
+    pub history_table: String,
 }
 
 /// Direction of a migration script.
@@ -258,7 +272,7 @@ impl Manifest {
         let mut binaries = BTreeSet::new();
         let mut migrations: BTreeMap<(&str, MigrationVersion, Direction), &BundlePath> =
             BTreeMap::new();
-        let mut tools: BTreeMap<&str, MigrationTool> = BTreeMap::new();
+        let mut tools: BTreeMap<&str, (MigrationTool, bool, String)> = BTreeMap::new();
         let mut previous: Option<&BundlePath> = None;
         let mut unpacked = 0u64;
         for file in &self.files {
@@ -322,13 +336,23 @@ impl Manifest {
                         return Err(invalid(&field, "a migration is not installed".into()));
                     }
                     let read = resolve(file, m).map_err(|r| invalid(&field, r))?;
-                    if let Some(other) = tools.insert(m.database.as_str(), read.tool) {
-                        if other != read.tool {
+                    let setup = (read.tool, read.foreign_keys, read.history_table.clone());
+                    if let Some(other) = tools.insert(m.database.as_str(), setup.clone()) {
+                        if other.0 != read.tool {
                             return Err(invalid(
                                 &field,
                                 format!(
-                                    "database `{}` has migrations of both {other} and {}; one service has one migrator",
-                                    m.database, read.tool
+                                    "database `{}` has migrations of both {} and {}; one service has one migrator",
+                                    m.database, other.0, read.tool
+                                ),
+                            ));
+                        }
+                        if other != setup {
+                            return Err(invalid(
+                                &field,
+                                format!(
+                                    "the migrations of database `{}` disagree on foreign keys or the history table",
+                                    m.database
                                 ),
                             ));
                         }
@@ -526,11 +550,25 @@ fn resolve<'a>(entry: &'a FileEntry, info: &'a MigrationInfo) -> Result<Migratio
             }
             (_, None) => {}
         }
-        if tool == MigrationTool::GolangMigrate && info.transaction {
-            return Err(
-                "golang-migrate scripts run as written, without a transaction airlock adds".into(),
-            );
+        if let MigrationVersion::Unsigned(v) = name.version {
+            if i64::try_from(v).is_err() {
+                return Err(format!(
+                    "golang-migrate records versions as signed 64-bit integers; {v} does not fit"
+                ));
+            }
         }
+    }
+    match &info.history_table {
+        Some(_) if !tool.history_table_configurable() => {
+            return Err(format!("{tool} has no configurable history table"))
+        }
+        Some(t) if !crate::migration::valid_history_table(t) => {
+            return Err(format!(
+                "history table `{}` is not a plain SQL name (letters, digits, `_`)",
+                crate::shown::shown(t)
+            ))
+        }
+        _ => {}
     }
     let name_as_written = folder.unwrap_or(file);
     Ok(Migration {
@@ -542,6 +580,11 @@ fn resolve<'a>(entry: &'a FileEntry, info: &'a MigrationInfo) -> Result<Migratio
         description: name.description,
         direction: name.direction,
         transaction: info.transaction,
+        foreign_keys: info.foreign_keys.unwrap_or(tool.default_foreign_keys()),
+        history_table: info
+            .history_table
+            .clone()
+            .unwrap_or_else(|| tool.history_table().to_owned()),
     })
 }
 
@@ -667,6 +710,8 @@ pub(crate) mod tests {
             direction: Direction::Up,
             transaction: true,
             checksum: None,
+            foreign_keys: None,
+            history_table: None,
         }
     }
 
@@ -726,12 +771,18 @@ pub(crate) mod tests {
         m.files[1] = migration("migrations/main/0001_add_orders.sql", no_checksum);
         assert!(m.validate().is_err());
         let mut golang = info(Some(MigrationTool::GolangMigrate), "1", "add_orders");
+        golang.history_table = Some("x; DROP TABLE users".into());
         m.files[1] = migration("migrations/main/0001_add_orders.up.sql", golang.clone());
         let err = m.validate().unwrap_err().to_string();
-        assert!(err.contains("without a transaction"), "{err}");
+        assert!(err.contains("not a plain SQL name"), "{err}");
+        golang.history_table = Some("app_schema_migrations".into());
         golang.transaction = false;
         m.files[1] = migration("migrations/main/0001_add_orders.up.sql", golang);
         m.validate().unwrap();
+        let read = m.migrations("main").unwrap();
+        assert_eq!(read[0].history_table, "app_schema_migrations");
+        assert!(!read[0].foreign_keys);
+        assert!(!read[0].transaction);
         m.files[1] = migration("migrations/other/0001_add_orders.sql", sqlx);
         let err = m.validate().unwrap_err().to_string();
         assert!(err.contains("stored below `migrations/main/`"), "{err}");

@@ -43,8 +43,8 @@ impl MigrationTool {
         }
     }
 
-    /// The table the tool records applied migrations in, which the service's
-    /// own migrator reads: `__diesel_schema_migrations`
+    /// The table the tool records applied migrations in by default, which
+    /// the service's own migrator reads: `__diesel_schema_migrations`
     /// (diesel `migration/setup_migration_table.sql`), `_sqlx_migrations`
     /// (sqlx-core `migrate/migrator.rs`, the default table name) or
     /// `schema_migrations` (golang-migrate `database/sqlite3/sqlite3.go`,
@@ -55,6 +55,23 @@ impl MigrationTool {
             Self::Sqlx => "_sqlx_migrations",
             Self::GolangMigrate => "schema_migrations",
         }
+    }
+
+    /// Whether the tool's SQLite connection enforces foreign keys by default:
+    /// diesel runs no `PRAGMA` (diesel 2.3 `sqlite/connection/raw.rs`), so
+    /// SQLite's compiled-in default applies, which is off; sqlx turns them on
+    /// when it connects (sqlx-sqlite 0.9 `options/mod.rs`); mattn/go-sqlite3,
+    /// golang-migrate's `sqlite3` driver, leaves them off unless its URL
+    /// says `_foreign_keys=1`.
+    pub fn default_foreign_keys(self) -> bool {
+        self == Self::Sqlx
+    }
+
+    /// Whether the tool lets the service name its history table: sqlx
+    /// (`sqlx.toml` `[migrate] table-name`) and golang-migrate
+    /// (`x-migrations-table`) do, diesel does not.
+    pub fn history_table_configurable(self) -> bool {
+        self != Self::Diesel
     }
 
     /// Reads `text` as this tool's version: how a version recorded in the
@@ -254,9 +271,27 @@ pub fn sqlx_no_transaction(sql: &str) -> bool {
 
 /// The checksum sqlx records for a migration: SHA-384 of the file's text,
 /// byte for byte, 48 bytes (sqlx-core 0.9 `migrate/migration.rs`,
-/// `checksum`).
-pub fn sqlx_checksum(sql: &str) -> Vec<u8> {
-    Sha384::digest(sql.as_bytes()).to_vec()
+/// `checksum`), leaving out the characters of `ignored` (`sqlx.toml`
+/// `[migrate] ignored-chars`; sqlx-core `migrate/source.rs`,
+/// `checksum_with`).
+pub fn sqlx_checksum(sql: &str, ignored: &[char]) -> Vec<u8> {
+    let mut digest = Sha384::new();
+    for fragment in sql.split(|c| ignored.contains(&c)) {
+        digest.update(fragment.as_bytes());
+    }
+    digest.finalize().to_vec()
+}
+
+/// Whether `name` can be a history table: an SQL identifier of letters,
+/// digits and `_`, not starting with a digit, at most 64 bytes, and neither
+/// SQLite's (`sqlite_…`) nor airlock's own `airlock_migrations`.
+pub fn valid_history_table(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.to_ascii_lowercase().starts_with("sqlite_")
+        && !name.eq_ignore_ascii_case("airlock_migrations")
 }
 
 #[cfg(test)]
@@ -388,9 +423,16 @@ mod tests {
         assert!(sqlx_no_transaction("-- no-transaction\nVACUUM;"));
         assert!(!sqlx_no_transaction("\n-- no-transaction\nVACUUM;"));
         assert!(!sqlx_no_transaction("-- No-Transaction"));
-        assert_eq!(sqlx_checksum("").len(), 48);
+        assert_eq!(sqlx_checksum("", &[]).len(), 48);
         assert_eq!(
-            hex::encode(sqlx_checksum("abc")),
+            sqlx_checksum("a\r\nb\r\n", &['\r']),
+            sqlx_checksum("a\nb\n", &[])
+        );
+        assert!(valid_history_table("_sqlx_migrations"));
+        assert!(!valid_history_table("x; DROP TABLE users"));
+        assert!(!valid_history_table("airlock_migrations"));
+        assert_eq!(
+            hex::encode(sqlx_checksum("abc", &[])),
             "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7"
         );
         assert_eq!(

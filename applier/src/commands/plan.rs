@@ -79,14 +79,15 @@ pub fn plan(site: &Site, bundle: &Path, opts: VerifyOptions) -> Result<Plan, App
             .filter(|x| x.direction == airlock_formats::Direction::Up)
             .count();
         notes.push(format!(
-            "migrate {database}: {} rules ({}), history in {}; {} of {ups} pending",
+            "migrate {database}: {} rules ({}), foreign keys {}, history in {}; {} of {ups} pending",
             first.tool,
             if first.info.tool.is_some() {
                 "as the bundle declares"
             } else {
                 "inferred from the layout of an airlock 0.1 bundle"
             },
-            first.tool.history_table(),
+            if first.foreign_keys { "on" } else { "off" },
+            first.history_table,
             pending.len()
         ));
     }

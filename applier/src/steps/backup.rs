@@ -291,7 +291,8 @@ pub fn check_integrity(name: &str, path: &Path) -> Result<(), StepError> {
 
 /// Restores database `record` from `backup_dir` into its live file with the
 /// backup API (which handles the live file's journal or WAL correctly), after
-/// checking the copy's SHA-256.
+/// checking the copy's SHA-256. Page size and journal mode come back with
+/// the copy, whatever a migration changed them to.
 ///
 /// # Errors
 /// [`StepError`] naming the database and files.
@@ -313,6 +314,13 @@ pub fn restore_database(backup_dir: &Path, record: &DatabaseRecord) -> Result<()
     let src = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
     let mut dst = Connection::open(&record.source).map_err(fail)?;
     dst.busy_timeout(Duration::from_secs(10)).map_err(fail)?;
+    // A migration run without a transaction may have put the live file in
+    // WAL mode, where the backup API cannot change its page size (SQLite
+    // answers "attempt to write a readonly database"). In rollback-journal
+    // mode it can; the copy's header then brings back the journal mode the
+    // database had before the apply.
+    dst.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+        .map_err(fail)?;
     sqlite_copy(&src, &mut dst).map_err(fail)?;
     // Fold any WAL into the main file so the restored content is in one place.
     let _ = dst.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -715,6 +723,31 @@ mod tests {
             .unwrap();
         assert_eq!(n, 2);
         assert!(conn.prepare("SELECT * FROM u").is_err());
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(conn);
+
+        // A migration without a transaction left it in another page size
+        // and journal mode: both come back with the copy.
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = DELETE; PRAGMA page_size = 8192; VACUUM; PRAGMA journal_mode = WAL; INSERT INTO t VALUES (4);",
+        )
+        .unwrap();
+        drop(conn);
+        restore_database(&backup_dir, &record).unwrap();
+        let conn = Connection::open(&db).unwrap();
+        let (n, page, mode): (i64, i64, String) = (
+            conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap(),
+            conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap(),
+            conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap(),
+        );
+        assert_eq!((n, page, mode.as_str()), (2, 4096, "wal"));
     }
 
     #[test]

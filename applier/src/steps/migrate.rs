@@ -6,12 +6,14 @@
 //! | | diesel 2.3 | sqlx 0.9 | golang-migrate v4 (`sqlite3`) |
 //! |---|---|---|---|
 //! | foreign keys | SQLite's default, off: diesel runs no `PRAGMA` (`sqlite/connection/raw.rs`) | on: `PRAGMA foreign_keys = ON` at connect (sqlx-sqlite `options/mod.rs`) | off: mattn/go-sqlite3 sets none unless asked |
-//! | transaction | one per migration, holding its history row, unless `metadata.toml` says `run_in_transaction = false` (`migration_harness.rs`, `run_migration`) | one per migration, holding its row, unless the file starts with `-- no-transaction` (sqlx-sqlite `migrate.rs`, `apply`) | none added: the script runs as written (the driver's `x-no-tx-wrap`) |
+//! | transaction | one per migration, holding its history row, unless `metadata.toml` says `run_in_transaction = false` (`migration_harness.rs`, `run_migration`) | one per migration, holding its row, unless the file starts with `-- no-transaction` (sqlx-sqlite `migrate.rs`, `apply`) | the script as written (the driver's `x-no-tx-wrap=true`), or in a transaction with the spec's `tx_wrap` (the driver's default, `executeQuery`) |
 //! | history | `__diesel_schema_migrations (version, run_on)` | `_sqlx_migrations (version, description, installed_on, success, checksum, execution_time)` | `schema_migrations (version, dirty)`, one row, dirty while the script runs (`migrate.go`, `runMigrations`) |
 //! | pending | versions not in its table, in text order | versions not in its table, in `i64` order; a failed row or a recorded version the bundle lacks is refused | versions above the recorded one, in `u64` order; a dirty row or a recorded version the bundle lacks is refused |
 //!
-//! All migrations of one database run on one connection, as each tool runs
-//! them. airlock's own table `airlock_migrations` keeps, beside the tool's,
+//! Foreign keys and the history table follow the manifest where the service
+//! sets its tool up otherwise. All migrations of one database run on one
+//! connection, as each tool runs them, every statement stepped to its end as
+//! `sqlite3_exec` steps it. airlock's own table `airlock_migrations` keeps, beside the tool's,
 //! the bundle version and SHA-256 of each migration airlock ran. Whatever
 //! fails, with or without a transaction, the database backup taken before
 //! the apply is what the rollback restores.
@@ -22,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use airlock_formats::migration::{sqlx_checksum, sqlx_no_transaction};
 use airlock_formats::{Direction, Manifest, Migration, MigrationTool, MigrationVersion};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _};
+use rusqlite::fallible_iterator::FallibleIterator as _;
+use rusqlite::{params, Batch, Connection, OpenFlags, OptionalExtension as _};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MigrationRef, StepError};
@@ -38,19 +41,23 @@ const CREATE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS airlock_migrations (
     bundle_version TEXT NOT NULL
 )";
 
-/// diesel's history table, byte for byte as diesel creates it (diesel 2.3
-/// `migration/setup_migration_table.sql`), so the schema matches a
-/// database diesel set up.
-const CREATE_DIESEL: &str = "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (
+/// The statement that creates the tool's history table `table`, byte for
+/// byte as the tool writes it, so the schema matches a database the tool
+/// set up: diesel 2.3 `migration/setup_migration_table.sql`; sqlx-sqlite 0.9
+/// `migrate.rs`, `ensure_migrations_table`; golang-migrate
+/// `database/sqlite3/sqlite3.go`, `ensureVersionTable` (whose index name is
+/// fixed whatever the table).
+fn create_history(tool: MigrationTool, table: &str) -> String {
+    match tool {
+        MigrationTool::Diesel => "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (
        version VARCHAR(50) PRIMARY KEY NOT NULL,
        run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
-";
-
-/// sqlx's history table as sqlx-sqlite 0.9 `migrate.rs`
-/// (`ensure_migrations_table`) creates it.
-const CREATE_SQLX: &str = "
-CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+"
+        .into(),
+        MigrationTool::Sqlx => format!(
+            "
+CREATE TABLE IF NOT EXISTS {table} (
     version BIGINT PRIMARY KEY,
     description TEXT NOT NULL,
     installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
@@ -58,14 +65,29 @@ CREATE TABLE IF NOT EXISTS _sqlx_migrations (
     checksum BLOB NOT NULL,
     execution_time BIGINT NOT NULL
 );
-                ";
+                "
+        ),
+        MigrationTool::GolangMigrate => format!(
+            "
+\tCREATE TABLE IF NOT EXISTS {table} (version uint64,dirty bool);
+  CREATE UNIQUE INDEX IF NOT EXISTS version_unique ON {table} (version);
+  "
+        ),
+    }
+}
 
-/// golang-migrate's history table as its `sqlite3` driver creates it
-/// (`database/sqlite3/sqlite3.go`, `ensureVersionTable`).
-const CREATE_GOLANG_MIGRATE: &str = "
-\tCREATE TABLE IF NOT EXISTS schema_migrations (version uint64,dirty bool);
-  CREATE UNIQUE INDEX IF NOT EXISTS version_unique ON schema_migrations (version);
-  ";
+/// Runs `sql` as `sqlite3_exec` runs it, which diesel, sqlx and
+/// mattn/go-sqlite3 all use: each statement in turn, every row of it
+/// stepped. (rusqlite's `execute_batch` steps a statement once, so a
+/// `SELECT` whose rows have side effects would stop at its first row.)
+fn run_script(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    let mut batch = Batch::new(conn, sql);
+    while let Some(mut statement) = batch.next()? {
+        let mut rows = statement.raw_query();
+        while rows.next()?.is_some() {}
+    }
+    Ok(())
+}
 
 /// How the migrate step carries out one pending migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -75,13 +97,14 @@ pub enum Action {
     #[default]
     InTransaction,
     /// Run it with no transaction around it, as its tool does (diesel's
-    /// `run_in_transaction = false`, sqlx's `-- no-transaction`, every
-    /// golang-migrate script). A failure half way is undone by restoring the
-    /// database's backup.
+    /// `run_in_transaction = false`, sqlx's `-- no-transaction`,
+    /// golang-migrate without `tx_wrap`). A failure half way is undone by
+    /// restoring the database's backup.
     WithoutTransaction,
-    /// An earlier airlock ran it (it is in `airlock_migrations`) but the
-    /// tool's table lacks it: write the tool's row only, as sqlx's
-    /// `Migrate::skip` does, so the service's migrator does not run it again.
+    /// airlock 0.1 ran it (it is in `airlock_migrations`) and the database
+    /// has no history table of the tool: write the tool's row only, as
+    /// sqlx's `Migrate::skip` does, so the service's migrator does not run
+    /// it again.
     RecordOnly,
 }
 
@@ -91,7 +114,7 @@ impl Action {
         match self {
             Self::InTransaction => "in a transaction",
             Self::WithoutTransaction => "without a transaction",
-            Self::RecordOnly => "record only (ran before airlock 0.2 recorded it for the tool)",
+            Self::RecordOnly => "record only: airlock 0.1 ran it and recorded it only for itself",
         }
     }
 }
@@ -120,6 +143,8 @@ enum ToolHistory {
 
 struct History {
     tool: ToolHistory,
+    /// Whether the tool's history table exists.
+    exists: bool,
     /// `airlock_migrations`: version as the tool reads it → SHA-256, hex.
     ledger: BTreeMap<MigrationVersion, String>,
 }
@@ -148,17 +173,23 @@ fn as_text(value: rusqlite::types::Value) -> Option<String> {
     }
 }
 
-fn read_history(conn: Option<&Connection>, tool: MigrationTool) -> rusqlite::Result<History> {
+fn read_history(
+    conn: Option<&Connection>,
+    tool: MigrationTool,
+    table: &str,
+) -> rusqlite::Result<History> {
+    let empty = match tool {
+        MigrationTool::Diesel => ToolHistory::Diesel(BTreeSet::new()),
+        MigrationTool::Sqlx => ToolHistory::Sqlx {
+            applied: BTreeMap::new(),
+            dirty: None,
+        },
+        MigrationTool::GolangMigrate => ToolHistory::GolangMigrate(None),
+    };
     let Some(conn) = conn else {
         return Ok(History {
-            tool: match tool {
-                MigrationTool::Diesel => ToolHistory::Diesel(BTreeSet::new()),
-                MigrationTool::Sqlx => ToolHistory::Sqlx {
-                    applied: BTreeMap::new(),
-                    dirty: None,
-                },
-                MigrationTool::GolangMigrate => ToolHistory::GolangMigrate(None),
-            },
+            tool: empty,
+            exists: false,
             ledger: BTreeMap::new(),
         });
     };
@@ -168,19 +199,20 @@ fn read_history(conn: Option<&Connection>, tool: MigrationTool) -> rusqlite::Res
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         for row in rows {
             let (version, sha) = row?;
-            // Rows an older airlock wrote say `0001` or `2024-02-14-140000`;
+            // Rows airlock 0.1 wrote say `0001` or `2024-02-14-140000`;
             // the tool's reading makes them comparable.
             if let Some(v) = tool.version(&version) {
                 ledger.insert(v, sha);
             }
         }
     }
-    let table = tool.history_table();
     let exists = table_exists(conn, table)?;
-    let tool = match tool {
-        MigrationTool::Diesel => {
-            let mut applied = BTreeSet::new();
-            if exists {
+    let history = if !exists {
+        empty
+    } else {
+        match tool {
+            MigrationTool::Diesel => {
+                let mut applied = BTreeSet::new();
                 let mut stmt = conn.prepare(
                     "SELECT `__diesel_schema_migrations`.`version` FROM `__diesel_schema_migrations`",
                 )?;
@@ -189,44 +221,57 @@ fn read_history(conn: Option<&Connection>, tool: MigrationTool) -> rusqlite::Res
                         applied.insert(MigrationVersion::Text(text));
                     }
                 }
+                ToolHistory::Diesel(applied)
             }
-            ToolHistory::Diesel(applied)
-        }
-        MigrationTool::Sqlx => {
-            let mut applied = BTreeMap::new();
-            let mut dirty = None;
-            if exists {
-                dirty = conn
+            MigrationTool::Sqlx => {
+                let dirty = conn
                     .query_row(
-                        "SELECT version FROM _sqlx_migrations WHERE success = false ORDER BY version LIMIT 1",
+                        &format!(
+                            "SELECT version FROM {table} WHERE success = false ORDER BY version LIMIT 1"
+                        ),
                         [],
                         |r| r.get(0),
                     )
                     .optional()?;
-                let mut stmt = conn
-                    .prepare("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")?;
+                let mut applied = BTreeMap::new();
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT version, checksum FROM {table} ORDER BY version"
+                ))?;
                 for row in
                     stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
                 {
                     let (v, checksum) = row?;
                     applied.insert(MigrationVersion::Signed(v), checksum);
                 }
+                ToolHistory::Sqlx { applied, dirty }
             }
-            ToolHistory::Sqlx { applied, dirty }
+            // golang-migrate's `Version` takes any error for "no version";
+            // here only an empty table or a row that is not (integer,
+            // boolean) is. A locked or unreadable database is an error, not
+            // a reason to run every migration again.
+            MigrationTool::GolangMigrate => ToolHistory::GolangMigrate(
+                match conn.query_row(
+                    &format!("SELECT version, dirty FROM {table} LIMIT 1"),
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)),
+                ) {
+                    Ok(row) => Some(row),
+                    Err(
+                        rusqlite::Error::QueryReturnedNoRows
+                        | rusqlite::Error::InvalidColumnType(..)
+                        | rusqlite::Error::FromSqlConversionFailure(..)
+                        | rusqlite::Error::IntegralValueOutOfRange(..),
+                    ) => None,
+                    Err(e) => return Err(e),
+                },
+            ),
         }
-        MigrationTool::GolangMigrate => ToolHistory::GolangMigrate(if exists {
-            // golang-migrate's `Version`: any error, no row included, is "no version".
-            conn.query_row(
-                "SELECT version, dirty FROM schema_migrations LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)),
-            )
-            .ok()
-        } else {
-            None
-        }),
     };
-    Ok(History { tool, ledger })
+    Ok(History {
+        tool: history,
+        exists,
+        ledger,
+    })
 }
 
 fn migration_ref(database: &str, path: &Path, m: &Migration<'_>) -> Box<MigrationRef> {
@@ -243,7 +288,9 @@ fn migration_ref(database: &str, path: &Path, m: &Migration<'_>) -> Box<Migratio
 /// The `up` migrations of `database` in `manifest` that the database at
 /// `path` does not have, in the order its tool runs them, with how each
 /// will be carried out (see the module docs for each tool's rule). A
-/// database file that does not exist has none.
+/// database file that does not exist has none. The tool's history table is
+/// the truth; `airlock_migrations` counts only where the database has no
+/// such table (airlock 0.1 wrote no other).
 ///
 /// # Errors
 /// - [`StepError::MigrationChanged`]: a migration the database recorded
@@ -265,9 +312,10 @@ pub fn pending<'a>(
         .map_err(|e| StepError::Inconsistent {
             what: e.to_string(),
         })?;
-    let Some(tool) = all.first().map(|m| m.tool) else {
+    let Some(first) = all.first() else {
         return Ok(Vec::new());
     };
+    let (tool, table) = (first.tool, first.history_table.clone());
     let fail = |source| StepError::Sqlite {
         what: format!("reading the migration history of database `{database}`"),
         path: path.into(),
@@ -278,7 +326,7 @@ pub fn pending<'a>(
     } else {
         None
     };
-    let history = read_history(conn.as_ref(), tool).map_err(fail)?;
+    let history = read_history(conn.as_ref(), tool, &table).map_err(fail)?;
     drop(conn);
     let ups: Vec<&Migration<'a>> = all
         .iter()
@@ -289,7 +337,7 @@ pub fn pending<'a>(
             if *sha != m.entry.sha256.to_hex() {
                 return Err(StepError::MigrationChanged {
                     migration: migration_ref(database, path, m),
-                    digest: "SHA-256 in airlock_migrations",
+                    digest: "SHA-256 in airlock_migrations".into(),
                     recorded: sha.clone(),
                     expected: m.entry.sha256.to_hex(),
                 });
@@ -300,17 +348,21 @@ pub fn pending<'a>(
         database: database.into(),
         path: path.into(),
         tool,
+        table: table.clone(),
         version,
     };
     let dirty = |version: String| StepError::MigrationDirty {
         database: database.into(),
         path: path.into(),
         tool,
+        table: table.clone(),
         version,
     };
+    // A migration airlock recorded while the tool's table exists but lacks
+    // it was reverted with the tool (its down script ran): it runs again.
     let run = |m: &Migration<'a>| Pending {
         migration: m.clone(),
-        action: if history.ledger.contains_key(&m.version) {
+        action: if !history.exists && history.ledger.contains_key(&m.version) {
             Action::RecordOnly
         } else if m.transaction {
             Action::InTransaction
@@ -343,7 +395,7 @@ pub fn pending<'a>(
                             Some(expected) if *expected != recorded => {
                                 return Err(StepError::MigrationChanged {
                                     migration: migration_ref(database, path, m),
-                                    digest: "SHA-384 checksum in _sqlx_migrations",
+                                    digest: format!("SHA-384 checksum in {table}"),
                                     recorded,
                                     expected: expected.clone(),
                                 })
@@ -384,15 +436,18 @@ pub struct Session {
     database: String,
     path: PathBuf,
     tool: MigrationTool,
+    table: String,
     conn: Connection,
 }
 
 impl Session {
-    /// Opens `path` for the migrations of `database` by `tool`.
+    /// Opens `path` for the migrations of `database`, set up as `first`
+    /// (any of them) says: its tool, foreign keys and history table.
     ///
     /// # Errors
     /// [`StepError::Sqlite`] naming the database.
-    pub fn open(database: &str, path: &Path, tool: MigrationTool) -> Result<Self, StepError> {
+    pub fn open(database: &str, path: &Path, first: &Migration<'_>) -> Result<Self, StepError> {
+        let tool = first.tool;
         let fail = |source| StepError::Sqlite {
             what: format!("opening database `{database}` for its {tool} migrations"),
             path: path.into(),
@@ -401,23 +456,17 @@ impl Session {
         let conn = Connection::open(path).map_err(fail)?;
         // The service is stopped; a lock left by anything else is waited for.
         conn.busy_timeout(Duration::from_secs(10)).map_err(fail)?;
-        let foreign_keys = match tool {
-            MigrationTool::Sqlx => "ON",
-            MigrationTool::Diesel | MigrationTool::GolangMigrate => "OFF",
-        };
+        let foreign_keys = if first.foreign_keys { "ON" } else { "OFF" };
         conn.execute_batch(&format!("PRAGMA foreign_keys = {foreign_keys};"))
             .map_err(fail)?;
-        let create = match tool {
-            MigrationTool::Diesel => CREATE_DIESEL,
-            MigrationTool::Sqlx => CREATE_SQLX,
-            MigrationTool::GolangMigrate => CREATE_GOLANG_MIGRATE,
-        };
-        conn.execute_batch(create).map_err(fail)?;
+        conn.execute_batch(&create_history(tool, &first.history_table))
+            .map_err(fail)?;
         conn.execute_batch(CREATE_LEDGER).map_err(fail)?;
         Ok(Self {
             database: database.into(),
             path: path.into(),
             tool,
+            table: first.history_table.clone(),
             conn,
         })
     }
@@ -427,14 +476,25 @@ impl Session {
         &self.database
     }
 
+    fn inconsistent(&self, m: &Migration<'_>, what: String) -> StepError {
+        StepError::Inconsistent {
+            what: format!(
+                "{what} (`{}`, for database `{}` at {}); the bundle was built wrongly: rebuild it with airlock-build",
+                m.entry.path,
+                self.database,
+                self.path.display()
+            ),
+        }
+    }
+
     /// Carries out one migration: `sql` is its script, `bundle_version` the
     /// release recorded in `airlock_migrations`.
     ///
     /// # Errors
     /// [`StepError::Migration`] with SQLite's error (a transaction is rolled
     /// back; without one, the database's backup undoes what ran);
-    /// [`StepError::Inconsistent`] when the script does not match what the
-    /// signed manifest says of it.
+    /// [`StepError::Inconsistent`] when the migration does not match this
+    /// database's setup or what the signed manifest says of it.
     pub fn apply(
         &mut self,
         m: &Migration<'_>,
@@ -442,49 +502,55 @@ impl Session {
         sql: &str,
         bundle_version: &str,
     ) -> Result<(), StepError> {
-        if m.tool != self.tool {
-            return Err(StepError::Inconsistent {
-                what: format!(
-                    "migration `{}` is {}, but database `{}` is migrated by {}",
-                    m.entry.path, m.tool, self.database, self.tool
+        if m.tool != self.tool || m.history_table != self.table {
+            return Err(self.inconsistent(
+                m,
+                format!(
+                    "the migration is {}'s recorded in {}, but the database's others are {}'s in {}",
+                    m.tool, m.history_table, self.tool, self.table
                 ),
-            });
+            ));
         }
-        let checksum = match self.tool {
-            MigrationTool::Sqlx => {
-                let checksum = sqlx_checksum(sql);
-                let stated = m.info.checksum.as_deref();
-                if stated.is_some_and(|c| c != hex::encode(&checksum)) {
-                    return Err(StepError::Inconsistent {
-                        what: format!(
-                            "`{}` does not have the SHA-384 the manifest states",
-                            m.entry.path
-                        ),
-                    });
-                }
+        // sqlx decides by the file's first bytes; for bundles of airlock
+        // 0.1 that is the only word on it.
+        let action = match (self.tool, action) {
+            (MigrationTool::Sqlx, Action::InTransaction | Action::WithoutTransaction) => {
                 let without = sqlx_no_transaction(sql);
-                if action != Action::RecordOnly
-                    && without != (action == Action::WithoutTransaction)
-                    && m.info.tool.is_some()
-                {
-                    return Err(StepError::Inconsistent {
-                        what: format!(
-                            "`{}` {} with `-- no-transaction`, which the manifest does not say",
-                            m.entry.path,
+                if m.info.tool.is_some() && without != (action == Action::WithoutTransaction) {
+                    return Err(self.inconsistent(
+                        m,
+                        format!(
+                            "the script {} with `-- no-transaction`, which the manifest does not say",
                             if without { "starts" } else { "does not start" }
                         ),
-                    });
+                    ));
                 }
-                Some(checksum)
-            }
-            _ => None,
-        };
-        // sqlx decides by the file's first bytes, also for airlock 0.1 bundles.
-        let action = match (self.tool, action) {
-            (MigrationTool::Sqlx, Action::InTransaction) if sqlx_no_transaction(sql) => {
-                Action::WithoutTransaction
+                if without {
+                    Action::WithoutTransaction
+                } else {
+                    Action::InTransaction
+                }
             }
             (_, action) => action,
+        };
+        // The checksum the manifest states was computed by the builder from
+        // these bytes, with the service's ignored characters left out.
+        let checksum = match (self.tool, &m.info.checksum) {
+            (MigrationTool::Sqlx, Some(hex_text)) => Some(
+                hex::decode(hex_text)
+                    .map_err(|_| self.inconsistent(m, "the checksum is not hex".into()))?,
+            ),
+            (MigrationTool::Sqlx, None) => Some(sqlx_checksum(sql, &[])),
+            _ => None,
+        };
+        let golang_version = match m.version {
+            MigrationVersion::Unsigned(v) => Some(i64::try_from(v).map_err(|_| {
+                self.inconsistent(
+                    m,
+                    format!("golang-migrate version {v} does not fit a signed 64-bit integer"),
+                )
+            })?),
+            _ => None,
         };
         let database = self.database.clone();
         let path = self.path.clone();
@@ -493,43 +559,76 @@ impl Session {
             source,
         };
         let version = m.version.to_string();
+        let table = self.table.clone();
+        let record = |conn: &Connection| -> rusqlite::Result<()> {
+            match (&m.version, golang_version) {
+                // diesel `MigrationHarness::run_migration`.
+                (MigrationVersion::Text(v), _) => conn
+                    .execute(
+                        "INSERT INTO `__diesel_schema_migrations` (`version`) VALUES (?)",
+                        params![v],
+                    )
+                    .map(drop),
+                // sqlx-sqlite `execute_migration` (and `skip`):
+                // execution_time is -1 until the UPDATE after the commit.
+                (MigrationVersion::Signed(v), _) => conn
+                    .execute(
+                        &format!("\n    INSERT INTO {table} ( version, description, success, checksum, execution_time )\n    VALUES ( ?1, ?2, TRUE, ?3, -1 )\n        "),
+                        params![v, m.description, checksum.as_deref().unwrap_or_default()],
+                    )
+                    .map(drop),
+                (MigrationVersion::Unsigned(_), Some(v)) => set_version(conn, &table, v, false),
+                (MigrationVersion::Unsigned(_), None) => Ok(()),
+            }
+        };
+        // Written with the tool's row; a row left by a migration the tool
+        // since reverted is replaced.
         let ledger = |conn: &Connection| {
             conn.execute(
-                "INSERT INTO airlock_migrations (version, name, sha256, applied_at, bundle_version) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO airlock_migrations (version, name, sha256, applied_at, bundle_version) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![version, m.name, m.entry.sha256.to_hex(), crate::state::now(), bundle_version],
             )
         };
         let started = Instant::now();
-        match (self.tool, action) {
+        match (golang_version, action) {
             (_, Action::RecordOnly) => {
                 let tx = self.conn.transaction().map_err(fail)?;
-                record(&tx, m, checksum.as_deref()).map_err(fail)?;
+                record(&tx).map_err(fail)?;
                 tx.commit().map_err(fail)?;
                 return Ok(());
             }
-            (MigrationTool::GolangMigrate, _) => {
+            (Some(v), action) => {
                 // migrate.go `runMigrations`: SetVersion(v, dirty), the
-                // script as written, SetVersion(v, clean); each its own
-                // transaction. airlock's row joins the last.
-                set_golang_version(&mut self.conn, &m.version, true).map_err(fail)?;
-                self.conn.execute_batch(sql).map_err(fail)?;
-                self.no_open_transaction(m)?;
+                // script (in a transaction of its own with the driver's
+                // default, as written with `x-no-tx-wrap`), SetVersion(v,
+                // clean); airlock's row joins the last.
                 let tx = self.conn.transaction().map_err(fail)?;
-                golang_version_rows(&tx, &m.version, false).map_err(fail)?;
+                set_version(&tx, &table, v, true).map_err(fail)?;
+                tx.commit().map_err(fail)?;
+                if action == Action::InTransaction {
+                    let tx = self.conn.transaction().map_err(fail)?;
+                    run_script(&tx, sql).map_err(fail)?;
+                    tx.commit().map_err(fail)?;
+                } else {
+                    run_script(&self.conn, sql).map_err(fail)?;
+                    self.no_open_transaction(m)?;
+                }
+                let tx = self.conn.transaction().map_err(fail)?;
+                record(&tx).map_err(fail)?;
                 ledger(&tx).map_err(fail)?;
                 tx.commit().map_err(fail)?;
             }
-            (_, Action::InTransaction) => {
+            (None, Action::InTransaction) => {
                 let tx = self.conn.transaction().map_err(fail)?;
-                tx.execute_batch(sql).map_err(fail)?;
-                record(&tx, m, checksum.as_deref()).map_err(fail)?;
+                run_script(&tx, sql).map_err(fail)?;
+                record(&tx).map_err(fail)?;
                 ledger(&tx).map_err(fail)?;
                 tx.commit().map_err(fail)?;
             }
-            (_, Action::WithoutTransaction) => {
-                self.conn.execute_batch(sql).map_err(fail)?;
+            (None, Action::WithoutTransaction) => {
+                run_script(&self.conn, sql).map_err(fail)?;
                 self.no_open_transaction(m)?;
-                record(&self.conn, m, checksum.as_deref()).map_err(fail)?;
+                record(&self.conn).map_err(fail)?;
                 ledger(&self.conn).map_err(fail)?;
             }
         }
@@ -539,7 +638,7 @@ impl Session {
             let nanos = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
             self.conn
                 .execute(
-                    "\n    UPDATE _sqlx_migrations\n    SET execution_time = ?1\n    WHERE version = ?2\n                ",
+                    &format!("\n    UPDATE {table}\n    SET execution_time = ?1\n    WHERE version = ?2\n                "),
                     params![nanos, v],
                 )
                 .map_err(fail)?;
@@ -567,53 +666,40 @@ impl Session {
     }
 }
 
-/// Writes the tool's history row for `m` on `conn`, as the tool writes it.
-fn record(conn: &Connection, m: &Migration<'_>, checksum: Option<&[u8]>) -> rusqlite::Result<()> {
-    match &m.version {
-        // diesel `MigrationHarness::run_migration`.
-        MigrationVersion::Text(v) => conn
-            .execute(
-                "INSERT INTO `__diesel_schema_migrations` (`version`) VALUES (?)",
-                params![v],
-            )
-            .map(drop),
-        // sqlx-sqlite `execute_migration` (and `skip`): execution_time is -1
-        // until the UPDATE after the commit.
-        MigrationVersion::Signed(v) => conn
-            .execute(
-                "\n    INSERT INTO _sqlx_migrations ( version, description, success, checksum, execution_time )\n    VALUES ( ?1, ?2, TRUE, ?3, -1 )\n        ",
-                params![v, m.description, checksum.unwrap_or_default()],
-            )
-            .map(drop),
-        MigrationVersion::Unsigned(_) => golang_version_rows(conn, &m.version, false),
-    }
-}
-
-/// golang-migrate's `SetVersion` body: its table holds one row.
-fn golang_version_rows(
-    conn: &Connection,
-    version: &MigrationVersion,
-    dirty: bool,
-) -> rusqlite::Result<()> {
-    let MigrationVersion::Unsigned(v) = version else {
-        return Ok(());
-    };
-    // SQLite integers are i64; golang-migrate stores its `int` the same way.
-    let v = i64::try_from(*v).unwrap_or(i64::MAX);
-    conn.execute("DELETE FROM schema_migrations", [])?;
+/// golang-migrate's `SetVersion` body (`database/sqlite3/sqlite3.go`): its
+/// table holds one row.
+fn set_version(conn: &Connection, table: &str, version: i64, dirty: bool) -> rusqlite::Result<()> {
+    conn.execute(&format!("DELETE FROM {table}"), [])?;
     conn.execute(
-        "INSERT INTO schema_migrations (version, dirty) VALUES (?, ?)",
-        params![v, dirty],
+        &format!("INSERT INTO {table} (version, dirty) VALUES (?, ?)"),
+        params![version, dirty],
     )?;
     Ok(())
 }
 
-fn set_golang_version(
-    conn: &mut Connection,
-    version: &MigrationVersion,
-    dirty: bool,
-) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    golang_version_rows(&tx, version, dirty)?;
-    tx.commit()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_of_every_statement_is_stepped_as_sqlite3_exec_does() {
+        let conn = Connection::open_in_memory().unwrap();
+        run_script(&conn, "CREATE TABLE t (x); INSERT INTO t VALUES (1), (2);").unwrap();
+        // The second row overflows: stepping only the first would miss it.
+        let err = run_script(
+            &conn,
+            "SELECT CASE WHEN x = 2 THEN abs(-9223372036854775808) ELSE 1 END FROM t; INSERT INTO t VALUES (3);",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("integer overflow"), "{err}");
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2, "nothing after the failing statement ran");
+        assert!(conn
+            .execute_batch(
+                "SELECT CASE WHEN x = 2 THEN abs(-9223372036854775808) ELSE 1 END FROM t"
+            )
+            .is_ok());
+    }
 }

@@ -491,7 +491,7 @@ impl<'a> Transaction<'a> {
                     .is_none_or(|s| s.database() != database)
                 {
                     self.session = None;
-                    self.session = Some(migrate::Session::open(database, &path, migration.tool)?);
+                    self.session = Some(migrate::Session::open(database, &path, migration)?);
                 }
                 let session = self
                     .session

@@ -29,9 +29,15 @@ fn migrator(tool: &str) -> PathBuf {
 /// Runs the real `tool` on `db` with `folder`, as a service that embeds it
 /// does at start-up; returns the versions it applied.
 fn run_migrator(tool: &str, db: &Path, folder: &Path) -> Vec<String> {
+    run_migrator_with(tool, db, folder, &[])
+}
+
+/// [`run_migrator`] with the tool's own settings (sqlx: TABLE, IGNORED_CHARS).
+fn run_migrator_with(tool: &str, db: &Path, folder: &Path, settings: &[&str]) -> Vec<String> {
     let out = Command::new(migrator(tool))
         .arg(db)
         .arg(folder)
+        .args(settings)
         .output()
         .unwrap();
     assert!(
@@ -63,13 +69,22 @@ fn with_migrations<'a>(
     files: &'a [(&'a str, &'a str)],
     tool: Option<&'a str>,
 ) -> impl FnOnce(&Path) + 'a {
+    let keys = tool.map(|t| format!("tool = \"{t}\""));
+    with_migrations_and(files, keys)
+}
+
+/// [`with_migrations`] with other `[[migrations]]` keys (TOML lines).
+fn with_migrations_and<'a>(
+    files: &'a [(&'a str, &'a str)],
+    keys: Option<String>,
+) -> impl FnOnce(&Path) + 'a {
     move |release: &Path| {
         write_folder(&release.join("migrations"), files);
-        if let Some(tool) = tool {
+        if let Some(keys) = keys {
             let spec = release.join("bundle.toml");
             let text = fs::read_to_string(&spec).unwrap().replace(
                 "dir = \"migrations\"",
-                &format!("dir = \"migrations\"\ntool = \"{tool}\""),
+                &format!("dir = \"migrations\"\n{keys}"),
             );
             fs::write(&spec, text).unwrap();
         }
@@ -161,7 +176,7 @@ fn a_diesel_history_applied_by_airlock_leaves_diesel_nothing_to_do() {
     let plan = airlock_apply(&["plan", &bundle, "--site", &demo.site()]).ok();
     assert!(
         plan.stdout.contains(
-            "migrate main: diesel rules (as the bundle declares), history in __diesel_schema_migrations; 5 of 5 pending"
+            "migrate main: diesel rules (as the bundle declares), foreign keys off, history in __diesel_schema_migrations; 5 of 5 pending"
         ),
         "{}",
         plan.stdout
@@ -598,4 +613,188 @@ fn a_failed_apply_removes_a_database_that_did_not_exist_before() {
         assert!(!path.exists(), "{} is left behind", path.display());
     }
     assert!(demo.healthy());
+}
+
+#[test]
+fn a_migration_that_changed_page_size_and_journal_mode_before_failing_is_rolled_back_whole() {
+    let demo = Demo::start();
+    let db = db(&demo);
+    let first = demo.release("1.1.0", with_migrations(&SQLX[..1], None));
+    airlock_apply(&["apply", &first, "--site", &demo.site()]).ok();
+    let pragma = |name: &str| -> String {
+        Connection::open(&db)
+            .unwrap()
+            .query_row(&format!("PRAGMA {name}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+    };
+    let before = (
+        sqlite_dump_hash(&db),
+        pragma("page_size"),
+        pragma("journal_mode"),
+    );
+
+    // Outside a transaction these take effect, then the script fails.
+    let broken = demo.release(
+        "1.2.0",
+        with_migrations(
+            &[
+                SQLX[0],
+                (
+                    "0002_fails.sql",
+                    "-- no-transaction\nPRAGMA page_size = 8192;\nVACUUM;\nPRAGMA journal_mode = WAL;\nCREATE TABLE half (x);\nINSERT INTO missing VALUES (1);\n",
+                ),
+            ],
+            None,
+        ),
+    );
+    let run = airlock_apply(&["apply", &broken, "--site", &demo.site()]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("rolled back to 1.1.0"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        (
+            sqlite_dump_hash(&db),
+            pragma("page_size"),
+            pragma("journal_mode")
+        ),
+        before
+    );
+    assert!(demo.healthy());
+}
+
+#[test]
+fn a_sqlx_service_with_its_own_table_name_and_ignored_chars_is_recorded_as_it_reads() {
+    let demo = Demo::start();
+    // Written on Windows, with sqlx.toml saying `table-name =
+    // "app_migrations"` and `ignored-chars = ["\r"]`.
+    let crlf = [
+        (
+            "1_create.sql",
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY,\r\n body TEXT);\r\n",
+        ),
+        ("2_seed.sql", "INSERT INTO notes (body) VALUES ('a');\r\n"),
+    ];
+    let keys = "history_table = \"app_migrations\"\nignored_chars = [\"\\r\"]".to_string();
+    let bundle = demo.release("1.1.0", with_migrations_and(&crlf, Some(keys)));
+    let plan = airlock_apply(&["plan", &bundle, "--site", &demo.site()]).ok();
+    assert!(
+        plan.stdout
+            .contains("foreign keys on, history in app_migrations; 2 of 2 pending"),
+        "{}",
+        plan.stdout
+    );
+    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    let db = db(&demo);
+    assert_eq!(
+        strings(
+            &db,
+            "SELECT name FROM sqlite_master WHERE name LIKE '%migrations' ORDER BY name"
+        ),
+        ["airlock_migrations", "app_migrations"]
+    );
+    let folder = demo.root.join("release-1.1.0/migrations");
+    assert_eq!(
+        run_migrator_with("sqlx", &db, &folder, &["app_migrations", "\r"]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_migration_reverted_with_its_tool_runs_again() {
+    let demo = Demo::start();
+    let db = db(&demo);
+    let bundle = demo.release("1.1.0", with_migrations(&SQLX[..2], None));
+    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    // `sqlx migrate revert`: the down script ran and the row is gone;
+    // airlock's own row stays.
+    let conn = Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE users DROP COLUMN email; DELETE FROM _sqlx_migrations WHERE version = 2;",
+    )
+    .unwrap();
+    drop(conn);
+    let again = demo.release("1.2.0", with_migrations(&SQLX[..2], None));
+    let plan = airlock_apply(&["plan", &again, "--site", &demo.site()]).ok();
+    assert!(
+        plan.stdout
+            .contains("main 2 `add email` (sqlx, in a transaction)"),
+        "{}",
+        plan.stdout
+    );
+    airlock_apply(&["apply", &again, "--site", &demo.site()]).ok();
+    assert_eq!(
+        strings(
+            &db,
+            "SELECT name FROM pragma_table_info('users') ORDER BY cid"
+        ),
+        ["id", "name", "email"]
+    );
+    assert_eq!(
+        strings(
+            &db,
+            "SELECT bundle_version FROM airlock_migrations WHERE version = '2'"
+        ),
+        ["1.2.0"]
+    );
+}
+
+#[test]
+fn golang_migrate_with_tx_wrap_runs_each_script_in_a_transaction_as_its_driver_does() {
+    let demo = Demo::start();
+    let db = db(&demo);
+    let plain = [(
+        "1_create.up.sql",
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n",
+    )];
+    let keys = || Some("tool = \"golang-migrate\"\ntx_wrap = true".to_string());
+    let bundle = demo.release("1.1.0", with_migrations_and(&plain, keys()));
+    let plan = airlock_apply(&["plan", &bundle, "--site", &demo.site()]).ok();
+    assert!(
+        plan.stdout
+            .contains("main 1 `create` (golang-migrate, in a transaction)"),
+        "{}",
+        plan.stdout
+    );
+    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    let before = sqlite_dump_hash(&db);
+    // Inside the driver's transaction a script's own BEGIN fails, as it does
+    // under golang-migrate's sqlite3 driver by default.
+    let own = [
+        plain[0],
+        (
+            "2_own.up.sql",
+            "BEGIN;\nCREATE TABLE tags (name TEXT);\nCOMMIT;\n",
+        ),
+    ];
+    let broken = demo.release("1.2.0", with_migrations_and(&own, keys()));
+    let run = airlock_apply(&["apply", &broken, "--site", &demo.site()]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cannot start a transaction within a transaction"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(sqlite_dump_hash(&db), before);
+}
+
+#[test]
+fn diesel_with_foreign_keys_on_runs_as_a_bundled_sqlite_diesel_does() {
+    let demo = Demo::start();
+    let db = db(&demo);
+    let files = [DIESEL[0], DIESEL[4]];
+    let bundle = demo.release(
+        "1.1.0",
+        with_migrations_and(&files, Some("foreign_keys = true".into())),
+    );
+    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    // With enforcement on, dropping the parent in the rebuild cascades.
+    assert_eq!(count(&db, "devices"), 0);
+    assert_eq!(count(&db, "users"), 2);
 }
