@@ -82,7 +82,7 @@ pub fn plan(site: &Site, bundle: &Path, opts: VerifyOptions) -> Result<Plan, App
             "migrate {database}: {} rules ({}), foreign keys {}, history in {}; {} of {ups} pending",
             first.tool,
             if first.info.tool.is_some() {
-                "as the bundle declares"
+                "named in the bundle"
             } else {
                 "inferred from the layout of an airlock 0.1 bundle"
             },

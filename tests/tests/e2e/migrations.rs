@@ -91,6 +91,40 @@ fn with_migrations_and<'a>(
     }
 }
 
+/// Runs `plan` of `bundle` on the demo site; it must say each of `wants`.
+fn plan_says(demo: &Demo, bundle: &str, wants: &[&str]) -> String {
+    let plan = airlock_apply(&["plan", bundle, "--site", &demo.site()]).ok();
+    for want in wants {
+        assert!(
+            plan.stdout.contains(want),
+            "plan lacks `{want}`:\n{}",
+            plan.stdout
+        );
+    }
+    plan.stdout
+}
+
+/// Applies `bundle` on the demo site; it must succeed. Returns stderr.
+fn apply_ok(demo: &Demo, bundle: &str) -> String {
+    airlock_apply(&["apply", bundle, "--site", &demo.site()])
+        .ok()
+        .stderr
+}
+
+/// Applies `bundle` on the demo site; it must exit `code` and say each of
+/// `wants` on stderr.
+fn apply_fails(demo: &Demo, bundle: &str, code: i32, wants: &[&str]) {
+    let run = airlock_apply(&["apply", bundle, "--site", &demo.site()]);
+    assert_eq!(run.code, code, "{}", run.stderr);
+    for want in wants {
+        assert!(
+            run.stderr.contains(want),
+            "stderr lacks `{want}`:\n{}",
+            run.stderr
+        );
+    }
+}
+
 fn db(demo: &Demo) -> PathBuf {
     demo.site_dir().join("node/app.db")
 }
@@ -173,27 +207,8 @@ const DIESEL_VERSIONS: [&str; 5] = [
 fn a_diesel_history_applied_by_airlock_leaves_diesel_nothing_to_do() {
     let demo = Demo::start();
     let bundle = demo.release("1.1.0", with_migrations(DIESEL, None));
-    let plan = airlock_apply(&["plan", &bundle, "--site", &demo.site()]).ok();
-    assert!(
-        plan.stdout.contains(
-            "migrate main: diesel rules (as the bundle declares), foreign keys off, history in __diesel_schema_migrations; 5 of 5 pending"
-        ),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout
-            .contains("main 20240313 `170000_sso_userscascade` (diesel, in a transaction)"),
-        "{}",
-        plan.stdout
-    );
-    assert!(
-        plan.stdout
-            .contains("main 20240701000000 `vacuum` (diesel, without a transaction)"),
-        "{}",
-        plan.stdout
-    );
-    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    plan_says(&demo, &bundle, &["migrate main: diesel rules (named in the bundle), foreign keys off, history in __diesel_schema_migrations; 5 of 5 pending", "main 20240313 `170000_sso_userscascade` (diesel, in a transaction)", "main 20240701000000 `vacuum` (diesel, without a transaction)"]);
+    apply_ok(&demo, &bundle);
     let db = db(&demo);
 
     // diesel's order (text), diesel's table, diesel's values.
@@ -237,14 +252,11 @@ fn airlock_adopts_a_database_diesel_migrated_and_runs_only_what_is_new() {
     let before_rows = count(&db, "devices");
 
     let bundle = demo.release("1.1.0", with_migrations(DIESEL, None));
-    let plan = airlock_apply(&["plan", &bundle, "--site", &demo.site()]).ok();
-    assert!(plan.stdout.contains("; 3 of 5 pending"), "{}", plan.stdout);
-    let run = airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    plan_says(&demo, &bundle, &["; 3 of 5 pending"]);
+    let stderr = apply_ok(&demo, &bundle);
     assert!(
-        run.stderr
-            .contains("migrations: main:20240313, main:20240605131359, main:20240701000000"),
-        "{}",
-        run.stderr
+        stderr.contains("migrations: main:20240313, main:20240605131359, main:20240701000000"),
+        "{stderr}"
     );
     assert_eq!(count(&db, "devices"), before_rows);
     let folder = demo.root.join("release-1.1.0/migrations");
@@ -294,17 +306,15 @@ fn sqlx_rows(db: &Path) -> Vec<(i64, String, bool, Vec<u8>)> {
 fn a_sqlx_history_applied_by_airlock_leaves_sqlx_nothing_to_do() {
     let demo = Demo::start();
     let bundle = demo.release("1.1.0", with_migrations(SQLX, None));
-    let plan = airlock_apply(&["plan", &bundle, "--site", &demo.site()]).ok();
-    assert!(
-        plan.stdout
-            .contains("main 3 `vacuum` (sqlx, without a transaction)"),
-        "{}",
-        plan.stdout
+    let plan = plan_says(
+        &demo,
+        &bundle,
+        &["main 3 `vacuum` (sqlx, without a transaction)"],
     );
-    let nine = plan.stdout.find("main 9 `create tags`").unwrap();
-    let ten = plan.stdout.find("main 10 `seed tags`").unwrap();
-    assert!(nine < ten, "{}", plan.stdout);
-    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    let nine = plan.find("main 9 `create tags`").unwrap();
+    let ten = plan.find("main 10 `seed tags`").unwrap();
+    assert!(nine < ten, "{plan}");
+    apply_ok(&demo, &bundle);
     let db = db(&demo);
     assert_eq!(count(&db, "tags"), 2);
 
@@ -336,11 +346,10 @@ fn airlock_adopts_a_database_sqlx_migrated_and_refuses_one_sqlx_would_refuse() {
     assert_eq!(run_migrator("sqlx", &db, &early), ["1", "2"]);
 
     let bundle = demo.release("1.1.0", with_migrations(SQLX, None));
-    let run = airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    let stderr = apply_ok(&demo, &bundle);
     assert!(
-        run.stderr.contains("migrations: main:3, main:9, main:10"),
-        "{}",
-        run.stderr
+        stderr.contains("migrations: main:3, main:9, main:10"),
+        "{stderr}"
     );
     let folder = demo.root.join("release-1.1.0/migrations");
     assert_eq!(run_migrator("sqlx", &db, &folder), Vec::<String>::new());
@@ -369,13 +378,11 @@ fn airlock_adopts_a_database_sqlx_migrated_and_refuses_one_sqlx_would_refuse() {
             None,
         ),
     );
-    let run = airlock_apply(&["apply", &next, "--site", &demo.site()]);
-    assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("sqlx records migration 10 as failed half way (_sqlx_migrations)"),
-        "{}",
-        run.stderr
+    apply_fails(
+        &demo,
+        &next,
+        3,
+        &["sqlx records migration 10 as failed half way (_sqlx_migrations)"],
     );
     assert_eq!(sqlite_dump_hash(&db), before);
 
@@ -386,14 +393,11 @@ fn airlock_adopts_a_database_sqlx_migrated_and_refuses_one_sqlx_would_refuse() {
         .unwrap();
     let before = sqlite_dump_hash(&db);
     let older = demo.release("1.3.0", with_migrations(&SQLX[..4], None));
-    let run = airlock_apply(&["apply", &older, "--site", &demo.site()]);
-    assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(
-        run.stderr.contains(
-            "sqlx records migration 10 in _sqlx_migrations, which this bundle does not have"
-        ),
-        "{}",
-        run.stderr
+    apply_fails(
+        &demo,
+        &older,
+        3,
+        &["sqlx records migration 10 in _sqlx_migrations, which this bundle does not have"],
     );
     assert_eq!(sqlite_dump_hash(&db), before);
 }
@@ -425,14 +429,12 @@ fn a_database_an_older_airlock_migrated_gets_the_tool_rows_without_running_again
     drop(conn);
 
     let bundle = demo.release("1.1.0", with_migrations(SQLX, None));
-    let plan = airlock_apply(&["plan", &bundle, "--site", &demo.site()]).ok();
-    assert!(
-        plan.stdout
-            .contains("main 1 `create users` (sqlx, record only"),
-        "{}",
-        plan.stdout
+    plan_says(
+        &demo,
+        &bundle,
+        &["main 1 `create users` (sqlx, record only"],
     );
-    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    apply_ok(&demo, &bundle);
     // Ran once: the seed rows are not doubled.
     assert_eq!(count(&db, "users"), 2);
     let folder = demo.root.join("release-1.1.0/migrations");
@@ -487,14 +489,12 @@ fn golang_migrate_scripts_with_their_own_transaction_apply_and_record_one_clean_
         .exists());
 
     let bundle = demo.release("1.1.0", with_migrations(GOLANG, Some("golang-migrate")));
-    let plan = airlock_apply(&["plan", &bundle, "--site", &demo.site()]).ok();
-    assert!(
-        plan.stdout
-            .contains("main 1 `create_users` (golang-migrate, without a transaction)"),
-        "{}",
-        plan.stdout
+    plan_says(
+        &demo,
+        &bundle,
+        &["main 1 `create_users` (golang-migrate, without a transaction)"],
     );
-    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    apply_ok(&demo, &bundle);
     let db = db(&demo);
     assert_eq!(count(&db, "users"), 2);
     assert_eq!(
@@ -519,15 +519,15 @@ fn golang_migrate_scripts_with_their_own_transaction_apply_and_record_one_clean_
     let mut next = GOLANG.to_vec();
     next.push(("000003_tags.up.sql", "CREATE TABLE tags (name TEXT);\n"));
     let bundle = demo.release("1.2.0", with_migrations(&next, Some("golang-migrate")));
-    let run = airlock_apply(&["apply", &bundle, "--site", &demo.site()]);
-    assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("golang-migrate records migration 2 as failed half way (schema_migrations)"),
-        "{}",
-        run.stderr
+    apply_fails(
+        &demo,
+        &bundle,
+        3,
+        &[
+            "golang-migrate records migration 2 as failed half way (schema_migrations)",
+            "migrate force",
+        ],
     );
-    assert!(run.stderr.contains("migrate force"), "{}", run.stderr);
     assert_eq!(sqlite_dump_hash(&db), before);
 }
 
@@ -567,7 +567,7 @@ fn a_failing_migration_of_each_tool_rolls_back_to_the_dump_of_before() {
         // The database holds rows written by the first migration.
         let (files, declared) = failing(tool);
         let first = demo.release("1.1.0", with_migrations(&files[..1], declared));
-        airlock_apply(&["apply", &first, "--site", &demo.site()]).ok();
+        apply_ok(&demo, &first);
         Connection::open(&db)
             .unwrap()
             .execute(
@@ -578,17 +578,11 @@ fn a_failing_migration_of_each_tool_rolls_back_to_the_dump_of_before() {
         let before = sqlite_dump_hash(&db);
 
         let broken = demo.release("1.2.0", with_migrations(&files, declared));
-        let run = airlock_apply(&["apply", &broken, "--site", &demo.site()]);
-        assert_eq!(run.code, 4, "{tool}: {}", run.stderr);
-        assert!(
-            run.stderr.contains("no such table: missing"),
-            "{tool}: {}",
-            run.stderr
-        );
-        assert!(
-            run.stderr.contains("rolled back to 1.1.0"),
-            "{tool}: {}",
-            run.stderr
+        apply_fails(
+            &demo,
+            &broken,
+            4,
+            &["no such table: missing", "rolled back to 1.1.0"],
         );
         assert_eq!(
             sqlite_dump_hash(&db),
@@ -606,8 +600,7 @@ fn a_failed_apply_removes_a_database_that_did_not_exist_before() {
     assert!(!db.exists());
     let (files, declared) = failing("sqlx");
     let broken = demo.release("1.1.0", with_migrations(&files, declared));
-    let run = airlock_apply(&["apply", &broken, "--site", &demo.site()]);
-    assert_eq!(run.code, 4, "{}", run.stderr);
+    apply_fails(&demo, &broken, 4, &[]);
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let path = PathBuf::from(format!("{}{suffix}", db.display()));
         assert!(!path.exists(), "{} is left behind", path.display());
@@ -620,7 +613,7 @@ fn a_migration_that_changed_page_size_and_journal_mode_before_failing_is_rolled_
     let demo = Demo::start();
     let db = db(&demo);
     let first = demo.release("1.1.0", with_migrations(&SQLX[..1], None));
-    airlock_apply(&["apply", &first, "--site", &demo.site()]).ok();
+    apply_ok(&demo, &first);
     let pragma = |name: &str| -> String {
         Connection::open(&db)
             .unwrap()
@@ -650,13 +643,7 @@ fn a_migration_that_changed_page_size_and_journal_mode_before_failing_is_rolled_
             None,
         ),
     );
-    let run = airlock_apply(&["apply", &broken, "--site", &demo.site()]);
-    assert_eq!(run.code, 4, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("rolled back to 1.1.0"),
-        "{}",
-        run.stderr
-    );
+    apply_fails(&demo, &broken, 4, &["rolled back to 1.1.0"]);
     assert_eq!(
         (
             sqlite_dump_hash(&db),
@@ -682,14 +669,12 @@ fn a_sqlx_service_with_its_own_table_name_and_ignored_chars_is_recorded_as_it_re
     ];
     let keys = "history_table = \"app_migrations\"\nignored_chars = [\"\\r\"]".to_string();
     let bundle = demo.release("1.1.0", with_migrations_and(&crlf, Some(keys)));
-    let plan = airlock_apply(&["plan", &bundle, "--site", &demo.site()]).ok();
-    assert!(
-        plan.stdout
-            .contains("foreign keys on, history in app_migrations; 2 of 2 pending"),
-        "{}",
-        plan.stdout
+    plan_says(
+        &demo,
+        &bundle,
+        &["foreign keys on, history in app_migrations; 2 of 2 pending"],
     );
-    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    apply_ok(&demo, &bundle);
     let db = db(&demo);
     assert_eq!(
         strings(
@@ -710,7 +695,7 @@ fn a_migration_reverted_with_its_tool_runs_again() {
     let demo = Demo::start();
     let db = db(&demo);
     let bundle = demo.release("1.1.0", with_migrations(&SQLX[..2], None));
-    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    apply_ok(&demo, &bundle);
     // `sqlx migrate revert`: the down script ran and the row is gone;
     // airlock's own row stays.
     let conn = Connection::open(&db).unwrap();
@@ -720,14 +705,12 @@ fn a_migration_reverted_with_its_tool_runs_again() {
     .unwrap();
     drop(conn);
     let again = demo.release("1.2.0", with_migrations(&SQLX[..2], None));
-    let plan = airlock_apply(&["plan", &again, "--site", &demo.site()]).ok();
-    assert!(
-        plan.stdout
-            .contains("main 2 `add email` (sqlx, in a transaction)"),
-        "{}",
-        plan.stdout
+    plan_says(
+        &demo,
+        &again,
+        &["main 2 `add email` (sqlx, in a transaction)"],
     );
-    airlock_apply(&["apply", &again, "--site", &demo.site()]).ok();
+    apply_ok(&demo, &again);
     assert_eq!(
         strings(
             &db,
@@ -754,14 +737,12 @@ fn golang_migrate_with_tx_wrap_runs_each_script_in_a_transaction_as_its_driver_d
     )];
     let keys = || Some("tool = \"golang-migrate\"\ntx_wrap = true".to_string());
     let bundle = demo.release("1.1.0", with_migrations_and(&plain, keys()));
-    let plan = airlock_apply(&["plan", &bundle, "--site", &demo.site()]).ok();
-    assert!(
-        plan.stdout
-            .contains("main 1 `create` (golang-migrate, in a transaction)"),
-        "{}",
-        plan.stdout
+    plan_says(
+        &demo,
+        &bundle,
+        &["main 1 `create` (golang-migrate, in a transaction)"],
     );
-    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    apply_ok(&demo, &bundle);
     let before = sqlite_dump_hash(&db);
     // Inside the driver's transaction a script's own BEGIN fails, as it does
     // under golang-migrate's sqlite3 driver by default.
@@ -773,13 +754,11 @@ fn golang_migrate_with_tx_wrap_runs_each_script_in_a_transaction_as_its_driver_d
         ),
     ];
     let broken = demo.release("1.2.0", with_migrations_and(&own, keys()));
-    let run = airlock_apply(&["apply", &broken, "--site", &demo.site()]);
-    assert_eq!(run.code, 4, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("cannot start a transaction within a transaction"),
-        "{}",
-        run.stderr
+    apply_fails(
+        &demo,
+        &broken,
+        4,
+        &["cannot start a transaction within a transaction"],
     );
     assert_eq!(sqlite_dump_hash(&db), before);
 }
@@ -793,7 +772,7 @@ fn diesel_with_foreign_keys_on_runs_as_a_bundled_sqlite_diesel_does() {
         "1.1.0",
         with_migrations_and(&files, Some("foreign_keys = true".into())),
     );
-    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    apply_ok(&demo, &bundle);
     // With enforcement on, dropping the parent in the rebuild cascades.
     assert_eq!(count(&db, "devices"), 0);
     assert_eq!(count(&db, "users"), 2);

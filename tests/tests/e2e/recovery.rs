@@ -310,7 +310,7 @@ fn plan_prints_the_steps_and_changes_nothing() {
         "bin/etcd -> ",
         "main 1 `add order status` (sqlx, in a transaction)",
         "main 2 `customer totals` (sqlx, in a transaction)",
-        "migrate main: sqlx rules (as the bundle declares), foreign keys on, history in _sqlx_migrations; 2 of 2 pending",
+        "migrate main: sqlx rules (named in the bundle), foreign keys on, history in _sqlx_migrations; 2 of 2 pending",
         "MiB",
         "disk: ",
         "fits",
