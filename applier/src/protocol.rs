@@ -329,6 +329,7 @@ mod tests {
                 file: "bin/x".into(),
                 target: "/x".into(),
                 mode: 0o755,
+                staging: Default::default(),
             }),
             undo: None,
         });

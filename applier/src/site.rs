@@ -44,6 +44,9 @@ pub struct SiteProfile {
     /// Payload path of a `file` entry to install path; overrides the bundle's default.
     #[serde(default)]
     pub files: BTreeMap<String, PathBuf>,
+    /// Tree name (as in the bundle) to install folder; overrides the bundle's default.
+    #[serde(default)]
+    pub trees: BTreeMap<String, PathBuf>,
     /// The service's data.
     #[serde(default)]
     pub data: Data,
@@ -256,6 +259,7 @@ impl Site {
         };
         profile.binaries.values_mut().for_each(abs);
         profile.files.values_mut().for_each(abs);
+        profile.trees.values_mut().for_each(abs);
         profile.data.databases.values_mut().for_each(abs);
         profile.data.raft_dir.iter_mut().for_each(abs);
         profile.data.config_files.iter_mut().for_each(abs);

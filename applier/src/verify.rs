@@ -268,6 +268,55 @@ fn check_manifest(
             ));
         }
     }
+    // A tree replaces its folder as a whole: nothing else may be installed
+    // inside it, and it must be a folder (docs/SITE.md, "Trees").
+    let targets: Vec<(String, std::path::PathBuf)> = m
+        .files
+        .iter()
+        .filter_map(|f| {
+            crate::steps::install::install_target(site, f).map(|t| (f.path.to_string(), t))
+        })
+        .collect();
+    for tree in &m.trees {
+        let folder = crate::transaction::step::tree_target(site, tree);
+        let clash = targets
+            .iter()
+            .map(|(what, t)| (format!("`{what}`"), t.clone()))
+            .chain(m.trees.iter().filter(|t| t.name != tree.name).map(|t| {
+                (
+                    format!("tree `{}`", t.name),
+                    crate::transaction::step::tree_target(site, t),
+                )
+            }))
+            .find(|(_, t)| t.starts_with(&folder) || (folder.starts_with(t) && t != &folder));
+        if let Some((what, t)) = clash {
+            return Err(Refusal::new(
+                format!(
+                    "tree `{}` replaces `{}` as a whole, and {what} would be installed at `{}`",
+                    tree.name,
+                    folder.display(),
+                    t.display()
+                ),
+                format!(
+                    "install them in separate folders: change [trees], [files] or [binaries] in {}",
+                    site.path.display()
+                ),
+            ));
+        }
+        if fs_err::symlink_metadata(&folder).is_ok_and(|meta| !meta.is_dir()) {
+            return Err(Refusal::new(
+                format!(
+                    "tree `{}` would replace `{}`, which is not a folder",
+                    tree.name,
+                    folder.display()
+                ),
+                format!(
+                    "move it away, or install the tree elsewhere under [trees] in {}",
+                    site.path.display()
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use airlock_formats::durable::write_atomic;
 use airlock_formats::manifest::{validate_install_path, validate_name, DEFAULT_CHUNK_SIZE};
 use airlock_formats::{
     write_bundle, BundlePath, Direction, FileEntry, Hooks, Manifest, MigrationInfo, MigrationTool,
-    PayloadWriter, Role, SecretKey, FORMAT_MARKER,
+    PayloadWriter, Role, SecretKey, Tree, FORMAT_MARKER,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use semver::{Version, VersionReq};
@@ -166,7 +166,10 @@ fn bundle_path(s: String) -> Result<BundlePath, BuildError> {
     BundlePath::parse(&s).map_err(|e| BuildError::Invalid(e.to_string()))
 }
 
-fn plan(spec: &Spec, base: &Path) -> Result<(Vec<Planned>, Vec<MigrationsSummary>), BuildError> {
+/// What [`plan`] found: the payload files, the trees and each migrations folder.
+type Plan = (Vec<Planned>, Vec<Tree>, Vec<MigrationsSummary>);
+
+fn plan(spec: &Spec, base: &Path) -> Result<Plan, BuildError> {
     let invalid = BuildError::Invalid;
     let mut planned = Vec::new();
     let mut summaries = Vec::new();
@@ -272,8 +275,37 @@ fn plan(spec: &Spec, base: &Path) -> Result<(Vec<Planned>, Vec<MigrationsSummary
             });
         }
     }
+    let mut trees = Vec::new();
+    for t in &spec.trees {
+        let (tree, files) = crate::trees::read_tree(t, base)?;
+        for f in files {
+            planned.push(Planned {
+                source: f.source,
+                path: bundle_path(format!("trees/{}/{}", tree.name, f.relative))?,
+                role: Role::Tree,
+                mode: f.mode,
+                name: None,
+                install_path: None,
+                migration: None,
+            });
+        }
+        trees.push(tree);
+    }
+    trees.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(pair) = trees.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(invalid(format!(
+            "two trees are named `{}`; give one a `name`",
+            pair[0].name
+        )));
+    }
+    if spec.hooks.pre_start_on_interrupt.is_some() && spec.hooks.pre_start.is_none() {
+        return Err(invalid(
+            "hooks: pre_start_on_interrupt is set, but there is no pre_start hook".into(),
+        ));
+    }
     for (hook, source) in [
         ("pre_stop", &spec.hooks.pre_stop),
+        ("pre_start", &spec.hooks.pre_start),
         ("post_start", &spec.hooks.post_start),
     ] {
         if let Some(source) = source {
@@ -325,7 +357,7 @@ fn plan(spec: &Spec, base: &Path) -> Result<(Vec<Planned>, Vec<MigrationsSummary
             )));
         }
     }
-    Ok((planned, summaries))
+    Ok((planned, trees, summaries))
 }
 
 /// Builds and signs a bundle as `OUT_DIR/NAME-VERSION.airlock`.
@@ -357,13 +389,16 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
     };
     validate_name(&spec.name).map_err(|r| BuildError::Invalid(format!("name: {r}")))?;
     let base = airlock_formats::durable::parent_of(opts.spec);
-    let (planned, migration_summaries) = plan(&spec, base)?;
-    // Migration tools entered the manifest in 0.2.0 (docs/FORMAT.md,
-    // "Migration information"); an older applier cannot read them.
+    let (planned, trees, migration_summaries) = plan(&spec, base)?;
+    // Migration tools, trees and the pre_start hook entered the manifest in
+    // 0.2.0 (docs/FORMAT.md); an older applier cannot read them.
     let tools_from = Version::new(0, 2, 0);
-    if planned.iter().any(|p| p.migration.is_some()) && min_applier_version < tools_from {
+    let needs_new = planned.iter().any(|p| p.migration.is_some())
+        || !trees.is_empty()
+        || spec.hooks.pre_start.is_some();
+    if needs_new && min_applier_version < tools_from {
         return Err(BuildError::Invalid(format!(
-            "min_applier_version {min_applier_version} is too low: bundles with migrations need airlock-apply {tools_from} or newer, which reads their tool"
+            "min_applier_version {min_applier_version} is too low: bundles with migrations, trees or a pre_start hook need airlock-apply {tools_from} or newer, which reads them"
         )));
     }
 
@@ -483,8 +518,11 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
         expires_at: spec.expires_after_days.map(|d| created_at + d * 86_400),
         hooks: Hooks {
             pre_stop: hook_path("pre_stop", &spec.hooks.pre_stop)?,
+            pre_start: hook_path("pre_start", &spec.hooks.pre_start)?,
+            pre_start_on_interrupt: spec.hooks.pre_start_on_interrupt,
             post_start: hook_path("post_start", &spec.hooks.post_start)?,
         },
+        trees,
         files,
         payload,
     };

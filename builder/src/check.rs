@@ -120,8 +120,33 @@ pub fn render(header: &BundleHeader) -> String {
             Err(e) => out.push_str(&format!("migrations    {database}: {e}\n")),
         }
     }
+    for tree in &m.trees {
+        let (count, bytes) = m
+            .tree_files(&tree.name)
+            .fold((0u64, 0u64), |(n, b), (f, _)| (n + 1, b + f.size));
+        out.push_str(&format!(
+            "tree          {} -> {}: {count} files, {} folders, {} links, {bytes} bytes\n",
+            tree.name,
+            tree.install_path,
+            tree.dirs.len(),
+            tree.links.len()
+        ));
+    }
+    if let Some(hook) = &m.hooks.pre_start {
+        out.push_str(&format!(
+            "pre_start     {hook} (if interrupted: {})\n",
+            match m.hooks.pre_start_on_interrupt.unwrap_or_default() {
+                airlock_formats::OnInterrupt::Rerun => "run again",
+                airlock_formats::OnInterrupt::Rollback => "roll back",
+            }
+        ));
+    }
     out.push_str("files:\n");
-    for f in &m.files {
+    for f in m
+        .files
+        .iter()
+        .filter(|f| f.role != airlock_formats::Role::Tree)
+    {
         let target = match (&f.install_path, &f.migration) {
             (Some(p), _) => format!(" -> {p}"),
             (None, Some(mig)) => format!(

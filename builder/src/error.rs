@@ -38,6 +38,14 @@ pub enum BuildError {
         /// What is wrong.
         reason: String,
     },
+    /// A `[[tree]]` source breaks a rule (a link out of the tree, a special file, ...).
+    #[error("tree `{path}`: {reason}")]
+    Tree {
+        /// The file, link or folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A key file problem.
     #[error("key `{path}`: {reason}")]
     Key {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod keys;
 pub mod migrations;
 pub mod spec;
+pub mod trees;
 
 pub use build::{build, this_platform, BuildOptions, BuildReport};
 pub use error::BuildError;

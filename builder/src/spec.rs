@@ -42,6 +42,29 @@ pub struct Spec {
     /// Other files to install.
     #[serde(default, rename = "file")]
     pub files: Vec<FileSpec>,
+    /// Folders installed as a whole.
+    #[serde(default, rename = "tree")]
+    pub trees: Vec<TreeSpec>,
+}
+
+/// A folder installed as a whole (docs/FORMAT.md, "`[[tree]]`").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeSpec {
+    /// Tree name; defaults to the install path's last component.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Source folder.
+    pub source: PathBuf,
+    /// Absolute folder it replaces.
+    pub install_path: String,
+    /// Permission bits of every file, octal text; by default each file keeps
+    /// its own (`0o777` of them).
+    #[serde(default, deserialize_with = "octal_opt")]
+    pub file_mode: Option<u32>,
+    /// Permission bits of every folder, octal text (default `0755`).
+    #[serde(default = "mode_755", deserialize_with = "octal")]
+    pub dir_mode: u32,
 }
 
 fn default_true() -> bool {
@@ -103,6 +126,14 @@ pub struct HooksSpec {
     /// Runs before the service stops.
     #[serde(default)]
     pub pre_stop: Option<PathBuf>,
+    /// Runs after everything is installed and migrated, before the start:
+    /// a data-format migration.
+    #[serde(default)]
+    pub pre_start: Option<PathBuf>,
+    /// `"rerun"` or `"rollback"` (default): what `resume` does when the
+    /// apply was interrupted inside `pre_start`.
+    #[serde(default)]
+    pub pre_start_on_interrupt: Option<airlock_formats::OnInterrupt>,
     /// Runs after the new version is healthy.
     #[serde(default)]
     pub post_start: Option<PathBuf>,
@@ -127,6 +158,10 @@ fn mode_755() -> u32 {
 
 fn mode_644() -> u32 {
     0o644
+}
+
+fn octal_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    octal(d).map(Some)
 }
 
 fn octal<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

@@ -20,6 +20,7 @@ pub mod path;
 pub mod payload;
 pub mod shown;
 pub mod signing;
+pub mod tree;
 
 pub use bundle::{
     read_bundle, rewrite_signatures, write_bundle, BundleHeader, DiscardSink, PayloadSink,
@@ -27,14 +28,15 @@ pub use bundle::{
 pub use digest::Sha256Digest;
 pub use error::{BundleError, ManifestError, PathError, SignatureError};
 pub use manifest::{
-    Direction, FileEntry, Hooks, Manifest, Migration, MigrationInfo, PayloadInfo, Role,
-    FORMAT_MARKER,
+    Direction, FileEntry, Hooks, Manifest, Migration, MigrationInfo, OnInterrupt, PayloadInfo,
+    Role, FORMAT_MARKER,
 };
 pub use migration::{MigrationTool, MigrationVersion};
 pub use path::BundlePath;
 pub use payload::PayloadWriter;
 pub use shown::shown;
 pub use signing::{KeyId, PublicKey, SecretKey, Signature, Trust};
+pub use tree::{Tree, TreeLink};
 
 /// This crate's version, which is also the applier version bundles compare
 /// their `min_applier_version` with.

@@ -10,6 +10,7 @@ use crate::digest::Sha256Digest;
 use crate::error::ManifestError;
 use crate::migration::{MigrationTool, MigrationVersion, NameRule};
 use crate::path::BundlePath;
+use crate::tree::{Tree, TreeShape};
 
 /// The format marker this crate reads and writes.
 pub const FORMAT_MARKER: &str = "airlock-bundle/1";
@@ -47,6 +48,9 @@ pub struct Manifest {
     /// Scripts the applier runs around the service restart.
     #[serde(default)]
     pub hooks: Hooks,
+    /// Folders installed as a whole, sorted by name (docs/FORMAT.md, "Trees").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<Tree>,
     /// Every payload file, sorted by path (migrations apply in their tool's order, [`Manifest::migrations`]).
     pub files: Vec<FileEntry>,
     /// The compressed payload: its size and the digest of each chunk.
@@ -60,9 +64,30 @@ pub struct Hooks {
     /// Runs before the service stops (drain traffic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_stop: Option<BundlePath>,
+    /// Runs after the binaries, files, trees and SQL migrations are
+    /// installed and before the service starts: a data-format migration
+    /// (docs/SITE.md, "Hooks").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_start: Option<BundlePath>,
+    /// What `resume` does when the apply was interrupted inside
+    /// `pre_start`: run it again (it must be idempotent) or roll back.
+    /// Absent: roll back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_start_on_interrupt: Option<OnInterrupt>,
     /// Runs after the new version is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_start: Option<BundlePath>,
+}
+
+/// What `resume` does with an apply interrupted inside a `pre_start` hook.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInterrupt {
+    /// Undo the apply, restoring the backups.
+    #[default]
+    Rollback,
+    /// Run the hook again and carry on with the apply.
+    Rerun,
 }
 
 /// What a payload file is for.
@@ -77,6 +102,8 @@ pub enum Role {
     Script,
     /// Any other file, installed at its install path.
     File,
+    /// A file of a [`Tree`], stored as `trees/NAME/PATH`.
+    Tree,
 }
 
 /// One payload file.
@@ -370,6 +397,17 @@ impl Manifest {
                         ));
                     }
                 }
+                Role::Tree => {
+                    if file.migration.is_some()
+                        || file.name.is_some()
+                        || file.install_path.is_some()
+                    {
+                        return Err(invalid(
+                            &field,
+                            "a tree's file has no name, install path or migration data: its tree has the install path".into(),
+                        ));
+                    }
+                }
                 Role::Script | Role::File => {
                     if file.migration.is_some() || file.name.is_some() {
                         return Err(invalid(
@@ -384,8 +422,16 @@ impl Manifest {
                 }
             }
         }
+        self.validate_trees()?;
+        if self.hooks.pre_start_on_interrupt.is_some() && self.hooks.pre_start.is_none() {
+            return Err(invalid(
+                "hooks.pre_start_on_interrupt",
+                "is set, but there is no pre_start hook".into(),
+            ));
+        }
         for (hook, path) in [
             ("pre_stop", &self.hooks.pre_stop),
+            ("pre_start", &self.hooks.pre_start),
             ("post_start", &self.hooks.post_start),
         ] {
             if let Some(path) = path {
@@ -472,6 +518,125 @@ impl Manifest {
             .filter_map(|f| f.migration.as_ref())
             .map(|m| m.database.as_str())
             .collect()
+    }
+
+    /// Checks the trees (docs/FORMAT.md, "Trees"): names, install paths
+    /// that neither nest nor hold another install path, and for each tree
+    /// its folders, files and links (every link by
+    /// [`TreeShape::check_link`]).
+    fn validate_trees(&self) -> Result<(), ManifestError> {
+        let invalid = |field: &str, reason: String| ManifestError::Invalid {
+            field: field.to_owned(),
+            reason,
+        };
+        let mut previous: Option<&str> = None;
+        for tree in &self.trees {
+            let field = format!("trees[{}]", crate::shown::shown(&tree.name));
+            validate_name(&tree.name).map_err(|r| invalid(&field, r))?;
+            if previous.is_some_and(|p| p >= tree.name.as_str()) {
+                return Err(invalid(
+                    &field,
+                    "trees must be sorted by name and unique".into(),
+                ));
+            }
+            previous = Some(&tree.name);
+            validate_install_path(&tree.install_path).map_err(|r| invalid(&field, r))?;
+            if tree.install_path == "/" {
+                return Err(invalid(&field, "a tree cannot replace `/`".into()));
+            }
+            if tree.dir_mode > 0o777 {
+                return Err(invalid(
+                    &field,
+                    format!("dir_mode {:o} has bits above 0o777", tree.dir_mode),
+                ));
+            }
+            let inside = |path: &str| {
+                path.strip_prefix(tree.install_path.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            };
+            for other in self.trees.iter().filter(|t| t.name != tree.name) {
+                if inside(&other.install_path) {
+                    return Err(invalid(
+                        &field,
+                        format!("tree `{}` would be installed inside it", other.name),
+                    ));
+                }
+            }
+            if let Some(f) = self
+                .files
+                .iter()
+                .find(|f| f.install_path.as_deref().is_some_and(inside))
+            {
+                return Err(invalid(
+                    &field,
+                    format!(
+                        "`{}` would be installed inside it, and replaced with it",
+                        f.path
+                    ),
+                ));
+            }
+            let prefix = format!("trees/{}/", tree.name);
+            let mut shape = TreeShape::default();
+            for d in &tree.dirs {
+                shape.dirs.insert(d.as_str());
+            }
+            if tree.dirs.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(invalid(&field, "dirs must be sorted and unique".into()));
+            }
+            for l in &tree.links {
+                shape.links.insert(l.path.as_str());
+            }
+            if tree.links.windows(2).any(|w| w[0].path >= w[1].path) {
+                return Err(invalid(
+                    &field,
+                    "links must be sorted by path and unique".into(),
+                ));
+            }
+            for f in self.files.iter().filter(|f| f.role == Role::Tree) {
+                if let Some(rel) = f.path.as_str().strip_prefix(&prefix) {
+                    shape.files.insert(rel);
+                }
+            }
+            shape.check().map_err(|r| invalid(&field, r))?;
+            for l in &tree.links {
+                shape.check_link(l).map_err(|r| invalid(&field, r))?;
+            }
+        }
+        for f in self.files.iter().filter(|f| f.role == Role::Tree) {
+            let named = f
+                .path
+                .as_str()
+                .strip_prefix("trees/")
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(name, _)| name);
+            if !named.is_some_and(|n| self.trees.iter().any(|t| t.name == n)) {
+                return Err(invalid(
+                    &format!("files[{}]", f.path),
+                    "a tree's file is stored as `trees/NAME/PATH` for a tree NAME of `trees`"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tree named `name`.
+    pub fn tree(&self, name: &str) -> Option<&Tree> {
+        self.trees.iter().find(|t| t.name == name)
+    }
+
+    /// The files of tree `name`, each with its path relative to the tree.
+    pub fn tree_files<'a>(
+        &'a self,
+        name: &str,
+    ) -> impl Iterator<Item = (&'a FileEntry, &'a str)> + 'a {
+        let prefix = format!("trees/{name}/");
+        self.files.iter().filter_map(move |f| {
+            (f.role == Role::Tree)
+                .then(|| f.path.as_str().strip_prefix(prefix.as_str()))
+                .flatten()
+                .map(|rel| (f, rel))
+        })
     }
 
     /// The entry at `path`.
@@ -651,6 +816,7 @@ pub(crate) mod tests {
             created_at: 1_700_000_000,
             expires_at: None,
             hooks: Hooks::default(),
+            trees: Vec::new(),
             files: vec![FileEntry {
                 path: BundlePath::parse("bin/demo").unwrap(),
                 role: Role::Binary,

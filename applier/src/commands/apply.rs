@@ -13,7 +13,7 @@ use crate::protocol::Status;
 use crate::report::Reporter;
 use crate::site::Site;
 use crate::state::{ApplyKind, ApplyOutcome, AuditAction, AuditEntry, NewApply, State};
-use crate::steps::install::install_target;
+use crate::steps::install::{install_target, Staging};
 use crate::steps::stage;
 use crate::transaction::step::planned_steps;
 use crate::transaction::{ApplyReport, Source, Transaction};
@@ -74,15 +74,54 @@ pub fn space_needs(site: &Site, manifest: &Manifest) -> Result<Vec<SpaceNeed>, A
     let staging = site.staging_dir();
     let backups = site.profile.paths.backup_dir.clone();
     let backup_need = backup_size(site, manifest);
-    let mut needs = vec![(staging.clone(), "staging", manifest.payload.unpacked_size)];
+    // What installs by rename is staged beside its target, on that
+    // target's filesystem; the rest goes to the staging folder.
+    let mut beside: Vec<(PathBuf, u64)> = Vec::new();
+    let mut routed = 0u64;
+    let installs = manifest
+        .files
+        .iter()
+        .filter_map(|e| install_target(site, e).map(|t| (t, e.size)))
+        .chain(manifest.trees.iter().map(|t| {
+            let bytes = manifest
+                .tree_files(&t.name)
+                .map(|(f, _)| f.size)
+                .sum::<u64>();
+            (crate::transaction::step::tree_target(site, t), bytes)
+        }));
+    for (target, bytes) in installs {
+        if Staging::for_target(&target) != Staging::Beside {
+            continue;
+        }
+        routed = routed.saturating_add(bytes);
+        let dir = target.parent().map(PathBuf::from).unwrap_or_default();
+        match beside
+            .iter_mut()
+            .find(|(d, _)| stage::device_of(d) == stage::device_of(&dir))
+        {
+            Some((_, b)) => *b = b.saturating_add(bytes),
+            None => beside.push((dir, bytes)),
+        }
+    }
+    let central = manifest.payload.unpacked_size.saturating_sub(routed);
+    let mut needs = vec![(staging.clone(), "staging", central)];
     if stage::device_of(&staging) == stage::device_of(&backups) {
         needs[0] = (
-            staging,
+            staging.clone(),
             "staging and backups",
-            manifest.payload.unpacked_size.saturating_add(backup_need),
+            central.saturating_add(backup_need),
         );
     } else {
         needs.push((backups, "backups", backup_need));
+    }
+    for (dir, bytes) in beside {
+        match needs
+            .iter_mut()
+            .find(|(d, _, _)| stage::device_of(d) == stage::device_of(&dir))
+        {
+            Some((_, _, b)) => *b = b.saturating_add(bytes),
+            None => needs.push((dir, "files staged beside their targets", bytes)),
+        }
     }
     needs
         .into_iter()

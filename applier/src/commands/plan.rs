@@ -160,6 +160,37 @@ fn explain(site: &Site, m: &airlock_formats::Manifest, step: &Step) -> (String, 
             };
             (format!("{detail}: {change}"), Some(entry.size))
         }
+        Step::InstallTree {
+            tree,
+            target,
+            bytes,
+            ..
+        } => {
+            let new: std::collections::BTreeSet<&str> =
+                m.tree_files(tree).map(|(_, rel)| rel).collect();
+            let old: Vec<String> = walkdir::WalkDir::new(target)
+                .min_depth(1)
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| !e.file_type().is_dir())
+                .filter_map(|e| {
+                    e.path()
+                        .strip_prefix(target)
+                        .ok()
+                        .map(|p| p.to_string_lossy().into_owned())
+                })
+                .collect();
+            let change = if !target.exists() {
+                "a new folder".to_string()
+            } else {
+                let gone = old.iter().filter(|p| !new.contains(p.as_str())).count();
+                format!(
+                    "replaces a tree of {} files and links ({gone} not in the new one: removed)",
+                    old.len()
+                )
+            };
+            (format!("{detail}; {change}"), Some(*bytes))
+        }
         Step::Commit { version } => {
             let complete = backup::list(&site.profile.paths.backup_dir)
                 .map(|all| all.into_iter().filter(|b| b.manifest.is_some()).count())

@@ -15,8 +15,9 @@ use crate::site::Site;
 use crate::state::{ApplyOutcome, AuditAction, State};
 use crate::transaction::journal::{fold, Entry};
 use crate::transaction::outcome::{record_outcome, Failure};
-use crate::transaction::step::Step;
+use crate::transaction::step::{steps_from_pre_start, Step};
 use crate::transaction::Transaction;
+use airlock_formats::OnInterrupt;
 
 /// How `resume` ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +173,31 @@ pub fn resume(
                 }))
             }
         };
+    }
+    if let (
+        Some(Step::PreStartHook {
+            on_interrupt: OnInterrupt::Rerun,
+            ..
+        }),
+        false,
+    ) = (&journal.last_step, journal.rolling_back)
+    {
+        // Interrupted inside a data-format migration the bundle declares
+        // idempotent: run it again and carry on; a failure from here rolls
+        // everything back, as in the apply.
+        reporter.event(
+            "resume",
+            Status::Ok,
+            "the pre_start hook was interrupted and the bundle says to run it again (on_interrupt = rerun)",
+        );
+        let steps = steps_from_pre_start(site, txn.manifest());
+        let version = txn.new_version().to_string();
+        txn.with_undo(journal.undo.clone(), journal.node_changed)
+            .run(&steps)?;
+        return Ok(Resumed::Completed {
+            id: record.id,
+            version,
+        });
     }
     let old = record.from_version.clone();
     if !journal.node_changed {

@@ -111,7 +111,7 @@ pub fn rollback_plan(state: &State) -> Result<RollbackPlan, ApplyError> {
     }
     let databases = undo
         .iter()
-        .filter_map(Undo::database)
+        .flat_map(Undo::databases)
         .map(str::to_owned)
         .collect();
     Ok(RollbackPlan {

@@ -53,6 +53,9 @@ pub struct BackupManifest {
     pub config_files: Vec<FileRecord>,
     /// Binaries and files the apply replaces.
     pub installed: Vec<FileRecord>,
+    /// Trees the apply replaced, moved here by its commit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<crate::steps::tree::TreeBackup>,
 }
 
 /// A backed-up database.
@@ -609,6 +612,11 @@ pub fn verify(backup_dir: &Path, manifest: &BackupManifest) -> Result<Vec<StepEr
     if let Some(raft) = &manifest.raft {
         for file in &raft.files {
             check(&format!("{}/{}", raft.dir, file.path), Some(file.sha256));
+        }
+    }
+    for tree in &manifest.trees {
+        for file in &tree.files {
+            check(&format!("{}/{}", tree.dir, file.path), Some(file.sha256));
         }
     }
     match failure {

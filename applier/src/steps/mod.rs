@@ -8,3 +8,4 @@ pub mod install;
 pub mod migrate;
 pub mod service;
 pub mod stage;
+pub mod tree;

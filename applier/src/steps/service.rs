@@ -76,7 +76,7 @@ const OUTPUT_LIMIT: usize = 64 * 1024;
 pub fn run_command(
     command: &str,
     dir: &Path,
-    env: &[(&str, String)],
+    env: &[(String, String)],
     timeout: Duration,
 ) -> std::io::Result<CommandOutput> {
     use std::os::unix::process::CommandExt as _;
@@ -185,7 +185,7 @@ pub struct ProbeResult {
 }
 
 /// Runs `probe` once.
-pub fn run_probe(probe: &Probe, dir: &Path, env: &[(&str, String)]) -> ProbeResult {
+pub fn run_probe(probe: &Probe, dir: &Path, env: &[(String, String)]) -> ProbeResult {
     if let Some(command) = &probe.command {
         match run_command(command, dir, env, probe.timeout()) {
             Ok(out) if out.success() => ProbeResult {
@@ -241,7 +241,7 @@ pub fn find_version(text: &str) -> Option<Version> {
 pub fn wait_health(
     service: &Service,
     dir: &Path,
-    env: &[(&str, String)],
+    env: &[(String, String)],
     want: bool,
     wait: Duration,
 ) -> ProbeResult {
@@ -259,12 +259,12 @@ pub fn wait_health(
 /// waits for health and runs hooks.
 pub struct ServiceControl<'a> {
     site: &'a Site,
-    env: &'a [(&'static str, String)],
+    env: &'a [(String, String)],
 }
 
 impl<'a> ServiceControl<'a> {
     /// Controls `site`'s service; commands get `env` added to their environment.
-    pub fn new(site: &'a Site, env: &'a [(&'static str, String)]) -> Self {
+    pub fn new(site: &'a Site, env: &'a [(String, String)]) -> Self {
         Self { site, env }
     }
 

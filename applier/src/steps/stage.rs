@@ -1,13 +1,17 @@
-//! The stage step: stream the payload into a private staging folder. A file is
-//! written as `PATH.partial` and renamed to `PATH` only after its size and
-//! SHA-256 matched the signed manifest, so nothing unverified is ever kept
-//! under its real name.
+//! The stage step: stream the payload into a private staging folder, and
+//! what installs by rename beside its target (`.NAME.airlock-ID`, see
+//! `steps::install` and `steps::tree`). A file is written as `PATH.partial`
+//! and renamed to `PATH` only after its size and SHA-256 matched the signed
+//! manifest, so nothing unverified is ever kept under its real name; an
+//! installed file gets its permission bits only then.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use airlock_formats::durable::create_private_dir;
-use airlock_formats::{BundleError, FileEntry, PayloadSink, Role};
+use airlock_formats::{BundleError, BundlePath, FileEntry, PayloadSink, Role};
 use fs_err::os::unix::fs::OpenOptionsExt as _;
 use fs_err::File;
 
@@ -16,6 +20,7 @@ use crate::error::StepError;
 /// Writes verified payload files below a staging folder.
 pub struct StageSink {
     root: PathBuf,
+    routes: BTreeMap<BundlePath, PathBuf>,
     on_bytes: Box<dyn FnMut(u64)>,
 }
 
@@ -31,8 +36,22 @@ impl StageSink {
         create_private_dir(root)?;
         Ok(Self {
             root: root.to_owned(),
+            routes: BTreeMap::new(),
             on_bytes,
         })
+    }
+
+    /// Writes the payload file `path` to `to` instead of below the staging
+    /// folder.
+    pub fn route(&mut self, path: BundlePath, to: PathBuf) {
+        self.routes.insert(path, to);
+    }
+
+    fn target(&self, entry: &FileEntry) -> PathBuf {
+        self.routes
+            .get(&entry.path)
+            .cloned()
+            .unwrap_or_else(|| entry.path.join_to(&self.root))
     }
 
     /// The staging folder.
@@ -41,7 +60,7 @@ impl StageSink {
     }
 
     fn partial(&self, entry: &FileEntry) -> PathBuf {
-        let mut p = entry.path.join_to(&self.root).into_os_string();
+        let mut p = self.target(entry).into_os_string();
         p.push(".partial");
         PathBuf::from(p)
     }
@@ -90,9 +109,14 @@ impl PayloadSink for StageSink {
     }
 
     fn verified(&mut self, entry: &FileEntry) -> Result<(), BundleError> {
-        let target = entry.path.join_to(&self.root);
-        fs_err::rename(self.partial(entry), &target)
-            .map_err(BundleError::io(format!("staging `{}`", target.display())))
+        let target = self.target(entry);
+        let ctx = || format!("staging `{}`", target.display());
+        let partial = self.partial(entry);
+        if self.routes.contains_key(&entry.path) || entry.role == Role::Tree {
+            fs_err::set_permissions(&partial, std::fs::Permissions::from_mode(entry.mode))
+                .map_err(BundleError::io(ctx()))?;
+        }
+        fs_err::rename(partial, &target).map_err(BundleError::io(ctx()))
     }
 }
 

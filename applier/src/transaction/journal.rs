@@ -65,6 +65,10 @@ pub struct Fold {
     pub point_of_no_return: bool,
     /// For a `rollback` command: the apply it undoes.
     pub rollback_of: Option<i64>,
+    /// The newest step that began.
+    pub last_step: Option<Step>,
+    /// A rollback began (an undo action or its announcement).
+    pub rolling_back: bool,
     /// The newest step or undo action, described, for messages.
     pub last: Option<String>,
     /// The loop guard: set when the last two `resume` attempts each died at
@@ -85,9 +89,11 @@ pub fn fold(rows: &[JournalRow]) -> Fold {
             Entry::Step { step } => {
                 fold.node_changed |= step.changes_node();
                 fold.point_of_no_return |= matches!(step, Step::Healthy { .. });
+                fold.last_step = Some(step.clone());
             }
             Entry::RollbackOf { apply } => fold.rollback_of = Some(*apply),
-            Entry::Rollback { .. } | Entry::Undo { .. } | Entry::Resume => {}
+            Entry::Rollback { .. } | Entry::Undo { .. } => fold.rolling_back = true,
+            Entry::Resume => {}
         }
     }
     fold.last = rows
@@ -153,7 +159,10 @@ mod tests {
             row(
                 1,
                 step(Step::Stage { files: 1, bytes: 1 }),
-                Some(Undo::RemoveStaging { dir: "/s".into() }),
+                Some(Undo::RemoveStaging {
+                    dir: "/s".into(),
+                    beside: Vec::new(),
+                }),
                 RowState::Done,
             ),
             row(
@@ -171,6 +180,7 @@ mod tests {
                     file: "bin/x".into(),
                     target: "/x".into(),
                     mode: 0o755,
+                    staging: Default::default(),
                 }),
                 Some(Undo::RemoveNewFile {
                     target: "/x".into(),
@@ -205,6 +215,7 @@ mod tests {
                 file: "bin/x".into(),
                 target: "/x".into(),
                 mode: 0o755,
+                staging: Default::default(),
             }),
             Some(Undo::RemoveNewFile {
                 target: "/x".into(),

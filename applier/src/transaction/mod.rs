@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_formats::durable::{create_private_dir, remove_temps_beside};
-use airlock_formats::{Direction, FileEntry, Manifest};
+use airlock_formats::{BundlePath, Direction, FileEntry, Manifest};
 use semver::Version;
 
 use crate::error::{ApplyError, StepError};
@@ -26,6 +26,7 @@ use crate::steps::install::install;
 use crate::steps::migrate;
 use crate::steps::service::ServiceControl;
 use crate::steps::stage::StageSink;
+use crate::steps::tree::{self, TreeInstall};
 use crate::verify::{read_and_verify, VerifyOptions};
 
 pub mod journal;
@@ -35,7 +36,7 @@ pub mod undo;
 
 use journal::Entry;
 use outcome::Failure;
-use step::Step;
+use step::{Staging, Step};
 use undo::Undo;
 
 /// What a successful apply did.
@@ -75,7 +76,7 @@ pub struct Transaction<'a> {
     manifest: Manifest,
     old: Version,
     new: Version,
-    env: Vec<(&'static str, String)>,
+    env: Vec<(String, String)>,
     stage_dir: PathBuf,
     backup_dir: PathBuf,
     source: Option<Source>,
@@ -88,6 +89,9 @@ pub struct Transaction<'a> {
     /// The connection migrations of one database run on, as their tool
     /// runs them all on one; closed by the first step that is not one of them.
     session: Option<migrate::Session>,
+    /// The steps [`Transaction::run`] was given: the stage step routes
+    /// what installs by rename to beside its target from them.
+    plan: Vec<Step>,
     stopped_at: Option<Instant>,
     healthy_at: Option<Instant>,
 }
@@ -141,12 +145,33 @@ impl<'a> Transaction<'a> {
             Err(e) => return Err(Box::new((state, e))),
         };
         let stage_dir = site.staging_dir().join(format!("apply-{}", record.id));
-        let env = vec![
-            ("AIRLOCK_FROM_VERSION", old.to_string()),
-            ("AIRLOCK_TO_VERSION", new.to_string()),
-            ("AIRLOCK_BUNDLE", record.bundle.clone()),
-            ("AIRLOCK_STAGE_DIR", stage_dir.display().to_string()),
+        let mut env = vec![
+            ("AIRLOCK_FROM_VERSION".to_string(), old.to_string()),
+            ("AIRLOCK_TO_VERSION".to_string(), new.to_string()),
+            ("AIRLOCK_BUNDLE".to_string(), record.bundle.clone()),
+            (
+                "AIRLOCK_STAGE_DIR".to_string(),
+                stage_dir.display().to_string(),
+            ),
         ];
+        // What a data-format migration (the pre_start hook) works on
+        // (docs/SITE.md, "Hooks").
+        if let Some(raft) = &site.profile.data.raft_dir {
+            env.push(("AIRLOCK_RAFT_DIR".into(), raft.display().to_string()));
+        }
+        for (name, path) in &site.profile.data.databases {
+            let var: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            env.push((format!("AIRLOCK_DB_{var}"), path.display().to_string()));
+        }
         let backup = BackupManifest {
             format: "airlock-backup/1".into(),
             from_version: old.to_string(),
@@ -180,9 +205,19 @@ impl<'a> Transaction<'a> {
             node_changed: false,
             migrations: Vec::new(),
             session: None,
+            plan: Vec::new(),
             stopped_at: None,
             healthy_at: None,
         })
+    }
+
+    /// Carries on an interrupted apply whose journal left these undo records
+    /// (`resume`): a failure from here undoes them too, and the commit
+    /// finds the trees the apply replaced.
+    pub fn with_undo(mut self, undo: Vec<Undo>, node_changed: bool) -> Self {
+        self.undo = undo;
+        self.node_changed = node_changed;
+        self
     }
 
     /// Stages from `source` (the apply command's bundle).
@@ -194,6 +229,11 @@ impl<'a> Transaction<'a> {
     /// The apply record.
     pub fn record(&self) -> &ApplyRecord {
         &self.record
+    }
+
+    /// The signed manifest of the bundle this transaction installs.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
     }
 
     /// The version this transaction installs.
@@ -254,6 +294,7 @@ impl<'a> Transaction<'a> {
     /// [`ApplyError::NeedsOperator`] when the undo did not complete, or the
     /// commit could not be recorded.
     pub fn run(mut self, steps: &[Step]) -> Result<ApplyReport, ApplyError> {
+        self.plan = steps.to_vec();
         for step in steps {
             if let Err(cause) = self.execute(step) {
                 return Err(self.fail(step, cause));
@@ -333,7 +374,38 @@ impl<'a> Transaction<'a> {
         Ok(match step {
             Step::Stage { .. } => Some(Undo::RemoveStaging {
                 dir: self.stage_dir.clone(),
+                beside: self.staged_beside(),
             }),
+            Step::InstallTree { tree, target, .. } => {
+                let staged = self.tree_staged(step);
+                Some(Undo::RestoreTree {
+                    install: TreeInstall {
+                        name: tree.clone(),
+                        target: target.clone(),
+                        new: tree::identity(&staged)?,
+                        old: tree::old_beside(target, self.record.id),
+                        staged,
+                        existed: tree::identity(target)?.is_some(),
+                    },
+                    backup: self.backup_dir.clone(),
+                })
+            }
+            Step::PreStartHook { .. } => {
+                // The hook may change any database: each one no migration
+                // claimed is restored too on rollback.
+                let claimed: Vec<&str> = self.undo.iter().flat_map(Undo::databases).collect();
+                let records: Vec<_> = self
+                    .backup
+                    .databases
+                    .iter()
+                    .filter(|r| !claimed.contains(&r.name.as_str()))
+                    .cloned()
+                    .collect();
+                (!records.is_empty()).then(|| Undo::RestoreDatabases {
+                    backup: self.backup_dir.clone(),
+                    records,
+                })
+            }
             Step::Stop { .. } => Some(Undo::StartOld {
                 version: self.old.clone(),
             }),
@@ -369,6 +441,39 @@ impl<'a> Transaction<'a> {
             Step::Start { .. } => Some(Undo::StopNew),
             _ => None,
         })
+    }
+
+    /// Where the stage step puts tree `step` (an `install tree` step).
+    fn tree_staged(&self, step: &Step) -> PathBuf {
+        match step {
+            Step::InstallTree {
+                target,
+                staging: Staging::Beside,
+                ..
+            } => tree::staged_beside(target, self.record.id),
+            Step::InstallTree { tree, .. } => self.stage_dir.join("trees").join(tree),
+            _ => self.stage_dir.clone(),
+        }
+    }
+
+    /// Everything the stage step writes beside its target.
+    fn staged_beside(&self) -> Vec<PathBuf> {
+        self.plan
+            .iter()
+            .filter_map(|step| match step {
+                Step::Install {
+                    target,
+                    staging: Staging::Beside,
+                    ..
+                }
+                | Step::InstallTree {
+                    target,
+                    staging: Staging::Beside,
+                    ..
+                } => Some(tree::staged_beside(target, self.record.id)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn ensure_backup_dir(&self) -> Result<(), StepError> {
@@ -450,10 +555,36 @@ impl<'a> Transaction<'a> {
                 backup::complete(&self.backup_dir, &self.backup)?;
                 none(self.backup_dir.display().to_string())
             }
-            Step::Install { file, target, mode } => {
+            Step::Install {
+                file,
+                target,
+                mode,
+                staging,
+            } => {
                 let entry = self.entry(file)?.clone();
-                install(&self.stage_dir, &entry, target, *mode)?;
-                none(format!("{file} -> {}", target.display()))
+                let how = install(
+                    &self.stage_dir,
+                    &entry,
+                    target,
+                    *mode,
+                    *staging,
+                    self.record.id,
+                )?;
+                none(format!("{file} -> {}: {how}", target.display()))
+            }
+            Step::InstallTree { tree, target, .. } => {
+                let staged = self.tree_staged(step);
+                let how =
+                    tree::install(&staged, target, &tree::old_beside(target, self.record.id))?;
+                none(format!("{tree} -> {}: {how}", target.display()))
+            }
+            Step::PreStartHook { script, .. } => {
+                let path = BundlePath::parse(script).map_err(|e| StepError::Inconsistent {
+                    what: e.to_string(),
+                })?;
+                self.control()
+                    .hook("pre_start hook", &path.join_to(&self.stage_dir))?;
+                none(String::new())
             }
             Step::Migrate {
                 database,
@@ -553,8 +684,42 @@ impl<'a> Transaction<'a> {
             indicatif::ProgressBar::hidden()
         };
         let bar_handle = bar.clone();
+        for path in self.staged_beside() {
+            tree::remove_all(&path)?;
+        }
+        let mut trees = Vec::new();
+        let mut routes = Vec::new();
+        for step in &self.plan {
+            match step {
+                Step::Install {
+                    file,
+                    target,
+                    staging: Staging::Beside,
+                    ..
+                } => routes.push((
+                    self.entry(file)?.path.clone(),
+                    tree::staged_beside(target, self.record.id),
+                )),
+                Step::InstallTree { tree: name, .. } => {
+                    let root = self.tree_staged(step);
+                    for (entry, rel) in self.manifest.tree_files(name) {
+                        routes.push((entry.path.clone(), root.join(rel)));
+                    }
+                    let tree = self.manifest.tree(name).cloned().ok_or_else(|| {
+                        StepError::Inconsistent {
+                            what: format!("tree `{name}` is not in the signed manifest"),
+                        }
+                    })?;
+                    trees.push((root, tree));
+                }
+                _ => {}
+            }
+        }
         let staged = StageSink::create(&self.stage_dir, Box::new(move |n| bar_handle.inc(n)))
             .and_then(|mut sink| {
+                for (path, to) in routes {
+                    sink.route(path, to);
+                }
                 read_and_verify(
                     self.site,
                     Some(&self.state),
@@ -566,6 +731,9 @@ impl<'a> Transaction<'a> {
             });
         bar.finish_and_clear();
         let verified = staged?;
+        for (root, tree) in &trees {
+            tree::finish_staged(root, tree)?;
+        }
         self.record.bundle_sha256 = verified.bundle_sha256.to_hex();
         self.state
             .set_bundle_sha256(self.record.id, &self.record.bundle_sha256)?;
@@ -739,11 +907,41 @@ impl<'a> Transaction<'a> {
     ) -> Result<(Status, String), StepError> {
         let done = |detail: String| Ok((Status::Ok, detail));
         match undo {
-            Undo::RemoveStaging { dir } => {
+            Undo::RemoveStaging { dir, beside } => {
                 if fs_err::exists(dir)? {
                     fs_err::remove_dir_all(dir)?;
                 }
-                done("removed".into())
+                let mut removed = 0;
+                for path in beside {
+                    let mut partial = path.clone().into_os_string();
+                    partial.push(".partial");
+                    tree::remove_all(Path::new(&partial))?;
+                    removed += usize::from(tree::remove_all(path)?);
+                }
+                done(if removed == 0 {
+                    "removed".into()
+                } else {
+                    format!("removed, and {removed} staged beside their targets")
+                })
+            }
+            Undo::RestoreTree { install, backup } => {
+                let kept = backup::load(backup)
+                    .ok()
+                    .and_then(|m| m.trees.into_iter().find(|t| t.name == install.name));
+                done(tree::undo_install(
+                    install,
+                    kept.as_ref().map(|k| (backup.as_path(), k)),
+                )?)
+            }
+            Undo::RestoreDatabases { backup, records } => {
+                for record in records {
+                    if record.existed {
+                        backup::restore_database(backup, record)?;
+                    } else {
+                        backup::remove_database(&record.source)?;
+                    }
+                }
+                done("restored from their backup copies".into())
             }
             Undo::StopNew => {
                 self.control().stop()?;

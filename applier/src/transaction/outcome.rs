@@ -11,6 +11,8 @@ use crate::protocol::Status;
 use crate::report::Reporter;
 use crate::state::{ApplyOutcome, ApplyRecord, AuditAction, AuditEntry, State, StateError};
 use crate::steps::backup;
+use crate::steps::tree::{self, TreeInstall};
+use crate::transaction::undo::Undo;
 
 /// How a transaction failed.
 #[derive(Debug)]
@@ -102,6 +104,7 @@ impl Transaction<'_> {
         let name = self.manifest.name.clone();
         let new = self.new.clone();
         let sha = self.record.bundle_sha256.clone();
+        self.keep_replaced_trees();
         self.write_outcome(ApplyOutcome::Ok, None, Some((&name, &new, &sha)))?;
         if !self.backup_dir.as_os_str().is_empty() {
             match backup::prune(
@@ -124,6 +127,53 @@ impl Transaction<'_> {
             let _ = fs_err::remove_dir_all(&self.stage_dir);
         }
         Ok(format!("{name} {new} installed"))
+    }
+
+    /// Moves each tree the apply replaced from beside its folder into the
+    /// backup folder and records it in `backup.json`, so `rollback` can put
+    /// it back and pruning removes it with its backup. The new version is
+    /// healthy by now: a failure is reported and leaves the old tree where
+    /// it is (`.NAME.airlock-old-ID`, where `rollback` finds it too).
+    fn keep_replaced_trees(&mut self) {
+        let replaced: Vec<TreeInstall> = self
+            .undo
+            .iter()
+            .filter_map(|u| match u {
+                Undo::RestoreTree { install, .. } if install.existed => Some(install.clone()),
+                _ => None,
+            })
+            .collect();
+        if replaced.is_empty() || self.backup_dir.as_os_str().is_empty() {
+            return;
+        }
+        let result = (|| -> Result<usize, StepError> {
+            let mut manifest = backup::load(&self.backup_dir)?;
+            let mut kept = 0;
+            for t in &replaced {
+                if tree::identity(&t.old)?.is_none() {
+                    continue;
+                }
+                let record = tree::keep_in_backup(&self.backup_dir, &t.name, &t.target, &t.old)?;
+                manifest.trees.retain(|r| r.name != record.name);
+                manifest.trees.push(record);
+                kept += 1;
+            }
+            backup::complete(&self.backup_dir, &manifest)?;
+            Ok(kept)
+        })();
+        match result {
+            Ok(0) => {}
+            Ok(n) => self.reporter.event(
+                "keep replaced trees",
+                Status::Ok,
+                &format!("{n} tree(s) moved into {}", self.backup_dir.display()),
+            ),
+            Err(e) => self.reporter.event(
+                "keep replaced trees",
+                Status::Failed,
+                &format!("{e}; the old tree stays beside its folder, where `rollback` finds it"),
+            ),
+        }
     }
 
     /// Records a failure and returns the error to report.

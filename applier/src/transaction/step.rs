@@ -5,13 +5,14 @@
 
 use std::path::PathBuf;
 
-use airlock_formats::{Manifest, MigrationTool};
+use airlock_formats::{Manifest, MigrationTool, OnInterrupt, Tree};
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StepError;
 use crate::site::Site;
 use crate::steps::install::install_target;
+pub use crate::steps::install::Staging;
 use crate::steps::migrate;
 
 /// One step of an apply, in the order [`planned_steps`] lists them.
@@ -62,7 +63,7 @@ pub enum Step {
     },
     /// Write `backup.json`: from here on the backup is complete.
     BackupComplete,
-    /// Install a binary or file: write beside, fsync, rename over.
+    /// Install a binary or file: rename the staged copy over the target.
     Install {
         /// Payload path.
         file: String,
@@ -70,6 +71,22 @@ pub enum Step {
         target: PathBuf,
         /// Permission bits.
         mode: u32,
+        /// Where the stage step put it.
+        #[serde(default)]
+        staging: Staging,
+    },
+    /// Install a tree: swap the staged folder with the live one.
+    InstallTree {
+        /// The tree's name.
+        tree: String,
+        /// The folder it replaces.
+        target: PathBuf,
+        /// Where the stage step put it.
+        staging: Staging,
+        /// Its files.
+        files: usize,
+        /// Their total size, in bytes.
+        bytes: u64,
     },
     /// Run one `up` migration as its tool runs it, and record it where the
     /// tool records it (docs/SITE.md, "Migrations").
@@ -88,6 +105,15 @@ pub enum Step {
         /// In a transaction, without one, or recording only.
         #[serde(default)]
         action: migrate::Action,
+    },
+    /// Run the bundle's `pre_start` hook: a data-format migration, after
+    /// everything is installed and migrated and before the start.
+    PreStartHook {
+        /// The script's payload path.
+        script: String,
+        /// What `resume` does when an apply was interrupted inside it.
+        #[serde(default)]
+        on_interrupt: OnInterrupt,
     },
     /// Run the site's start command.
     Start {
@@ -132,6 +158,8 @@ impl Step {
             Self::BackupInstalled { .. } => "backup installed",
             Self::BackupComplete => "backup",
             Self::Install { .. } => "install",
+            Self::InstallTree { .. } => "install tree",
+            Self::PreStartHook { .. } => "pre_start",
             Self::Migrate { .. } => "migrate",
             Self::Start { .. } => "start",
             Self::Health { .. } => "health",
@@ -156,6 +184,16 @@ impl Step {
             Self::PreStopHook { script } | Self::PostStartHook { script } => {
                 format!("run hook `{script}`")
             }
+            Self::PreStartHook {
+                script,
+                on_interrupt,
+            } => format!(
+                "run hook `{script}`; if interrupted, {}",
+                match on_interrupt {
+                    OnInterrupt::Rerun => "resume runs it again",
+                    OnInterrupt::Rollback => "resume rolls back",
+                }
+            ),
             Self::Stop { command, wait_secs } => format!(
                 "`{command}`, then wait up to {wait_secs}s for the health check to fail"
             ),
@@ -167,9 +205,27 @@ impl Step {
             Self::BackupConfig { path } => format!("`{}`", path.display()),
             Self::BackupInstalled { target } => format!("`{}`", target.display()),
             Self::BackupComplete => "write backup.json: the backup is complete".into(),
-            Self::Install { file, target, mode } => {
-                format!("{file} -> `{}` mode {mode:o}", target.display())
-            }
+            Self::Install {
+                file,
+                target,
+                mode,
+                staging,
+            } => format!(
+                "{file} -> `{}` mode {mode:o}, {}",
+                target.display(),
+                staging.describe()
+            ),
+            Self::InstallTree {
+                tree,
+                target,
+                staging,
+                files,
+                bytes,
+            } => format!(
+                "{tree} -> `{}`: {files} files, {bytes} bytes, {}",
+                target.display(),
+                staging.describe()
+            ),
             Self::Migrate {
                 database,
                 version,
@@ -220,6 +276,49 @@ impl Step {
     }
 }
 
+/// Where tree `tree` is installed on this site: the site profile's
+/// `[trees]` entry, else the bundle's `install_path`.
+pub fn tree_target(site: &Site, tree: &Tree) -> PathBuf {
+    site.profile
+        .trees
+        .get(&tree.name)
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(&tree.install_path))
+}
+
+/// The steps of `manifest` from its `pre_start` hook (or the start) to the
+/// commit: what `resume` runs again when a `pre_start` hook declared
+/// `rerun` was interrupted.
+pub fn steps_from_pre_start(site: &Site, manifest: &Manifest) -> Vec<Step> {
+    let service = &site.profile.service;
+    let mut steps = Vec::new();
+    if let Some(script) = &manifest.hooks.pre_start {
+        steps.push(Step::PreStartHook {
+            script: script.to_string(),
+            on_interrupt: manifest.hooks.pre_start_on_interrupt.unwrap_or_default(),
+        });
+    }
+    steps.push(Step::Start {
+        command: service.start.clone(),
+    });
+    steps.push(Step::Health {
+        version: manifest.version.clone(),
+        wait_secs: service.health_wait_secs,
+    });
+    if let Some(script) = &manifest.hooks.post_start {
+        steps.push(Step::PostStartHook {
+            script: script.to_string(),
+        });
+    }
+    steps.push(Step::Healthy {
+        version: manifest.version.clone(),
+    });
+    steps.push(Step::Commit {
+        version: manifest.version.clone(),
+    });
+    steps
+}
+
 /// The steps applying `manifest` here will take, in order: the one list
 /// `plan` prints and `apply` executes. Pending migrations are read from the
 /// databases now.
@@ -267,7 +366,26 @@ pub fn planned_steps(site: &Site, manifest: &Manifest) -> Result<Vec<Step>, Step
     }
     steps.push(Step::BackupComplete);
     for (file, target, mode) in installs {
-        steps.push(Step::Install { file, target, mode });
+        let staging = Staging::for_target(&target);
+        steps.push(Step::Install {
+            file,
+            target,
+            mode,
+            staging,
+        });
+    }
+    for tree in &manifest.trees {
+        let target = tree_target(site, tree);
+        let (files, bytes) = manifest
+            .tree_files(&tree.name)
+            .fold((0, 0), |(n, b), (f, _)| (n + 1, b + f.size));
+        steps.push(Step::InstallTree {
+            tree: tree.name.clone(),
+            staging: Staging::for_target(&target),
+            target,
+            files,
+            bytes,
+        });
     }
     for database in manifest.migrated_databases() {
         let path = data
@@ -287,24 +405,7 @@ pub fn planned_steps(site: &Site, manifest: &Manifest) -> Result<Vec<Step>, Step
             });
         }
     }
-    steps.push(Step::Start {
-        command: service.start.clone(),
-    });
-    steps.push(Step::Health {
-        version: manifest.version.clone(),
-        wait_secs: service.health_wait_secs,
-    });
-    if let Some(script) = &manifest.hooks.post_start {
-        steps.push(Step::PostStartHook {
-            script: script.to_string(),
-        });
-    }
-    steps.push(Step::Healthy {
-        version: manifest.version.clone(),
-    });
-    steps.push(Step::Commit {
-        version: manifest.version.clone(),
-    });
+    steps.extend(steps_from_pre_start(site, manifest));
     Ok(steps)
 }
 
@@ -323,6 +424,18 @@ mod tests {
                 file: "bin/demo".into(),
                 target: "/opt/demo/bin/demo".into(),
                 mode: 0o755,
+                staging: Staging::Beside,
+            },
+            Step::InstallTree {
+                tree: "static".into(),
+                target: "/opt/demo/static".into(),
+                staging: Staging::Central,
+                files: 3,
+                bytes: 10,
+            },
+            Step::PreStartHook {
+                script: "hooks/pre_start/migrate.sh".into(),
+                on_interrupt: OnInterrupt::Rerun,
             },
             Step::BackupComplete,
             Step::Migrate {

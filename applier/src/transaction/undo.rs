@@ -11,15 +11,20 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::steps::backup::{DatabaseRecord, FileRecord, TreeRecord};
+use crate::steps::tree::TreeInstall;
 
 /// One undo action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Undo {
-    /// Remove the staging folder (left by `stage`).
+    /// Remove the staging folder, and what was staged beside the targets
+    /// (left by `stage`).
     RemoveStaging {
         /// The folder.
         dir: PathBuf,
+        /// Files and trees staged beside their targets (`.NAME.airlock-ID`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        beside: Vec<PathBuf>,
     },
     /// The service was stopped: start the old version and wait until it is
     /// healthy and reports `version` (left by `stop`).
@@ -63,6 +68,22 @@ pub enum Undo {
         /// The database file.
         path: PathBuf,
     },
+    /// Put the tree an install replaced back, or remove the new one (left
+    /// by `install tree`; see `steps::tree::undo_install`).
+    RestoreTree {
+        /// What the install did, and where the old tree waits.
+        install: TreeInstall,
+        /// The backup folder, where the commit keeps the old tree.
+        backup: PathBuf,
+    },
+    /// Restore databases no migration had claimed, from their backup copies
+    /// (left by the `pre_start` hook, which may change any of them).
+    RestoreDatabases {
+        /// The backup folder.
+        backup: PathBuf,
+        /// The copies.
+        records: Vec<DatabaseRecord>,
+    },
     /// The new version may be running: stop it before anything is restored
     /// (left by `start`). If it cannot be stopped, nothing is restored.
     StopNew,
@@ -79,6 +100,8 @@ impl Undo {
             Self::RemoveNewFile { .. } => "remove new file",
             Self::RestoreDatabase { .. } => "restore database",
             Self::RemoveNewDatabase { .. } => "remove new database",
+            Self::RestoreTree { .. } => "restore tree",
+            Self::RestoreDatabases { .. } => "restore databases",
             Self::StopNew => "stop new version",
         }
     }
@@ -92,7 +115,22 @@ impl Undo {
     /// What the action does, for people.
     pub fn describe(&self) -> String {
         match self {
-            Self::RemoveStaging { dir } => format!("`{}`", dir.display()),
+            Self::RemoveStaging { dir, beside } if beside.is_empty() => {
+                format!("`{}`", dir.display())
+            }
+            Self::RemoveStaging { dir, beside } => format!(
+                "`{}` and {} staged beside their targets",
+                dir.display(),
+                beside.len()
+            ),
+            Self::RestoreTree { install, .. } => {
+                format!("{} (`{}`)", install.name, install.target.display())
+            }
+            Self::RestoreDatabases { records, .. } => records
+                .iter()
+                .map(|r| format!("{} ({})", r.name, r.source.display()))
+                .collect::<Vec<_>>()
+                .join(", "),
             Self::StartOld { version } => version.to_string(),
             Self::SettleRaft { record, .. } => {
                 format!("compare `{}` with its backup", record.source.display())
@@ -112,12 +150,15 @@ impl Undo {
         !matches!(self, Self::RemoveStaging { .. })
     }
 
-    /// The database this action restores, if it restores one.
-    pub fn database(&self) -> Option<&str> {
+    /// The databases this action restores.
+    pub fn databases(&self) -> Vec<&str> {
         match self {
-            Self::RestoreDatabase { record, .. } => Some(&record.name),
-            Self::RemoveNewDatabase { name, .. } => Some(name),
-            _ => None,
+            Self::RestoreDatabase { record, .. } => vec![&record.name],
+            Self::RemoveNewDatabase { name, .. } => vec![name],
+            Self::RestoreDatabases { records, .. } => {
+                records.iter().map(|r| r.name.as_str()).collect()
+            }
+            _ => Vec::new(),
         }
     }
 

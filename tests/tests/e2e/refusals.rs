@@ -38,6 +38,7 @@ fn escaping_bundle(out: &Path, signers: &[SecretKey]) -> PathBuf {
         created_at: 1_767_225_600,
         expires_at: None,
         hooks: Hooks::default(),
+        trees: Vec::new(),
         files: vec![FileEntry {
             path: BundlePath::parse("evil").unwrap(),
             role: Role::File,
