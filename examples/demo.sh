@@ -45,7 +45,7 @@ cp "$bin/airlock-demo-service" "$site/node/bin/demo-service"
 echo "1.0.0" > "$site/node/RELEASE"
 echo "healthy = true" > "$site/node/service.conf"
 cd "$site"
-nohup node/bin/demo-service --listen 127.0.0.1:18431 --release-file node/RELEASE --config node/service.conf > node/service.log 2>&1 &
+nohup node/bin/demo-service --listen 127.0.0.1:18431 --release-file node/RELEASE --config node/service.conf --static node/static > node/service.log 2>&1 &
 echo $! > node/pid
 cd "$repo"
 sleep 0.5
@@ -54,12 +54,22 @@ echo "==> site operator: verify, then apply 1.1.0"
 "$apply" verify "$work/out/demo-1.1.0.airlock" --site "$site/site.toml"
 "$apply" apply "$work/out/demo-1.1.0.airlock" --site "$site/site.toml"
 "$apply" status --site "$site/site.toml"
+echo "==> the static tree is in place, served by the demo service:"
+(cd "$site/node/static" && find . -mindepth 1 | sort | sed 's/^/    /')
+exec 3<>/dev/tcp/127.0.0.1/18431
+printf 'GET /static/css/latest.css HTTP/1.0\r\n\r\n' >&3
+sed 's/^/    /' <&3
+exec 3<&-
 
 echo "==> release engineer: build demo 1.2.0, whose config makes the health check fail"
 cd "$work/release"
 printf 'ALTER TABLE orders ADD COLUMN note TEXT;\n' > migrations/0003_add_note.sql
 printf 'healthy = false\n' > service.conf
 echo "1.2.0" > RELEASE
+# Its static tree has a new stylesheet and drops the old one.
+rm static/css/site-1.1.css static/css/latest.css
+printf 'body { font-family: serif; }\n' > static/css/site-1.2.css
+ln -s site-1.2.css static/css/latest.css
 sed -e 's/^version = .*/version = "1.2.0"/' -e 's/^upgrades_from = .*/upgrades_from = ">=1.1.0, <1.2.0"/' bundle.toml > bundle-1.2.0.toml
 printf '\n[[file]]\nsource = "service.conf"\ninstall_path = "/opt/demo/service.conf"\n' >> bundle-1.2.0.toml
 "$build" --no-progress build --spec bundle-1.2.0.toml --key "$work/keys/release.key" --out "$work/out"
@@ -76,4 +86,7 @@ echo "==> the node runs 1.1.0 again:"
 "$apply" status --site "$site/site.toml"
 version=$(cat "$site/node/RELEASE")
 [ "$version" = "1.1.0" ] || { echo "demo: RELEASE is $version, expected 1.1.0"; exit 1; }
+css=$(readlink "$site/node/static/css/latest.css")
+[ "$css" = "site-1.1.css" ] || { echo "demo: the static tree was not swapped back (latest.css -> $css)"; exit 1; }
+echo "==> and its static tree is 1.1.0's again (css/latest.css -> $css)"
 echo "demo finished: 1.0.0 -> 1.1.0 applied, broken 1.2.0 rolled back to 1.1.0"

@@ -125,7 +125,7 @@ pub fn render(header: &BundleHeader) -> String {
             .tree_files(&tree.name)
             .fold((0u64, 0u64), |(n, b), (f, _)| (n + 1, b + f.size));
         out.push_str(&format!(
-            "tree          {} -> {}: {count} files, {} folders, {} links, {bytes} bytes\n",
+            "tree          {} -> {}: {count} file(s), {} folder(s), {} link(s), {bytes} bytes\n",
             tree.name,
             tree.install_path,
             tree.dirs.len(),

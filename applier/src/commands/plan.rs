@@ -166,8 +166,15 @@ fn explain(site: &Site, m: &airlock_formats::Manifest, step: &Step) -> (String, 
             bytes,
             ..
         } => {
-            let new: std::collections::BTreeSet<&str> =
-                m.tree_files(tree).map(|(_, rel)| rel).collect();
+            let new: std::collections::BTreeSet<&str> = m
+                .tree_files(tree)
+                .map(|(_, rel)| rel)
+                .chain(
+                    m.tree(tree)
+                        .into_iter()
+                        .flat_map(|t| t.links.iter().map(|l| l.path.as_str())),
+                )
+                .collect();
             let old: Vec<String> = walkdir::WalkDir::new(target)
                 .min_depth(1)
                 .into_iter()

@@ -1,10 +1,11 @@
 //! A small service for the README's demo: it needs nothing but this workspace.
 //!
-//! `airlock-demo-service --listen 127.0.0.1:PORT --release-file PATH [--config PATH]`
+//! `airlock-demo-service --listen 127.0.0.1:PORT --release-file PATH [--config PATH] [--static DIR]`
 //!
 //! Serves `GET /health` (200 `ok`, or 503 when the config file says
-//! `healthy = false`) and `GET /version` (the release file's first line).
-//! It stops on SIGTERM like any process.
+//! `healthy = false`), `GET /version` (the release file's first line) and
+//! `GET /static/PATH` (a file of the static folder, a tree the demo bundle
+//! installs). It stops on SIGTERM like any process.
 
 // A stand-in service for the demo: a file it cannot read is answered as an
 // HTTP error, so the one door to the filesystem (clippy.toml) is not needed.
@@ -18,12 +19,14 @@ struct Args {
     listen: String,
     release_file: PathBuf,
     config: Option<PathBuf>,
+    static_dir: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut listen = None;
     let mut release_file = None;
     let mut config = None;
+    let mut static_dir = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -31,6 +34,7 @@ fn parse_args() -> Result<Args, String> {
             "--listen" => listen = Some(value()?),
             "--release-file" => release_file = Some(PathBuf::from(value()?)),
             "--config" => config = Some(PathBuf::from(value()?)),
+            "--static" => static_dir = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -38,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
         listen: listen.ok_or("--listen is required")?,
         release_file: release_file.ok_or("--release-file is required")?,
         config,
+        static_dir,
     })
 }
 
@@ -66,7 +71,20 @@ fn respond(mut stream: TcpStream, args: &Args) -> std::io::Result<()> {
             ),
             Err(e) => ("500 Internal Server Error", format!("{e}\n")),
         },
-        _ => ("404 Not Found", "not found\n".to_string()),
+        _ => match (path.strip_prefix("/static/"), &args.static_dir) {
+            // Only plain relative names: no `..`, no empty or `.` parts.
+            (Some(rel), Some(dir))
+                if rel
+                    .split('/')
+                    .all(|c| !c.is_empty() && c != "." && c != "..") =>
+            {
+                match std::fs::read_to_string(dir.join(rel)) {
+                    Ok(text) => ("200 OK", text),
+                    Err(_) => ("404 Not Found", "not found\n".to_string()),
+                }
+            }
+            _ => ("404 Not Found", "not found\n".to_string()),
+        },
     };
     write!(
         stream,

@@ -13,13 +13,15 @@ use airlock_applier::transaction::step::Step;
 
 use crate::harness::*;
 
-/// Copies the folder `from` into `to`, keeping permission bits.
+/// Copies the folder `from` into `to`, keeping permission bits and links.
 pub fn copy_tree(from: &Path, to: &Path) {
     for entry in walkdir::WalkDir::new(from) {
         let entry = entry.unwrap();
         let dst = to.join(entry.path().strip_prefix(from).unwrap());
         if entry.file_type().is_dir() {
             fs::create_dir_all(&dst).unwrap();
+        } else if entry.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path()).unwrap(), &dst).unwrap();
         } else {
             fs::copy(entry.path(), &dst).unwrap();
         }

@@ -20,3 +20,4 @@ mod recovery;
 mod refusals;
 mod reproducible;
 mod single_node;
+mod trees;
