@@ -103,6 +103,9 @@ pub fn finish_staged(root: &Path, tree: &Tree) -> Result<(), StepError> {
 /// Swaps `a` and `b` atomically (`renameat2` with `RENAME_EXCHANGE`).
 /// `Ok(false)` when this filesystem or kernel cannot.
 fn exchange(a: &Path, b: &Path) -> Result<bool, StepError> {
+    // Tests take the path of a filesystem that cannot exchange.
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("tree-no-exchange", |_| Ok(false));
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use nix::errno::Errno;

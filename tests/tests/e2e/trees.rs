@@ -79,7 +79,8 @@ fn with_tree(source: &Path) -> impl FnOnce(&Path) + '_ {
 }
 
 fn site_with_assets(demo: &Demo) -> PathBuf {
-    demo.edit_site(|s| format!("{s}\n[trees]\nassets = \"node/assets\"\n"));
+    // The demo site has a `[trees]` table already, for its `static` tree.
+    demo.edit_site(|s| s.replace("[trees]\n", "[trees]\nassets = \"node/assets\"\n"));
     demo.site_dir().join("node/assets")
 }
 
@@ -514,4 +515,150 @@ fn a_200_mib_tree_installs_by_rename_and_the_downtime_is_reported() {
     eprintln!(
         "200 MiB tree, 1.1.0 -> 1.2.0: service down {down}s with the install by rename; `cp -a` of the same tree alone takes {copy:.2}s\n{done}"
     );
+}
+
+/// A small tree of nested folders, a link, and `marker` in `version.txt`.
+fn small_tree(root: &Path, marker: &str) {
+    for d in ["a/b", "c"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+        fs::write(root.join(d).join("__init__.py"), format!("# {d}\n")).unwrap();
+    }
+    fs::write(root.join("version.txt"), format!("{marker}\n")).unwrap();
+    fs::write(root.join(format!("only-in-{marker}.txt")), "x\n").unwrap();
+    symlink("a/b/__init__.py", root.join("current.py")).unwrap();
+}
+
+/// Names beside `folder` that an apply staged or set aside (`.NAME.airlock-…`).
+fn leftovers_beside(folder: &Path) -> Vec<String> {
+    fs::read_dir(folder.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".airlock-"))
+        .collect()
+}
+
+#[test]
+fn an_apply_that_dies_inside_a_tree_install_is_undone_whole_by_resume() {
+    let demo = Demo::start();
+    let installed = site_with_assets(&demo);
+    let work = tempfile::tempdir().unwrap();
+    let (v1, v2) = (work.path().join("v1"), work.path().join("v2"));
+    small_tree(&v1, "v1");
+    small_tree(&v2, "v2");
+    airlock_apply(&[
+        "apply",
+        &demo.release("1.1.0", with_tree(&v1)),
+        "--site",
+        &demo.site(),
+    ])
+    .ok();
+    assert_eq!(diff(&v1, &installed), "");
+    let next = demo.release("1.2.0", with_tree(&v2));
+    // Dies after the exchange, with the new tree live and the old one
+    // staged; then between the two renames a filesystem without
+    // RENAME_EXCHANGE needs, with no tree at the install path at all.
+    for (failpoints, folder_there) in [
+        ("tree-after-exchange=panic", true),
+        ("tree-no-exchange=return;tree-between-renames=panic", false),
+    ] {
+        let died = airlock_apply_failpoints(failpoints, &["apply", &next, "--site", &demo.site()]);
+        assert_eq!(
+            died.code, 101,
+            "{failpoints}: did not die:\n{}",
+            died.stderr
+        );
+        assert_eq!(installed.exists(), folder_there, "{failpoints}");
+        let resumed = airlock_apply(&["resume", "--site", &demo.site()]);
+        assert_eq!(resumed.code, 4, "{failpoints}:\n{}", resumed.stderr);
+        assert!(
+            resumed.stderr.contains("restore tree: assets"),
+            "{}",
+            resumed.stderr
+        );
+        assert_eq!(diff(&v1, &installed), "", "{failpoints}");
+        assert_eq!(leftovers_beside(&installed), Vec::<String>::new());
+        assert!(demo.healthy());
+    }
+    // Without the exchange, the two renames install the tree, and the
+    // rollback of a failed start swaps it back the same way.
+    let run = airlock_apply_failpoints(
+        "tree-no-exchange=return",
+        &["apply", &next, "--site", &demo.site()],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("two renames (this filesystem cannot exchange)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(diff(&v2, &installed), "");
+    airlock_apply(&["rollback", "--site", &demo.site(), "--yes"]).ok();
+    assert_eq!(diff(&v1, &installed), "");
+    assert_eq!(leftovers_beside(&installed), Vec::<String>::new());
+}
+
+#[test]
+fn a_data_migration_that_fails_rolls_back_every_database_and_the_raft_data() {
+    let demo = Demo::start();
+    site_with_data(&demo);
+    // A second database that no SQL migration of the bundle touches.
+    let node = demo.site_dir().join("node");
+    let other = node.join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('before');")
+        .unwrap();
+    demo.edit_site(|s| {
+        s.replace(
+            "databases = { main = \"node/app.db\" }",
+            "databases = { main = \"node/app.db\", other = \"node/other.db\" }",
+        )
+    });
+    let data_before = sha256_tree(&node.join("data"));
+    // The demo's database `main` is created by the bundle's migrations.
+    assert!(!node.join("app.db").exists());
+    let other_before = sqlite_dump_hash(&other);
+    let bundle = demo.release("1.1.0", |release| {
+        fs::write(
+            release.join("hooks/migrate-data.sh"),
+            "#!/bin/sh\nset -eu\n\
+             printf 'main=%s other=%s\\n' \"$AIRLOCK_DB_MAIN\" \"$AIRLOCK_DB_OTHER\" > \"$AIRLOCK_RAFT_DIR/../env.txt\"\n\
+             echo v2 > \"$AIRLOCK_RAFT_DIR/format\"\n\
+             cp \"$AIRLOCK_DB_MAIN\" \"$AIRLOCK_DB_OTHER\"\n\
+             echo 'cannot convert segment 7: bad checksum' >&2\nexit 3\n",
+        )
+        .unwrap();
+        let spec = release.join("bundle.toml");
+        let text = fs::read_to_string(&spec)
+            .unwrap()
+            .replace("[hooks]\n", "[hooks]\npre_start = \"hooks/migrate-data.sh\"\n");
+        fs::write(&spec, text).unwrap();
+    });
+    // The hook converts the Raft data, overwrites the other database through
+    // the path it is given, and fails.
+    let run = Command::new(bin("airlock-apply"))
+        .args(["apply", &bundle, "--site", &demo.site()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("failed at step `pre_start`")
+            && stderr.contains("cannot convert segment 7"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_to_string(node.join("env.txt")).unwrap(),
+        format!(
+            "main={} other={}\n",
+            node.join("app.db").display(),
+            other.display()
+        )
+    );
+    assert_eq!(sha256_tree(&node.join("data")), data_before);
+    assert!(!node.join("app.db").exists());
+    assert_eq!(sqlite_dump_hash(&other), other_before);
+    assert_eq!(fs::read_to_string(node.join("RELEASE")).unwrap(), "1.0.0\n");
+    assert!(demo.healthy());
 }
