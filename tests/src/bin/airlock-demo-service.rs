@@ -56,7 +56,14 @@ fn healthy(args: &Args) -> bool {
 
 fn respond(mut stream: TcpStream, args: &Args) -> std::io::Result<()> {
     let mut request_line = String::new();
-    BufReader::new(&stream).read_line(&mut request_line)?;
+    let mut reader = BufReader::new(&stream);
+    reader.read_line(&mut request_line)?;
+    // Read the headers to their blank line: a socket closed with unread
+    // bytes is reset, and the client may lose the response.
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 0 && !header.trim_end().is_empty() {
+        header.clear();
+    }
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
     let (status, body) = match path {
         "/health" if healthy(args) => ("200 OK", "ok\n".to_string()),
