@@ -168,6 +168,35 @@ pub struct BundleHeader {
     pub manifest_bytes: Vec<u8>,
     /// Signatures in file order.
     pub signatures: Vec<Signature>,
+    /// Where the payload's bytes begin in the container, in bytes from the
+    /// start of the file: everything before is the header (marker, manifest,
+    /// signatures and the payload entry's tar header).
+    pub payload_offset: u64,
+}
+
+impl BundleHeader {
+    /// The smallest size of a complete bundle with this header, in bytes:
+    /// the header, the payload padded to 512-byte blocks, and the two zero
+    /// blocks that end a tar (POSIX.1-2017, pax, "ustar Interchange Format").
+    pub fn complete_len(&self) -> u64 {
+        let payload = self.manifest.payload.size;
+        self.payload_offset
+            .saturating_add(payload.div_ceil(512).saturating_mul(512))
+            .saturating_add(1024)
+    }
+
+    /// Checks that a bundle of `len` bytes can hold what this header
+    /// declares.
+    ///
+    /// # Errors
+    /// [`BundleError::Incomplete`] when it is shorter.
+    pub fn check_len(&self, len: u64) -> Result<(), BundleError> {
+        let need = self.complete_len();
+        if len < need {
+            return Err(BundleError::Incomplete { have: len, need });
+        }
+        Ok(())
+    }
 }
 
 /// Receives payload files while the bundle is read.
@@ -434,6 +463,7 @@ pub fn read_bundle<R: Read>(
             manifest,
             manifest_bytes,
             signatures,
+            payload_offset: payload_entry.raw_file_position(),
         };
         check(&header)?;
         let Some(sink) = sink else {
@@ -610,7 +640,7 @@ fn read_payload(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::manifest::tests::sample;
     use crate::manifest::{PayloadInfo, Role};
@@ -632,7 +662,7 @@ mod tests {
         }
     }
 
-    fn build(files: &[(&str, &[u8])]) -> (Vec<u8>, SecretKey) {
+    pub(crate) fn build(files: &[(&str, &[u8])]) -> (Vec<u8>, SecretKey) {
         let mut writer = PayloadWriter::new(Vec::new(), 3, 0, 64 * 1024, 0).unwrap();
         let mut manifest = sample();
         manifest.files.clear();

@@ -115,6 +115,20 @@ pub enum BundleError {
         /// What is wrong.
         reason: String,
     },
+    /// The file is shorter than its container declares: a copy that did not
+    /// finish.
+    #[error("the bundle is incomplete: it is {have} bytes, but its container declares at least {need} ({} bytes missing); the copy did not finish", .need - .have)]
+    Incomplete {
+        /// Its size, in bytes.
+        have: u64,
+        /// The size its header declares, at least, in bytes.
+        need: u64,
+    },
+    /// A volume set (docs/FORMAT.md, "Volumes") is missing volumes or has
+    /// damaged ones; the message names them and says whether parity can
+    /// rebuild them.
+    #[error("{0}")]
+    Volumes(String),
     /// Reading was stopped by the caller (e.g. verification failed before the payload).
     #[error("{0}")]
     Refused(String),

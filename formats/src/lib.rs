@@ -21,6 +21,7 @@ pub mod payload;
 pub mod shown;
 pub mod signing;
 pub mod tree;
+pub mod volumes;
 
 pub use bundle::{
     read_bundle, rewrite_signatures, write_bundle, BundleHeader, DiscardSink, PayloadSink,
@@ -37,6 +38,7 @@ pub use payload::PayloadWriter;
 pub use shown::shown;
 pub use signing::{KeyId, PublicKey, SecretKey, Signature, Trust};
 pub use tree::{Tree, TreeLink};
+pub use volumes::{BundleSource, VolumeSet};
 
 /// This crate's version, which is also the applier version bundles compare
 /// their `min_applier_version` with.
