@@ -5,14 +5,13 @@
 //! bundle names known to the site. Then the whole payload is read and checked.
 //! Nothing on the node changes here.
 
-use fs_err::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use airlock_formats::digest::HashingReader;
 use airlock_formats::{
-    read_bundle, BundleError, BundleHeader, KeyId, Manifest, MigrationTool, PayloadSink, Role,
-    Sha256Digest,
+    read_bundle, BundleError, BundleHeader, BundleSource, KeyId, Manifest, MigrationTool,
+    PayloadSink, Role, Sha256Digest,
 };
 use semver::Version;
 
@@ -339,18 +338,36 @@ pub fn read_and_verify(
         bundle: bundle.to_owned(),
         source,
     };
-    let file = File::open(bundle).map_err(|e| {
-        unreadable(BundleError::io(format!("opening `{}`", bundle.display()))(
-            e,
-        ))
-    })?;
-    let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, file));
+    let refused_volumes = |reason: String| {
+        VerifyError::Refused {
+        bundle: bundle.to_owned(),
+        reason,
+        help: "check the volumes with `airlock-apply check-media`; repair them from parity with `airlock-apply repair`, or copy them again (docs/OPERATIONS.md, \"Carrying a bundle across\")".into(),
+    }
+    };
+    // One file, or a volume set read in place (docs/FORMAT.md, "Volumes").
+    let source = match BundleSource::open(bundle) {
+        Ok(s) => s,
+        Err(BundleError::Volumes(reason)) => return Err(refused_volumes(reason)),
+        Err(e) => return Err(unreadable(e)),
+    };
+    let reader = match source.reader() {
+        Ok(r) => r,
+        Err(BundleError::Volumes(reason)) => return Err(refused_volumes(reason)),
+        Err(e) => return Err(unreadable(e)),
+    };
+    let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, reader));
     let mut signers = Vec::new();
     let mut refusal_help = None;
     let read_payload = sink.is_some();
     let result = read_bundle(
         &mut hashing,
         |h| {
+            source.check_header(h).inspect_err(|e| {
+                if matches!(e, BundleError::Incomplete { .. }) {
+                    refusal_help = Some("the copy did not finish: copy the bundle again, then compare its SHA-256 with the one `airlock-build build` printed".into());
+                }
+            })?;
             signers = site.trust.check(&h.manifest_bytes, &h.signatures).inspect_err(|_| {
                 refusal_help = Some(format!(
                     "the site needs {} signature(s) by keys in [trust]; ask another release key holder to run `airlock-build sign`, or check that the bundle came from your release engineer",
@@ -364,8 +381,9 @@ pub fn read_and_verify(
         },
         sink,
     );
-    let header = result.map_err(|e| match e {
+    let header = result.map_err(|e| match source.explain(e) {
         e @ BundleError::Io { .. } => unreadable(e),
+        BundleError::Volumes(reason) => refused_volumes(reason),
         other => VerifyError::Refused {
             bundle: bundle.to_owned(),
             reason: other.to_string(),

@@ -44,8 +44,29 @@ pub struct BuildReport {
     pub manifest: Manifest,
     /// Size of the bundle file, in bytes.
     pub size: u64,
+    /// SHA-256 of the bundle file, for comparing copies at both ends.
+    pub sha256: airlock_formats::Sha256Digest,
     /// Each `[[migrations]]` folder as its tool read it.
     pub migrations: Vec<MigrationsSummary>,
+}
+
+/// Hashes what passes through to `inner`.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// One `[[migrations]]` folder as its tool read it: what `build` prints.
@@ -110,6 +131,8 @@ pub struct BuildSummary {
     pub version: String,
     /// Size of the bundle file, in bytes.
     pub size: u64,
+    /// SHA-256 of the bundle file.
+    pub sha256: String,
     /// Size of the payload unpacked, in bytes.
     pub unpacked_size: u64,
     /// Number of payload files.
@@ -130,6 +153,7 @@ impl BuildReport {
             name: self.manifest.name.clone(),
             version: self.manifest.version.to_string(),
             size: self.size,
+            sha256: self.sha256.to_hex(),
             unpacked_size: self.manifest.payload.unpacked_size,
             files: self.manifest.files.len(),
             key_id,
@@ -541,9 +565,13 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
         })?;
     let out = opts.out_dir.join(&file_name);
     let payload_size = manifest.payload.size;
+    let mut sha256 = None;
     write_atomic(&out, 0o644, |f| {
         let w = write_bundle(
-            BufWriter::with_capacity(1 << 20, f),
+            HashingWriter {
+                inner: BufWriter::with_capacity(1 << 20, f),
+                hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            },
             &manifest_bytes,
             std::slice::from_ref(&signature),
             std::io::BufReader::with_capacity(1 << 20, &payload_file),
@@ -551,13 +579,18 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
             created_at,
         )
         .map_err(std::io::Error::other)?;
-        w.into_inner().map(|_| ()).map_err(|e| e.into_error())
+        {
+            use sha2::Digest as _;
+            sha256 = Some(airlock_formats::Sha256Digest(w.hasher.finalize().into()));
+        }
+        w.inner.into_inner().map(|_| ()).map_err(|e| e.into_error())
     })?;
     let size = fs_err::metadata(&out).map(|m| m.len()).unwrap_or(0);
     Ok(BuildReport {
         path: out,
         manifest,
         size,
+        sha256: sha256.unwrap_or(airlock_formats::Sha256Digest([0; 32])),
         migrations: migration_summaries,
     })
 }

@@ -5,23 +5,35 @@
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
+use airlock_formats::digest::sha256_reader;
 use airlock_formats::{
-    read_bundle, BundleError, BundleHeader, DiscardSink, KeyId, PublicKey, SignatureError, Trust,
+    BundleError, BundleHeader, BundleSource, DiscardSink, KeyId, PublicKey, Sha256Digest,
+    SignatureError, Trust,
 };
 use serde::Serialize;
 
 use crate::error::BuildError;
 
-/// Reads a bundle's manifest and signatures without reading its payload.
+/// Reads a bundle's manifest and signatures without unpacking its payload,
+/// checks that the file (or volume set, docs/FORMAT.md, "Volumes") is as
+/// long as its container declares, and hashes it whole. Returns the header
+/// and the bundle's SHA-256.
 ///
 /// # Errors
-/// [`BuildError`] naming the bundle when it cannot be read or is malformed.
-pub fn inspect(bundle: &Path) -> Result<BundleHeader, BuildError> {
-    let file = fs_err::File::open(bundle).map_err(|source| BuildError::Io {
-        context: "opening the bundle".into(),
-        source,
-    })?;
-    Ok(read_bundle(BufReader::new(file), |_| Ok(()), None)?)
+/// [`BuildError::Bundle`] when it is malformed, short
+/// ([`BundleError::Incomplete`]) or a volume is missing;
+/// [`BuildError::Io`] when it cannot be read.
+pub fn inspect(bundle: &Path) -> Result<(BundleHeader, Sha256Digest), BuildError> {
+    let source = BundleSource::open(bundle)?;
+    let header = source.read(|_| Ok(()), None)?;
+    let (sha256, _) =
+        sha256_reader(BufReader::with_capacity(1 << 20, source.reader()?)).map_err(|source| {
+            BuildError::Io {
+                context: format!("reading `{}`", bundle.display()),
+                source,
+            }
+        })?;
+    Ok((header, sha256))
 }
 
 /// One signature, as `inspect --json` shows it.
@@ -33,13 +45,16 @@ pub struct SignatureInfo {
     pub trusted_comment: String,
 }
 
-/// What `inspect --json` prints: the manifest as signed, and the signatures.
+/// What `inspect --json` prints: the manifest as signed, the signatures
+/// and the bundle's SHA-256.
 #[derive(Debug, Serialize)]
 pub struct Inspection {
     /// The manifest, exactly as its JSON was signed.
     pub manifest: serde_json::Value,
     /// The signatures.
     pub signatures: Vec<SignatureInfo>,
+    /// SHA-256 of the whole bundle (of the volumes joined, for a set).
+    pub sha256: String,
 }
 
 impl Inspection {
@@ -49,7 +64,7 @@ impl Inspection {
     /// [`BuildError::Invalid`] if the manifest bytes are not JSON (they were
     /// parsed once already, so this does not happen for a header read by
     /// [`inspect`]).
-    pub fn of(header: &BundleHeader) -> Result<Self, BuildError> {
+    pub fn of(header: &BundleHeader, sha256: &Sha256Digest) -> Result<Self, BuildError> {
         let manifest = serde_json::from_slice(&header.manifest_bytes)
             .map_err(|e| BuildError::Invalid(format!("manifest.json: {e}")))?;
         Ok(Self {
@@ -62,6 +77,7 @@ impl Inspection {
                     trusted_comment: s.trusted_comment().to_owned(),
                 })
                 .collect(),
+            sha256: sha256.to_hex(),
         })
     }
 }
@@ -289,18 +305,17 @@ pub fn verify(
         bundle: bundle.to_owned(),
         source,
     };
-    let file = fs_err::File::open(bundle)
-        .map_err(|e| invalid(BundleError::io("opening the bundle")(e)))?;
+    let source = BundleSource::open(bundle).map_err(invalid)?;
     let mut signers = Vec::new();
-    let header = read_bundle(
-        BufReader::new(file),
-        |h| {
-            signers = trust.check(&h.manifest_bytes, &h.signatures)?;
-            Ok(())
-        },
-        Some(&mut DiscardSink),
-    )
-    .map_err(invalid)?;
+    let header = source
+        .read(
+            |h| {
+                signers = trust.check(&h.manifest_bytes, &h.signatures)?;
+                Ok(())
+            },
+            Some(&mut DiscardSink),
+        )
+        .map_err(invalid)?;
     Ok(Verified {
         header,
         signers,

@@ -83,6 +83,15 @@ pub fn load_secret_key(
 /// # Errors
 /// [`BuildError`] when the bundle is damaged or already signed by this key.
 pub fn sign_bundle(bundle: &Path, key: &SecretKey, timestamp: u64) -> Result<usize, BuildError> {
+    if airlock_formats::VolumeSet::is_set(bundle) {
+        // Volume 1 holds the signatures: a new one changes it, the index
+        // and every parity volume, so a set is signed as the one file it
+        // was cut from.
+        return Err(BuildError::Invalid(format!(
+            "`{}` is a volume set; sign the bundle file before cutting it: `airlock-build join {0} --out FILE`, `airlock-build sign FILE`, then `airlock-build split FILE`",
+            bundle.display()
+        )));
+    }
     let open = || {
         File::open(bundle).map_err(|source| BuildError::Io {
             context: format!("opening bundle `{}`", bundle.display()),

@@ -526,6 +526,15 @@ fn write_parity(
     }
     let mut volumes = Vec::with_capacity(count);
     for ((tmp, hasher), name) in outputs.into_iter().zip(names) {
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(io_err(format!(
+                    "setting the mode of `{}`",
+                    tmp.path().display()
+                )))?;
+        }
         tmp.as_file()
             .sync_all()
             .map_err(io_err(format!("syncing `{}`", tmp.path().display())))?;
@@ -1076,6 +1085,15 @@ impl VolumeSet {
                     entry.file
                 )));
             }
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                tmp.as_file()
+                    .set_permissions(std::fs::Permissions::from_mode(0o644))
+                    .map_err(io_err(format!(
+                        "setting the mode of `{}`",
+                        tmp.path().display()
+                    )))?;
+            }
             tmp.as_file()
                 .sync_all()
                 .map_err(io_err(format!("syncing `{}`", tmp.path().display())))?;
@@ -1106,6 +1124,58 @@ impl VolumeSet {
             .map_err(durable)?;
         sync_dir(out).map_err(durable)?;
         Ok(rebuilt)
+    }
+}
+
+impl VolumeSet {
+    /// Writes the bundle the data volumes make up to the new file `out`
+    /// (beside it first, fsynced, renamed), checking its SHA-256 against
+    /// the index's before the rename. The volumes are only read.
+    ///
+    /// # Errors
+    /// [`VolumeError::Bundle`] when a volume is missing;
+    /// [`VolumeError::Invalid`] when the joined bytes differ from the index
+    /// (a damaged volume: see [`VolumeSet::check`]) or `out` exists;
+    /// [`VolumeError::Io`] naming the file.
+    pub fn join(&self, out: &Path) -> Result<(), VolumeError> {
+        if out.exists() {
+            return Err(VolumeError::Invalid(format!(
+                "`{}` exists; join writes a new file",
+                out.display()
+            )));
+        }
+        let mut reader = self.reader()?;
+        let mut hasher = Sha256::new();
+        let mut matches = false;
+        write_atomic(out, 0o644, |f| {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                f.write_all(&buf[..n])?;
+            }
+            matches =
+                Sha256Digest(std::mem::take(&mut hasher).finalize().into()) == self.index.sha256;
+            if matches {
+                Ok(())
+            } else {
+                Err(io::Error::other("the joined volumes differ from the index"))
+            }
+        })
+        .map_err(|e| {
+            if matches {
+                durable(e)
+            } else {
+                VolumeError::Invalid(format!(
+                    "the volumes of `{}` joined do not match the bundle's SHA-256 in the index: {}",
+                    self.index_path.display(),
+                    self.check().verdict(self)
+                ))
+            }
+        })
     }
 }
 

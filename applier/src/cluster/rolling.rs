@@ -9,12 +9,10 @@
 //! bundle itself, and the coordinator reads each node only through the
 //! typed protocol ([`crate::protocol`]).
 
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use airlock_formats::{read_bundle, BundleError, DiscardSink, Manifest};
-use fs_err::File;
+use airlock_formats::{BundleError, DiscardSink, Manifest};
 
 use super::profile::{ClusterSite, NodeProfile};
 use super::transport::{wait_until, NodeError, NodeRun};
@@ -161,10 +159,14 @@ fn verify_here(site: &ClusterSite, bundle: &Path) -> Result<Manifest, ApplyError
         reason,
         help: help.into(),
     };
-    let file = File::open(bundle).map_err(ApplyError::io("opening the bundle"))?;
+    let source = airlock_formats::BundleSource::open(bundle).map_err(|e| {
+        refused(
+            e.to_string(),
+            "check the bundle's path; for a volume set, check it with `airlock-apply check-media`",
+        )
+    })?;
     let mut mixed_ok = true;
-    let header = read_bundle(
-        BufReader::with_capacity(1 << 20, file),
+    let header = source.read(
         |h| {
             site.trust.check(&h.manifest_bytes, &h.signatures)?;
             crate::verify::check_expiry(&h.manifest)

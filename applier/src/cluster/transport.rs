@@ -150,22 +150,49 @@ impl NodeProfile {
         if self.transport == TransportKind::Local {
             return Ok(absolute.display().to_string());
         }
-        let name = bundle
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let remote = format!(
-            "{}/{name}",
-            self.bundle_dir
-                .as_deref()
-                .unwrap_or("/tmp")
-                .trim_end_matches('/')
-        );
+        let dir = self
+            .bundle_dir
+            .as_deref()
+            .unwrap_or("/tmp")
+            .trim_end_matches('/')
+            .to_owned();
+        // A volume set travels as its index and data volumes, read on the
+        // node in place as here (docs/FORMAT.md, "Volumes").
+        let (files, name) = match airlock_formats::VolumeSet::is_set(&absolute) {
+            true => {
+                let set =
+                    airlock_formats::VolumeSet::open(&absolute).map_err(|e| NodeError::Copy {
+                        node: self.name.clone(),
+                        stderr: e.to_string(),
+                    })?;
+                let mut files = vec![set.index_path.clone()];
+                files.extend(set.index.volumes.iter().map(|v| set.path_of(v)));
+                let name = set
+                    .index_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (files, name)
+            }
+            false => {
+                let name = bundle
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (vec![absolute.clone()], name)
+            }
+        };
+        let remote = format!("{dir}/{name}");
+        let target = if files.len() == 1 {
+            remote.clone()
+        } else {
+            format!("{dir}/")
+        };
         let out = self
             .ssh_base("scp", ssh_options)
             .arg("-q")
-            .arg(&absolute)
-            .arg(format!("{}:{}", self.destination(), remote))
+            .args(&files)
+            .arg(format!("{}:{}", self.destination(), target))
             .stdin(Stdio::null())
             .output()
             .map_err(self.spawn_error("scp"))?;

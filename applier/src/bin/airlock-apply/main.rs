@@ -15,7 +15,9 @@ use std::process::ExitCode;
 use airlock_applier::cluster::{rolling, ClusterSite};
 use airlock_applier::commands::resume::Resumed;
 use airlock_applier::commands::rollback::RollbackPlan;
-use airlock_applier::commands::{apply, backups, history, plan, resume, rollback, status, verify};
+use airlock_applier::commands::{
+    apply, backups, history, media, plan, resume, rollback, status, verify,
+};
 use airlock_applier::protocol::{Message, Status};
 use airlock_applier::report::{eprint_line, print_line};
 use airlock_applier::site::is_cluster_profile;
@@ -40,7 +42,7 @@ enum Command {
     /// platform, version rules, every payload byte. Changes nothing on the
     /// node; the check is recorded in the audit log when a state database exists.
     Verify {
-        /// The bundle file.
+        /// The bundle file, or a volume set (its index or its folder).
         bundle: PathBuf,
         /// The site profile.
         #[arg(long)]
@@ -53,7 +55,7 @@ enum Command {
     /// Print what `apply` would do, step by step, with sizes and free space.
     /// Changes nothing.
     Plan {
-        /// The bundle file.
+        /// The bundle file, or a volume set (its index or its folder).
         bundle: PathBuf,
         /// The site profile.
         #[arg(long)]
@@ -69,7 +71,7 @@ enum Command {
     /// migrate, start, check health; roll back by itself on failure. With
     /// `--mode rolling` and a cluster profile: a rolling upgrade of every node.
     Apply {
-        /// The bundle file.
+        /// The bundle file, or a volume set (its index or its folder).
         bundle: PathBuf,
         /// The site profile (a cluster profile with `--mode rolling`).
         #[arg(long)]
@@ -119,6 +121,24 @@ enum Command {
     Backups {
         #[command(subcommand)]
         action: BackupsAction,
+    },
+    /// Check a bundle copied from removable media, without a site profile:
+    /// a volume set volume by volume (ok, bad, missing; whether parity can
+    /// rebuild it), or a file whole; prints the bundle's SHA-256. Exit 3
+    /// when something is damaged.
+    CheckMedia {
+        /// The bundle file, or a volume set (its index or its folder).
+        bundle: PathBuf,
+    },
+    /// Rebuild a volume set's damaged or missing volumes from its parity
+    /// volumes into a new folder, with the good ones and the index. The set
+    /// itself is only read.
+    Repair {
+        /// The volume set: its index or its folder.
+        set: PathBuf,
+        /// The new folder for the complete set.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Show the audit trail: every verify, apply, resume and rollback.
     History {
@@ -252,6 +272,8 @@ fn say(reporter: &Reporter, step: &str, text: &str) {
 
 fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
     match command {
+        Command::CheckMedia { bundle } => media::check_media(&bundle, reporter)?,
+        Command::Repair { set, out } => media::repair(&set, &out, reporter)?,
         Command::Verify {
             bundle,
             site,

@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 the command failed (bad spec, missing source, key
 //! problem, I/O); 2 the command line is wrong; 3 `verify` found the bundle
-//! invalid (signature, threshold, tampering).
+//! invalid (signature, threshold, tampering), or `inspect` found it
+//! malformed, short or missing a volume.
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,39 @@ enum Command {
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Write the bundle as volumes of at most SIZE bytes and an index
+        /// instead of one file: `fat32` (4 GiB - 1 byte), or a number with
+        /// K, M or G (powers of 1024), e.g. `700M`.
+        #[arg(long, value_name = "SIZE", value_parser = parse_volume_size)]
+        volume_size: Option<u64>,
+        /// With --volume-size: add parity volumes, PERCENT of the volumes
+        /// (rounded up), which rebuild as many damaged or missing ones.
+        #[arg(long, value_name = "PERCENT", requires = "volume_size", value_parser = parse_parity)]
+        parity: Option<u32>,
+    },
+    /// Cut a bundle file into volumes of at most SIZE bytes and an index,
+    /// in a folder; the bundle file is not changed.
+    Split {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Largest volume: `fat32` (4 GiB - 1 byte), or a number with K, M
+        /// or G (powers of 1024).
+        #[arg(long, value_name = "SIZE", value_parser = parse_volume_size)]
+        volume_size: u64,
+        /// Add parity volumes, PERCENT of the volumes (rounded up).
+        #[arg(long, value_name = "PERCENT", value_parser = parse_parity)]
+        parity: Option<u32>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Join a volume set into one new bundle file (the volumes are only read).
+    Join {
+        /// The volume set: its index file or its folder.
+        set: PathBuf,
+        /// The new bundle file.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Add one more signature to a bundle.
     Sign {
@@ -62,9 +96,10 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Print a bundle's manifest and signer key ids without reading its payload.
+    /// Print a bundle's manifest, signer key ids and SHA-256 without
+    /// unpacking its payload.
     Inspect {
-        /// The bundle file.
+        /// The bundle file, or a volume set (its index or its folder).
         bundle: PathBuf,
         /// Print JSON on stdout.
         #[arg(long)]
@@ -72,7 +107,7 @@ enum Command {
     },
     /// Check a bundle completely: signatures, threshold, every chunk and file.
     Verify {
-        /// The bundle file.
+        /// The bundle file, or a volume set (its index or its folder).
         bundle: PathBuf,
         /// Trusted public keys (minisign .pub files).
         #[arg(long, required = true, num_args = 1..)]
@@ -81,6 +116,34 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threshold: usize,
     },
+}
+
+fn parse_volume_size(text: &str) -> Result<u64, String> {
+    airlock_formats::volumes::parse_size(text)
+}
+
+fn parse_parity(text: &str) -> Result<u32, String> {
+    let t = text.trim().trim_end_matches('%');
+    t.parse::<u32>()
+        .ok()
+        .filter(|p| (1..=100).contains(p))
+        .ok_or_else(|| format!("`{text}` is not a parity percentage: give 1 to 100, e.g. `10%`"))
+}
+
+/// Cuts `bundle` into a volume set in `out` and says what it wrote.
+fn split_into(bundle: &Path, out: &Path, volume_size: u64, parity: u32) -> anyhow::Result<PathBuf> {
+    let (index_path, index) = airlock_formats::volumes::split(bundle, out, volume_size, parity)?;
+    eprintln!(
+        "wrote {} volume(s) of at most {volume_size} bytes{} and the index {}",
+        index.volumes.len(),
+        match index.parity_count() {
+            0 => String::new(),
+            n => format!(" and {n} parity volume(s)"),
+        },
+        index_path.display()
+    );
+    eprintln!("sha256 {}  {}", index.sha256, index.bundle);
+    Ok(index_path)
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -197,6 +260,8 @@ fn run(program: Program) -> Result<(), Failure> {
             out,
             level,
             json,
+            volume_size,
+            parity,
         } => {
             let key = load_key(&key)?;
             let started = std::time::Instant::now();
@@ -226,8 +291,47 @@ fn run(program: Program) -> Result<(), Failure> {
                     started.elapsed().as_secs_f64(),
                     key.key_id()
                 );
+                eprintln!(
+                    "sha256 {}  {}",
+                    report.sha256,
+                    report
+                        .path
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                );
+            }
+            if let Some(size) = volume_size {
+                // The one file was this command's own output: the volumes
+                // replace it.
+                let index = split_into(&report.path, &out, size, parity.unwrap_or(0))?;
+                fs_err::remove_file(&report.path)?;
+                if !json {
+                    println!("{}", index.display());
+                }
+            } else if !json {
                 println!("{}", report.path.display());
             }
+        }
+        Command::Split {
+            bundle,
+            volume_size,
+            parity,
+            out,
+        } => {
+            let index = split_into(&bundle, &out, volume_size, parity.unwrap_or(0))?;
+            println!("{}", index.display());
+        }
+        Command::Join { set, out } => {
+            let set = airlock_formats::VolumeSet::open(&set)?;
+            set.join(&out)?;
+            eprintln!(
+                "joined {} volume(s) into {}; sha256 {}",
+                set.index.volumes.len(),
+                out.display(),
+                set.index.sha256
+            );
+            println!("{}", out.display());
         }
         Command::Sign { bundle, key } => {
             let key = load_key(&key)?;
@@ -246,12 +350,30 @@ fn run(program: Program) -> Result<(), Failure> {
             );
         }
         Command::Inspect { bundle, json } => {
-            let header = check::inspect(&bundle)?;
+            let (header, sha256) = check::inspect(&bundle).map_err(|e| {
+                let code = match &e {
+                    BuildError::Bundle(airlock_formats::BundleError::Io { .. }) | BuildError::Io { .. } => {
+                        EXIT_FAILED
+                    }
+                    _ => EXIT_INVALID,
+                };
+                Failure {
+                    help: Some(match &e {
+                        BuildError::Bundle(airlock_formats::BundleError::Incomplete { .. }) => {
+                            "copy the bundle again and compare its SHA-256 with the one `airlock-build build` printed".into()
+                        }
+                        _ => "check the path; copy the bundle again if it is damaged".into(),
+                    }),
+                    code,
+                    error: anyhow::Error::new(e).context(format!("inspecting {}", bundle.display())),
+                }
+            })?;
             if json {
-                let inspection = check::Inspection::of(&header)?;
+                let inspection = check::Inspection::of(&header, &sha256)?;
                 println!("{}", serde_json::to_string(&inspection)?);
             } else {
                 print!("{}", check::render(&header));
+                println!("sha256        {sha256}");
             }
         }
         Command::Verify {
