@@ -15,6 +15,7 @@ mod cluster;
 mod demo;
 mod field;
 mod harness;
+mod media;
 mod migrations;
 mod recovery;
 mod refusals;
