@@ -435,6 +435,22 @@ pub fn split(
     Ok((index_path, index))
 }
 
+/// Gives the written temporary file `tmp` mode 0644, fsyncs it and renames
+/// it over `target` (the caller fsyncs the folder).
+fn persist(tmp: tempfile::NamedTempFile, target: &Path) -> Result<(), VolumeError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let at = tmp.path().display().to_string();
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(io_err(format!("setting the mode of `{at}`")))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io_err(format!("syncing `{at}`")))?;
+    tmp.persist(target)
+        .map_err(|e| io_err(format!("renaming over `{}`", target.display()))(e.error))?;
+    Ok(())
+}
+
 /// Reads the next `len` bytes of each of `files` (zero bytes past a file's
 /// end) into `bufs`.
 fn read_stripe(files: &mut [Option<File>], bufs: &mut [Vec<u8>], len: usize) -> io::Result<()> {
@@ -526,21 +542,7 @@ fn write_parity(
     }
     let mut volumes = Vec::with_capacity(count);
     for ((tmp, hasher), name) in outputs.into_iter().zip(names) {
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))
-                .map_err(io_err(format!(
-                    "setting the mode of `{}`",
-                    tmp.path().display()
-                )))?;
-        }
-        tmp.as_file()
-            .sync_all()
-            .map_err(io_err(format!("syncing `{}`", tmp.path().display())))?;
-        let target = out.join(&name);
-        tmp.persist(&target)
-            .map_err(|e| io_err(format!("renaming over `{}`", target.display()))(e.error))?;
+        persist(tmp, &out.join(&name))?;
         volumes.push(VolumeEntry {
             file: name,
             size: shard_size,
@@ -1085,21 +1087,7 @@ impl VolumeSet {
                     entry.file
                 )));
             }
-            {
-                use std::os::unix::fs::PermissionsExt as _;
-                tmp.as_file()
-                    .set_permissions(std::fs::Permissions::from_mode(0o644))
-                    .map_err(io_err(format!(
-                        "setting the mode of `{}`",
-                        tmp.path().display()
-                    )))?;
-            }
-            tmp.as_file()
-                .sync_all()
-                .map_err(io_err(format!("syncing `{}`", tmp.path().display())))?;
-            let target = out.join(&entry.file);
-            tmp.persist(&target)
-                .map_err(|e| io_err(format!("renaming over `{}`", target.display()))(e.error))?;
+            persist(tmp, &out.join(&entry.file))?;
             rebuilt.push(entry.file.clone());
         }
         for (i, v) in self.index.volumes.iter().enumerate() {

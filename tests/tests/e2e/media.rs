@@ -160,7 +160,11 @@ fn a_bundle_in_volumes_applies_in_place_from_a_read_only_folder() {
     let stick_index = stick.join("demo-1.1.0.airlock.index").display().to_string();
     airlock_apply(&["verify", &stick_index, "--site", &demo.site()]).ok();
     let plan = airlock_apply(&["plan", &stick.display().to_string(), "--site", &demo.site()]).ok();
-    assert!(plan.stdout.contains("demo 1.0.0 -> 1.1.0"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("demo 1.0.0 -> 1.1.0"),
+        "{}",
+        plan.stdout
+    );
     let apply = airlock_apply(&[
         "apply",
         &stick.display().to_string(),
