@@ -67,6 +67,8 @@ fn every_help_and_version_text_is_pinned() {
         &["backups", "verify"],
         &["backups", "prune"],
         &["history"],
+        &["check-media"],
+        &["repair"],
     ];
     let build_commands: &[&[&str]] = &[
         &[],
@@ -75,6 +77,8 @@ fn every_help_and_version_text_is_pinned() {
         &["sign"],
         &["inspect"],
         &["verify"],
+        &["split"],
+        &["join"],
     ];
     for (program, commands) in [
         ("airlock-apply", apply_commands),
