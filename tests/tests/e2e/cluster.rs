@@ -394,7 +394,22 @@ fn rollout_upgrades_every_member(transport: Transport) {
     let keys = Keys::new(&["release"]);
     let cluster = Cluster::start(&[&keys.public("release")], transport);
     let work = tempfile::tempdir().unwrap();
-    let bundle = release(&keys, work.path(), true);
+    let mut bundle = release(&keys, work.path(), true);
+    if transport == Transport::Ssh {
+        // Over ssh the bundle travels as a volume set: the coordinator
+        // copies the index and the volumes, each node reads them in place.
+        let set = work.path().join("set");
+        airlock_build(&[
+            "split",
+            &bundle.display().to_string(),
+            "--volume-size",
+            "4M",
+            "--out",
+            &set.display().to_string(),
+        ])
+        .ok();
+        bundle = set;
+    }
     let leader = cluster.leader();
     let load = Load::start(cluster.endpoints());
     std::thread::sleep(Duration::from_secs(1));
@@ -438,6 +453,10 @@ fn rollout_upgrades_every_member(transport: Transport) {
     for m in ["n1", "n2", "n3"] {
         assert_eq!(cluster.release(m), "1.1.0", "{m} was not upgraded");
         assert!(cluster.node(m).healthy());
+        if transport == Transport::Ssh {
+            let copied = cluster.node(m).root.join("etcd-node-1.1.0.airlock.index");
+            assert!(copied.exists(), "{m} did not get the volume set");
+        }
     }
     assert_eq!(failed, 0, "writes failed during the rollout");
     assert!(writes > 50, "the writer barely ran ({writes} writes)");
@@ -468,6 +487,7 @@ fn rolling_upgrade_keeps_quorum_and_loses_no_write() {
     rollout_upgrades_every_member(Transport::Local);
 }
 
+/// Over ssh, and with the bundle as a volume set.
 #[test]
 fn rolling_upgrade_over_ssh() {
     rollout_upgrades_every_member(Transport::Ssh);
