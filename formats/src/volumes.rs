@@ -860,11 +860,9 @@ impl VolumeSet {
         if Sha256Digest::of(&header.manifest_bytes) != self.index.manifest_sha256
             || header.payload_offset != self.index.payload_offset
         {
-            let first = self.index.volumes.first().map_or("", |v| v.file.as_str());
-            return Err(BundleError::Volumes(format!(
-                "volume `{first}` holds another build's manifest than the index `{}` lists: the volumes come from different builds; copy the set again",
-                self.index_path.display()
-            )));
+            // Volume 1 is damaged, or of another build than the index: say
+            // which, and whether parity can rebuild it.
+            return Err(self.damage());
         }
         header.check_len(self.index.size)
     }
@@ -1283,6 +1281,21 @@ impl BundleSource {
     /// and every error of a single file, are returned as they are.
     pub fn explain(&self, error: BundleError) -> BundleError {
         match (self, &error) {
+            // A signature that does not verify is damage only if volume 1,
+            // which holds them, is not the index's; a key the site does not
+            // trust is not damage, and needs no look at every volume.
+            (Self::Volumes(set), BundleError::Signature(_)) => {
+                let first = set.index.volumes.first();
+                let intact = first.is_some_and(|v| {
+                    hash_volume(&set.path_of(v), None, None)
+                        .is_ok_and(|(sha, size, _)| sha == v.sha256 && size == v.size)
+                });
+                if intact {
+                    error
+                } else {
+                    set.damage()
+                }
+            }
             (
                 Self::Volumes(set),
                 BundleError::ChunkMismatch { .. }
@@ -1290,7 +1303,6 @@ impl BundleSource {
                 | BundleError::Container(_)
                 | BundleError::Entry { .. }
                 | BundleError::Manifest(_)
-                | BundleError::Signature(_)
                 | BundleError::Path(_),
             ) => {
                 let check = set.check();

@@ -317,7 +317,7 @@ fn a_volume_from_another_build_of_the_same_release_is_caught() {
     let before = node_state(&demo);
     for (which, reason) in [
         (2, "does not match its SHA-256 in the index"),
-        (0, "another build's manifest"),
+        (0, "does not match its SHA-256 in the index"),
     ] {
         let set = work.path().join(format!("mixed-{which}"));
         fs::create_dir_all(&set).unwrap();
