@@ -190,7 +190,11 @@ impl SecretKey {
                     _ => err(e),
                 })?
         } else {
-            boxed.into_unencrypted_secret_key().map_err(err)?
+            // minisign 0.11's `-G -W` leaves the checksum of an unencrypted
+            // key zero and never checks it (src/minisign.c, `generate` and
+            // `seckey_load`), so neither does this: the key must instead
+            // carry the public half its seed derives.
+            return Self::from_unencrypted(text);
         };
         // minisign's layout: sig_alg(2) kdf_alg(2) chk_alg(2) salt(32) ops(8)
         // mem(8) keynum(8) secret key(64 = seed 32 + public 32) checksum(32).
@@ -205,6 +209,34 @@ impl SecretKey {
         Ok(Self {
             key_id: KeyId(id),
             key: SigningKey::from_bytes(&s),
+        })
+    }
+
+    /// Reads an unencrypted minisign secret key as minisign does: `Ed`,
+    /// no key derivation, `B2`, 158 bytes; the checksum is not read (minisign
+    /// writes zeros there), the public half must match the seed.
+    fn from_unencrypted(text: &str) -> Result<Self, SignatureError> {
+        let bytes = BASE64
+            .decode(key_line(text, "secret key")?)
+            .map_err(|e| format_err("secret key", format!("bad base64: {e}")))?;
+        if bytes.len() != 158 || &bytes[0..2] != b"Ed" || &bytes[4..6] != b"B2" {
+            return Err(SignatureError::SecretKey(
+                "not an Ed25519 minisign secret key of 158 bytes".into(),
+            ));
+        }
+        let mut id = [0u8; KEYNUM_BYTES];
+        id.copy_from_slice(&bytes[54..62]);
+        let mut seed = [0u8; 32];
+        seed.copy_from_slice(&bytes[62..94]);
+        let key = SigningKey::from_bytes(&seed);
+        if key.verifying_key().as_bytes()[..] != bytes[94..126] {
+            return Err(SignatureError::SecretKey(
+                "Corrupted key: its public half is not the one its secret half derives".into(),
+            ));
+        }
+        Ok(Self {
+            key_id: KeyId(id),
+            key,
         })
     }
 
@@ -459,6 +491,27 @@ mod tests {
         assert_eq!(parsed, sig);
         parsed.verify(&pk, b"manifest").unwrap();
         assert!(parsed.verify(&pk, b"manifesT").is_err());
+    }
+
+    /// `minisign -G -W` (minisign 0.11, Debian): an unencrypted key whose
+    /// checksum minisign leaves zero.
+    const MINISIGN_W_SECRET: &str = "untrusted comment: minisign encrypted secret key\nRWQAAEIyAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAzMLzLOFa2sCt47cKXBaxAmGpLZfuMUQGYXVRhgBtqaowQGKJlPaz871uXXyctlBMMyRLM4jX7HEl+uxjz4UT8vP55SAU6djdAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+    const MINISIGN_W_PUBLIC: &str = "untrusted comment: minisign public key C0DA5AE12CF3C2CC\nRWTMwvMs4VrawL1uXXyctlBMMyRLM4jX7HEl+uxjz4UT8vP55SAU6djd\n";
+
+    #[test]
+    fn an_unencrypted_key_of_minisign_w_signs() {
+        let sk = SecretKey::from_minisign(MINISIGN_W_SECRET, None).unwrap();
+        let pk = PublicKey::from_minisign(MINISIGN_W_PUBLIC).unwrap();
+        assert_eq!(sk.key_id(), pk.key_id());
+        sk.sign(b"manifest", "c").verify(&pk, b"manifest").unwrap();
+        // A public half that is not the seed's is refused.
+        let mut bytes = BASE64
+            .decode(MINISIGN_W_SECRET.lines().nth(1).unwrap())
+            .unwrap();
+        bytes[100] ^= 1;
+        let damaged = format!("untrusted comment: x\n{}\n", BASE64.encode(&bytes));
+        let err = SecretKey::from_minisign(&damaged, None).err().unwrap();
+        assert!(err.to_string().contains("Corrupted key"), "{err}");
     }
 
     #[test]
