@@ -62,6 +62,28 @@ fn node_state(demo: &Demo) -> Vec<String> {
     state
 }
 
+/// Runs each of `commands` on `bundle`: each exits 3 with every one of
+/// `reasons` in its error, and the node is as it was.
+fn assert_refused(demo: &Demo, bundle: &str, commands: &[&str], reasons: &[&str]) {
+    let before = node_state(demo);
+    for command in commands {
+        let run = airlock_apply(&[command, bundle, "--site", &demo.site()]);
+        assert_eq!(run.code, 3, "{command}: {}", run.stderr);
+        for reason in reasons {
+            assert!(
+                run.stderr.contains(reason),
+                "{command}: no `{reason}` in {}",
+                run.stderr
+            );
+        }
+    }
+    assert_eq!(
+        node_state(demo),
+        before,
+        "a refused bundle changed the node"
+    );
+}
+
 fn volumes(index: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = fs::read_dir(index.parent().unwrap())
         .unwrap()
@@ -199,25 +221,18 @@ fn a_flipped_byte_is_named_then_repaired_with_parity_and_applied() {
     let name = third.file_name().unwrap().to_string_lossy().into_owned();
     let set = index.parent().unwrap().display().to_string();
 
-    let before = node_state(&demo);
     // `plan` reads the header only; `verify` and `apply` read every byte
     // (apply before it stops anything).
-    for command in ["verify", "apply"] {
-        let run = airlock_apply(&[command, &set, "--site", &demo.site()]);
-        assert_eq!(run.code, 3, "{command}: {}", run.stderr);
-        assert!(
-            run.stderr
-                .contains(&format!("`{name}` does not match its SHA-256 in the index"))
-                && run.stderr.contains("parity can rebuild")
-                && run.stderr.contains("airlock-apply repair"),
-            "{command}: {}",
-            run.stderr
-        );
-    }
-    assert_eq!(
-        node_state(&demo),
-        before,
-        "a refused bundle changed the node"
+    let damaged_reason = format!("`{name}` does not match its SHA-256 in the index");
+    assert_refused(
+        &demo,
+        &set,
+        &["verify", "apply"],
+        &[
+            &damaged_reason,
+            "parity can rebuild",
+            "airlock-apply repair",
+        ],
     );
     let check = airlock_apply(&["check-media", &set]);
     assert_eq!(check.code, 3, "{}", check.stderr);
@@ -262,20 +277,11 @@ fn missing_volumes_beyond_parity_are_refused_and_nothing_changes() {
     fs::remove_file(&data[1]).unwrap();
     fs::remove_file(&data[4]).unwrap();
     let set = index.display().to_string();
-    let before = node_state(&demo);
-    for command in ["verify", "plan", "apply"] {
-        let run = airlock_apply(&[command, &set, "--site", &demo.site()]);
-        assert_eq!(run.code, 3, "{command}: {}", run.stderr);
-        assert!(
-            run.stderr.contains("is missing") && run.stderr.contains("parity cannot rebuild them"),
-            "{command}: {}",
-            run.stderr
-        );
-    }
-    assert_eq!(
-        node_state(&demo),
-        before,
-        "a refused bundle changed the node"
+    assert_refused(
+        &demo,
+        &set,
+        &["verify", "plan", "apply"],
+        &["is missing", "parity cannot rebuild them"],
     );
     let fixed = work.path().join("fixed");
     let repair = airlock_apply(&["repair", &set, "--out", &fixed.display().to_string()]);
