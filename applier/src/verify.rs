@@ -5,13 +5,11 @@
 //! bundle names known to the site. Then the whole payload is read and checked.
 //! Nothing on the node changes here.
 
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use airlock_formats::digest::HashingReader;
 use airlock_formats::{
-    read_bundle, BundleError, BundleHeader, BundleSource, KeyId, Manifest, MigrationTool,
-    PayloadSink, Role, Sha256Digest,
+    BundleError, BundleHeader, BundleSource, KeyId, Manifest, MigrationTool, PayloadSink, Role,
+    Sha256Digest,
 };
 use semver::Version;
 
@@ -338,69 +336,48 @@ pub fn read_and_verify(
         bundle: bundle.to_owned(),
         source,
     };
-    let refused_volumes = |reason: String| {
-        VerifyError::Refused {
+    let refused = |reason: String, help: String| VerifyError::Refused {
         bundle: bundle.to_owned(),
         reason,
-        help: "check the volumes with `airlock-apply check-media`; repair them from parity with `airlock-apply repair`, or copy them again (docs/OPERATIONS.md, \"Carrying a bundle across\")".into(),
-    }
+        help,
     };
-    // One file, or a volume set read in place (docs/FORMAT.md, "Volumes").
-    let source = match BundleSource::open(bundle) {
-        Ok(s) => s,
-        Err(BundleError::Volumes(reason)) => return Err(refused_volumes(reason)),
-        Err(e) => return Err(unreadable(e)),
+    let volumes_help = || {
+        "check the volumes with `airlock-apply check-media`; repair them from parity with `airlock-apply repair`, or copy them again (docs/OPERATIONS.md, \"Carrying a bundle across\")".to_string()
     };
-    let reader = match source.reader() {
-        Ok(r) => r,
-        Err(BundleError::Volumes(reason)) => return Err(refused_volumes(reason)),
-        Err(e) => return Err(unreadable(e)),
-    };
-    let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, reader));
     let mut signers = Vec::new();
     let mut refusal_help = None;
-    let read_payload = sink.is_some();
-    let result = read_bundle(
-        &mut hashing,
-        |h| {
-            source.check_header(h).inspect_err(|e| {
-                if matches!(e, BundleError::Incomplete { .. }) {
-                    refusal_help = Some("the copy did not finish: copy the bundle again, then compare its SHA-256 with the one `airlock-build build` printed".into());
-                }
-            })?;
-            signers = site.trust.check(&h.manifest_bytes, &h.signatures).inspect_err(|_| {
-                refusal_help = Some(format!(
-                    "the site needs {} signature(s) by keys in [trust]; ask another release key holder to run `airlock-build sign`, or check that the bundle came from your release engineer",
-                    site.trust.threshold()
-                ));
-            })?;
-            check_manifest(site, &h.manifest, &installed, opts).map_err(|refusal| {
-                refusal_help = Some(refusal.help);
-                BundleError::Refused(refusal.reason)
-            })
-        },
-        sink,
-    );
-    let header = result.map_err(|e| match source.explain(e) {
+    // One file, or a volume set read in place (docs/FORMAT.md, "Volumes").
+    let result = BundleSource::open(bundle).and_then(|source| {
+        source.read_hashed(
+            |h| {
+                signers = site.trust.check(&h.manifest_bytes, &h.signatures).inspect_err(|_| {
+                    refusal_help = Some(format!(
+                        "the site needs {} signature(s) by keys in [trust]; ask another release key holder to run `airlock-build sign`, or check that the bundle came from your release engineer",
+                        site.trust.threshold()
+                    ));
+                })?;
+                check_manifest(site, &h.manifest, &installed, opts).map_err(|refusal| {
+                    refusal_help = Some(refusal.help);
+                    BundleError::Refused(refusal.reason)
+                })
+            },
+            sink,
+        )
+    });
+    let (header, bundle_sha256) = result.map_err(|e| match e {
         e @ BundleError::Io { .. } => unreadable(e),
-        BundleError::Volumes(reason) => refused_volumes(reason),
-        other => VerifyError::Refused {
-            bundle: bundle.to_owned(),
-            reason: other.to_string(),
-            help: refusal_help.take().unwrap_or_else(|| {
+        BundleError::Volumes(reason) => refused(reason, volumes_help()),
+        e @ BundleError::Incomplete { .. } => refused(
+            e.to_string(),
+            "the copy did not finish: copy the bundle again, then compare its SHA-256 with the one `airlock-build build` printed".into(),
+        ),
+        other => refused(
+            other.to_string(),
+            refusal_help.take().unwrap_or_else(|| {
                 "the file is damaged or was altered: copy it again from the release medium and check it with `airlock-apply verify`".into()
             }),
-        },
+        ),
     })?;
-    if read_payload {
-        // Hash whatever padding follows the container too.
-        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| {
-            unreadable(BundleError::io(format!("reading `{}`", bundle.display()))(
-                e,
-            ))
-        })?;
-    }
-    let (bundle_sha256, _) = hashing.finish();
     Ok(Verified {
         bundle: bundle.to_owned(),
         header,

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::bundle::{read_bundle, BundleHeader};
-use crate::digest::Sha256Digest;
+use crate::digest::{HashingReader, Sha256Digest};
 use crate::durable::{sync_dir, write_atomic};
 use crate::error::BundleError;
 use crate::shown::shown;
@@ -432,7 +432,7 @@ pub fn split(
     };
     if parity_percent > 0 {
         let count = (index.volumes.len() * parity_percent as usize).div_ceil(100);
-        index.parity = Some(write_parity(&index, out, out, count.max(1), &[])?);
+        index.parity = Some(write_parity(&index, out, count.max(1))?);
     }
     let index_path = out.join(index_name(&name));
     write_atomic(&index_path, 0o644, |f| f.write_all(&index.to_json())).map_err(durable)?;
@@ -476,16 +476,9 @@ fn read_stripe(files: &mut [Option<File>], bufs: &mut [Vec<u8>], len: usize) -> 
     Ok(())
 }
 
-/// Computes `count` parity volumes over the data volumes of `index` (in
-/// `from`), writing them into `out`. `rebuilt` holds data volumes to read
-/// from `out` instead (repaired ones).
-fn write_parity(
-    index: &VolumeIndex,
-    from: &Path,
-    out: &Path,
-    count: usize,
-    rebuilt: &[usize],
-) -> Result<Parity, VolumeError> {
+/// Computes `count` parity volumes over the data volumes of `index`, all
+/// in the folder `dir`, and writes them there.
+fn write_parity(index: &VolumeIndex, dir: &Path, count: usize) -> Result<Parity, VolumeError> {
     let n = index.volumes.len();
     if !ReedSolomonEncoder::supports(n, count) {
         return Err(VolumeError::Invalid(format!(
@@ -495,8 +488,7 @@ fn write_parity(
     let largest = index.volumes.iter().map(|v| v.size).max().unwrap_or(0);
     let shard_size = largest.div_ceil(64).max(1) * 64;
     let mut inputs = Vec::with_capacity(n);
-    for (i, v) in index.volumes.iter().enumerate() {
-        let dir = if rebuilt.contains(&i) { out } else { from };
+    for v in &index.volumes {
         let path = dir.join(&v.file);
         inputs.push(Some(
             File::open(&path).map_err(io_err(format!("opening `{}`", path.display())))?,
@@ -509,8 +501,8 @@ fn write_parity(
     for name in &names {
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
-            .tempfile_in(out)
-            .map_err(io_err(format!("creating a file in `{}`", out.display())))?;
+            .tempfile_in(dir)
+            .map_err(io_err(format!("creating a file in `{}`", dir.display())))?;
         outputs.push((tmp, Sha256::new()));
     }
     let mut bufs = vec![Vec::new(); n];
@@ -520,7 +512,7 @@ fn write_parity(
         let len = usize::try_from(STRIPE.min(shard_size - at)).unwrap_or(usize::MAX);
         read_stripe(&mut inputs, &mut bufs, len).map_err(io_err(format!(
             "reading the volumes in `{}`",
-            from.display()
+            dir.display()
         )))?;
         let enc = match &mut encoder {
             Some((l, e)) if *l == len => e,
@@ -547,14 +539,14 @@ fn write_parity(
     }
     let mut volumes = Vec::with_capacity(count);
     for ((tmp, hasher), name) in outputs.into_iter().zip(names) {
-        persist(tmp, &out.join(&name))?;
+        persist(tmp, &dir.join(&name))?;
         volumes.push(VolumeEntry {
             file: name,
             size: shard_size,
             sha256: Sha256Digest(hasher.finalize().into()),
         });
     }
-    sync_dir(out).map_err(durable)?;
+    sync_dir(dir).map_err(durable)?;
     Ok(Parity {
         scheme: PARITY_SCHEME.into(),
         shard_size,
@@ -1099,8 +1091,7 @@ impl VolumeSet {
             }
         }
         // Fresh parity over the repaired set, so it can be repaired again.
-        let bad_indexes: Vec<usize> = bad.clone();
-        let fresh = write_parity(&self.index, &self.dir, out, p, &bad_indexes)?;
+        let fresh = write_parity(&self.index, out, p)?;
         if fresh != *parity {
             return Err(VolumeError::Invalid(
                 "the parity computed over the repaired volumes differs from the index's".into(),
@@ -1331,7 +1322,42 @@ impl BundleSource {
         check: impl FnOnce(&BundleHeader) -> Result<(), BundleError>,
         sink: Option<&mut dyn crate::bundle::PayloadSink>,
     ) -> Result<BundleHeader, BundleError> {
-        let reader = BufReader::with_capacity(1 << 20, self.reader()?);
+        self.read_from(
+            BufReader::with_capacity(1 << 20, self.reader()?),
+            check,
+            sink,
+        )
+    }
+
+    /// As [`BundleSource::read`], and hashes what it reads in the same
+    /// pass: with a `sink`, every byte of the bundle to its end, so the
+    /// digest is the bundle's SHA-256 (as `airlock-build build` printed
+    /// it); without one, the header only.
+    ///
+    /// # Errors
+    /// As [`read_bundle`]; [`BundleError::Io`] when the end cannot be read.
+    pub fn read_hashed(
+        &self,
+        check: impl FnOnce(&BundleHeader) -> Result<(), BundleError>,
+        sink: Option<&mut dyn crate::bundle::PayloadSink>,
+    ) -> Result<(BundleHeader, Sha256Digest), BundleError> {
+        let whole = sink.is_some();
+        let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, self.reader()?));
+        let header = self.read_from(&mut hashing, check, sink)?;
+        if whole {
+            // Whatever padding follows the container counts too.
+            io::copy(&mut hashing, &mut io::sink())
+                .map_err(BundleError::io("reading the end of the bundle"))?;
+        }
+        Ok((header, hashing.finish().0))
+    }
+
+    fn read_from(
+        &self,
+        reader: impl Read,
+        check: impl FnOnce(&BundleHeader) -> Result<(), BundleError>,
+        sink: Option<&mut dyn crate::bundle::PayloadSink>,
+    ) -> Result<BundleHeader, BundleError> {
         read_bundle(
             reader,
             |h| {

@@ -158,29 +158,21 @@ impl NodeProfile {
             .to_owned();
         // A volume set travels as its index and data volumes, read on the
         // node in place as here (docs/FORMAT.md, "Volumes").
-        let (files, name) = match airlock_formats::VolumeSet::is_set(&absolute) {
-            true => {
-                let set =
-                    airlock_formats::VolumeSet::open(&absolute).map_err(|e| NodeError::Copy {
-                        node: self.name.clone(),
-                        stderr: e.to_string(),
-                    })?;
-                let mut files = vec![set.index_path.clone()];
-                files.extend(set.index.volumes.iter().map(|v| set.path_of(v)));
-                let name = set
-                    .index_path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                (files, name)
-            }
-            false => {
-                let name = bundle
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                (vec![absolute.clone()], name)
-            }
+        let name_of = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let (files, name) = if airlock_formats::VolumeSet::is_set(&absolute) {
+            let set = airlock_formats::VolumeSet::open(&absolute).map_err(|e| NodeError::Copy {
+                node: self.name.clone(),
+                stderr: e.to_string(),
+            })?;
+            let mut files = vec![set.index_path.clone()];
+            files.extend(set.index.volumes.iter().map(|v| set.path_of(v)));
+            (files, name_of(&set.index_path))
+        } else {
+            (vec![absolute.clone()], name_of(bundle))
         };
         let remote = format!("{dir}/{name}");
         let target = if files.len() == 1 {

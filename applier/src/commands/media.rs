@@ -3,10 +3,8 @@
 //! "Volumes"). Neither needs a site profile, and neither writes where the
 //! bundle is: `repair` writes a new, complete set into another folder.
 
-use std::io::BufReader;
 use std::path::Path;
 
-use airlock_formats::digest::sha256_reader;
 use airlock_formats::volumes::{VolumeError, VolumeState};
 use airlock_formats::{BundleError, BundleSource, DiscardSink};
 
@@ -89,8 +87,9 @@ pub fn check_media(bundle: &Path, reporter: &Reporter) -> Result<(), ApplyError>
             }
         }
         BundleSource::File { path, .. } => {
-            source
-                .read(|_| Ok(()), Some(&mut DiscardSink))
+            // One pass: every chunk and file checked, every byte hashed.
+            let (_, sha) = source
+                .read_hashed(|_| Ok(()), Some(&mut DiscardSink))
                 .map_err(|e| match e {
                     BundleError::Io { context, source } => ApplyError::io(context)(source),
                     other => refused(
@@ -99,13 +98,6 @@ pub fn check_media(bundle: &Path, reporter: &Reporter) -> Result<(), ApplyError>
                         "copy the bundle again from the release medium",
                     ),
                 })?;
-            let (sha, _) = sha256_reader(BufReader::with_capacity(
-                1 << 20,
-                source
-                    .reader()
-                    .map_err(|e| refused(bundle, e.to_string(), "copy the bundle again"))?,
-            ))
-            .map_err(ApplyError::io(format!("reading `{}`", path.display())))?;
             reporter.event(
                 "check-media",
                 Status::Ok,

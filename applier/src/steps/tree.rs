@@ -428,6 +428,18 @@ mod tests {
         out
     }
 
+    /// What `install tree` of apply `id` records for `staged` -> `target`.
+    fn record(target: &Path, staged: &Path, id: i64, existed: bool) -> TreeInstall {
+        TreeInstall {
+            name: "static".into(),
+            target: target.to_owned(),
+            staged: staged.to_owned(),
+            old: old_beside(target, id),
+            new: identity(staged).unwrap(),
+            existed,
+        }
+    }
+
     #[test]
     fn install_exchanges_and_undo_puts_the_old_tree_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -435,14 +447,7 @@ mod tests {
         tree_with(&target, &["a.css", "old-only.txt"]);
         let staged = staged_beside(&target, 7);
         tree_with(&staged, &["a.css", "new-only.txt"]);
-        let t = TreeInstall {
-            name: "static".into(),
-            target: target.clone(),
-            staged: staged.clone(),
-            old: old_beside(&target, 7),
-            new: identity(&staged).unwrap(),
-            existed: true,
-        };
+        let t = record(&target, &staged, 7, true);
         install(&staged, &target, &t.old).unwrap();
         assert_eq!(listing(&target), ["a.css", "new-only.txt"]);
         assert!(!staged.exists());
@@ -461,14 +466,7 @@ mod tests {
         tree_with(&target, &["a.css", "sub/old.txt"]);
         let staged = staged_beside(&target, 3);
         tree_with(&staged, &["a.css"]);
-        let t = TreeInstall {
-            name: "static".into(),
-            target: target.clone(),
-            staged: staged.clone(),
-            old: old_beside(&target, 3),
-            new: identity(&staged).unwrap(),
-            existed: true,
-        };
+        let t = record(&target, &staged, 3, true);
         install(&staged, &target, &t.old).unwrap();
         let backup = dir.path().join("backup");
         let record = keep_in_backup(&backup, "static", &target, &t.old).unwrap();
@@ -488,14 +486,7 @@ mod tests {
         let target = dir.path().join("deep/new/static");
         let staged = dir.path().join("staging-trees-static");
         tree_with(&staged, &["x"]);
-        let t = TreeInstall {
-            name: "static".into(),
-            target: target.clone(),
-            staged: staged.clone(),
-            old: old_beside(&target, 1),
-            new: identity(&staged).unwrap(),
-            existed: false,
-        };
+        let t = record(&target, &staged, 1, false);
         install(&staged, &target, &t.old).unwrap();
         assert_eq!(listing(&target), ["x"]);
         undo_install(&t, None).unwrap();
