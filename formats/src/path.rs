@@ -143,6 +143,34 @@ mod tests {
         assert_eq!(p.file_name(), "etcd");
     }
 
+    proptest::proptest! {
+        /// Whatever `parse` accepts, made of any characters and `/`, `.`,
+        /// `..` pieces, joins below its root with normal components only
+        /// (the promise of the module doc), and parses back to itself.
+        #[test]
+        fn an_accepted_path_always_joins_below_its_root(
+            s in r"(/|\.|\.\.|[^/]{0,6}){0,12}",
+            root in r"/[a-z]{1,8}(/[a-z.]{1,8}){0,3}",
+        ) {
+            if let Ok(path) = BundlePath::parse(&s) {
+                let root = Path::new(&root);
+                let joined = path.join_to(root);
+                proptest::prop_assert!(joined.starts_with(root));
+                let below = joined.strip_prefix(root).map_err(|e| {
+                    proptest::test_runner::TestCaseError::fail(e.to_string())
+                })?;
+                proptest::prop_assert!(below
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))));
+                proptest::prop_assert_eq!(
+                    below.components().count(),
+                    path.as_str().split('/').count()
+                );
+                proptest::prop_assert_eq!(BundlePath::parse(path.as_str()).ok(), Some(path.clone()));
+            }
+        }
+    }
+
     #[test]
     fn deserialising_validates() {
         assert!(serde_json::from_str::<BundlePath>("\"../etc\"").is_err());
