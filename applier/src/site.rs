@@ -47,6 +47,11 @@ pub struct SiteProfile {
     /// Tree name (as in the bundle) to install folder; overrides the bundle's default.
     #[serde(default)]
     pub trees: BTreeMap<String, PathBuf>,
+    /// The folders a bundle may install into (docs/SITE.md, "Install
+    /// roots"). Unset, the folders of the paths `binaries`, `files` and
+    /// `trees` map; see [`Site::install_roots`].
+    #[serde(default)]
+    pub install_roots: Option<Vec<PathBuf>>,
     /// The service's data.
     #[serde(default)]
     pub data: Data,
@@ -54,6 +59,27 @@ pub struct SiteProfile {
     pub trust: TrustProfile,
     /// Where backups and state live.
     pub paths: Paths,
+}
+
+/// Where [`Site::install_roots`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallRootsFrom {
+    /// `install_roots` in site.toml.
+    Profile,
+    /// The default: the folders of the paths site.toml maps.
+    Mapped,
+}
+
+impl InstallRootsFrom {
+    /// How messages name the source.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Profile => "install_roots in site.toml",
+            Self::Mapped => {
+                "the default: the folders of the paths [binaries], [files] and [trees] map"
+            }
+        }
+    }
 }
 
 /// How to control and probe the service.
@@ -260,6 +286,7 @@ impl Site {
         profile.binaries.values_mut().for_each(abs);
         profile.files.values_mut().for_each(abs);
         profile.trees.values_mut().for_each(abs);
+        profile.install_roots.iter_mut().flatten().for_each(abs);
         profile.data.databases.values_mut().for_each(abs);
         profile.data.raft_dir.iter_mut().for_each(abs);
         profile.data.config_files.iter_mut().for_each(abs);
@@ -281,6 +308,31 @@ impl Site {
             profile,
             trust,
         })
+    }
+
+    /// The folders a bundle may install into, and where they come from:
+    /// `install_roots` of site.toml, or by default the folder of every path
+    /// that `[binaries]`, `[files]` and `[trees]` map (docs/SITE.md,
+    /// "Install roots"). A site that maps nothing and names no roots lets a
+    /// bundle install nowhere.
+    pub fn install_roots(&self) -> (Vec<PathBuf>, InstallRootsFrom) {
+        if let Some(roots) = &self.profile.install_roots {
+            return (roots.clone(), InstallRootsFrom::Profile);
+        }
+        let mut roots: Vec<PathBuf> = self
+            .profile
+            .binaries
+            .values()
+            .chain(self.profile.files.values())
+            .chain(self.profile.trees.values())
+            .map(|p| airlock_formats::durable::parent_of(p).to_owned())
+            .collect();
+        roots.sort();
+        roots.dedup();
+        // A root inside another adds nothing.
+        let all = roots.clone();
+        roots.retain(|r| !all.iter().any(|o| o != r && r.starts_with(o)));
+        (roots, InstallRootsFrom::Mapped)
     }
 
     /// The staging folder.

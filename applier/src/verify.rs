@@ -265,8 +265,6 @@ fn check_manifest(
             ));
         }
     }
-    // A tree replaces its folder as a whole: nothing else may be installed
-    // inside it, and it must be a folder (docs/SITE.md, "Trees").
     let targets: Vec<(String, std::path::PathBuf)> = m
         .files
         .iter()
@@ -274,6 +272,9 @@ fn check_manifest(
             crate::steps::install::install_target(site, f).map(|t| (f.path.to_string(), t))
         })
         .collect();
+    check_install_roots(site, m, &targets)?;
+    // A tree replaces its folder as a whole: nothing else may be installed
+    // inside it, and it must be a folder (docs/SITE.md, "Trees").
     for tree in &m.trees {
         let folder = crate::transaction::step::tree_target(site, tree);
         let clash = targets
@@ -313,6 +314,79 @@ fn check_manifest(
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// `path` with its nearest existing ancestor resolved (symbolic links
+/// followed, as the kernel will when the file is written) and the rest
+/// appended; `None` when the rest holds a `..`, which cannot be resolved
+/// before it exists.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let mut rest = Vec::new();
+    let mut probe = path;
+    loop {
+        if let Ok(real) = fs_err::canonicalize(probe) {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                match part {
+                    std::path::Component::Normal(name) => out.push(name),
+                    std::path::Component::CurDir => {}
+                    _ => return None,
+                }
+            }
+            return Some(out);
+        }
+        rest.push(probe.components().next_back()?);
+        probe = probe.parent()?;
+    }
+}
+
+/// Refuses a bundle that would install a file or tree outside the site's
+/// install roots (docs/SITE.md, "Install roots"): a trusted signature alone
+/// never lets a bundle write where the site did not say.
+fn check_install_roots(
+    site: &Site,
+    m: &Manifest,
+    files: &[(String, PathBuf)],
+) -> Result<(), Refusal> {
+    let (roots, from) = site.install_roots();
+    let real_roots: Vec<PathBuf> = roots.iter().filter_map(|r| resolved(r)).collect();
+    let trees = m.trees.iter().map(|t| {
+        (
+            format!("tree `{}`", t.name),
+            crate::transaction::step::tree_target(site, t),
+        )
+    });
+    let files = files
+        .iter()
+        .map(|(what, t)| (format!("`{what}`"), t.clone()));
+    for (what, target) in files.chain(trees) {
+        let inside = resolved(&target)
+            .is_some_and(|real| real_roots.iter().any(|root| real.starts_with(root)));
+        if inside {
+            continue;
+        }
+        let shown_roots = if roots.is_empty() {
+            "none".to_string()
+        } else {
+            roots
+                .iter()
+                .map(|r| format!("`{}`", r.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(Refusal::new(
+            format!(
+                "{what} would be installed at `{}`, outside the site's install roots ({shown_roots}; {})",
+                target.display(),
+                from.describe()
+            ),
+            format!(
+                "if this node really should get that file, map it under [binaries], [files] or [trees], or add its folder to install_roots, in {}; otherwise the bundle is not meant for this site",
+                site.path.display()
+            ),
+        ));
     }
     Ok(())
 }

@@ -35,11 +35,7 @@ fn scratch() -> &'static Path {
 pub fn bundle_reader(data: &[u8]) {
     let root = scratch().join("staging");
     let mut sink = StageSink::create(&root, Box::new(|_| {})).unwrap();
-    let trust = Trust::new(
-        vec![PublicKey::from_minisign(SEED_PUBLIC_KEY).unwrap()],
-        1,
-    )
-    .unwrap();
+    let trust = Trust::new(vec![PublicKey::from_minisign(SEED_PUBLIC_KEY).unwrap()], 1).unwrap();
     let result = read_bundle(
         Cursor::new(data),
         |header| {
@@ -54,7 +50,11 @@ pub fn bundle_reader(data: &[u8]) {
     let mut staged = 0;
     for entry in &header.manifest.files {
         let path = entry.path.join_to(&root);
-        assert!(path.starts_with(&root), "{} left the staging folder", entry.path);
+        assert!(
+            path.starts_with(&root),
+            "{} left the staging folder",
+            entry.path
+        );
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len() as u64, entry.size, "{}", entry.path);
         assert_eq!(
@@ -66,7 +66,10 @@ pub fn bundle_reader(data: &[u8]) {
         staged += 1;
     }
     let on_disk = walk_files(&root);
-    assert_eq!(on_disk, staged, "the staging folder holds files the manifest does not name");
+    assert_eq!(
+        on_disk, staged,
+        "the staging folder holds files the manifest does not name"
+    );
 }
 
 fn walk_files(root: &Path) -> usize {

@@ -118,6 +118,16 @@ pub fn plan(site: &Site, bundle: &Path, opts: VerifyOptions) -> Result<Plan, App
                 v.signers.len(),
                 site.trust.threshold()
             ),
+            {
+                let (roots, from) = site.install_roots();
+                let roots: Vec<String> =
+                    roots.iter().map(|r| format!("`{}`", r.display())).collect();
+                format!(
+                    "install roots: every install lands below {} ({})",
+                    roots.join(", "),
+                    from.describe()
+                )
+            },
             "disk space: staging and backups fit (below)".into(),
         ],
         steps: planned,

@@ -14,15 +14,16 @@ fn secret(keys: &Keys, name: &str) -> SecretKey {
     SecretKey::from_minisign(&fs::read_to_string(keys.secret(name)).unwrap(), None).unwrap()
 }
 
-/// A bundle whose payload holds an entry named `../evil`, signed by `signers`.
-fn escaping_bundle(out: &Path, signers: &[SecretKey]) -> PathBuf {
+/// A bundle of one file, manifest path `evil`, whose payload entry is named
+/// `entry` and which installs at `install_path`, signed by `signers`.
+fn evil_bundle(out: &Path, entry: &[u8], install_path: &str, signers: &[SecretKey]) -> PathBuf {
     let data = b"#!/bin/sh\necho pwned\n";
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Regular);
     header.set_size(data.len() as u64);
     header.set_mode(0o755);
     // Written raw: the tar crate itself refuses to set a `..` path.
-    header.as_gnu_mut().unwrap().name[..7].copy_from_slice(b"../evil");
+    header.as_gnu_mut().unwrap().name[..entry.len()].copy_from_slice(entry);
     header.set_cksum();
     let mut tar = tar::Builder::new(Vec::new());
     tar.append(&header, &data[..]).unwrap();
@@ -46,7 +47,7 @@ fn escaping_bundle(out: &Path, signers: &[SecretKey]) -> PathBuf {
             mode: 0o755,
             sha256: Sha256Digest::of(data),
             name: None,
-            install_path: Some("/tmp/evil".into()),
+            install_path: Some(install_path.into()),
             migration: None,
         }],
         payload: PayloadInfo {
@@ -62,7 +63,10 @@ fn escaping_bundle(out: &Path, signers: &[SecretKey]) -> PathBuf {
         .iter()
         .map(|k| k.sign(&bytes, "timestamp:0"))
         .collect();
-    let path = out.join("etcd-node-1.1.0-escaping.airlock");
+    let path = out.join(format!(
+        "etcd-node-1.1.0-{}.airlock",
+        Sha256Digest::of(format!("{entry:?}{install_path}").as_bytes())
+    ));
     let file = write_bundle(
         Vec::new(),
         &bytes,
@@ -127,9 +131,28 @@ fn bad_bundles_are_refused_and_the_node_is_unchanged() {
         &work.path().join("untrusted-out"),
     );
 
-    let escaping = escaping_bundle(
+    let both = [secret(&keys, "release"), secret(&keys, "second")];
+    // Inside the node's install roots (the folder of node/bin/etcd and of
+    // node/RELEASE), but its payload entry climbs out with `..`.
+    let inside = node.root.join("node/evil").display().to_string();
+    let escaping = evil_bundle(work.path(), b"../evil", &inside, &both);
+    // Well-formed and signed by both keys, but installing where the site
+    // never said: a folder outside, and through a link inside the node's
+    // folder that points outside.
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let elsewhere = evil_bundle(
         work.path(),
-        &[secret(&keys, "release"), secret(&keys, "second")],
+        b"evil",
+        &outside.join("evil").display().to_string(),
+        &both,
+    );
+    std::os::unix::fs::symlink(&outside, node.root.join("node/link")).unwrap();
+    let through_link = evil_bundle(
+        work.path(),
+        b"evil",
+        &node.root.join("node/link/evil").display().to_string(),
+        &both,
     );
 
     let downgrade_spec = write_release(&work.path().join("old"), "0.9.0", "*", false);
@@ -146,7 +169,7 @@ fn bad_bundles_are_refused_and_the_node_is_unchanged() {
     ])
     .ok();
 
-    let cases: [(&str, &Path, &str); 6] = [
+    let cases: [(&str, &Path, &str); 8] = [
         (
             "tampered payload byte",
             &tampered_payload,
@@ -171,6 +194,16 @@ fn bad_bundles_are_refused_and_the_node_is_unchanged() {
             "entry with ../",
             &escaping,
             "`..` components are not allowed",
+        ),
+        (
+            "install outside the install roots",
+            &elsewhere,
+            "outside the site's install roots",
+        ),
+        (
+            "install through a link out of the install roots",
+            &through_link,
+            "outside the site's install roots",
         ),
         (
             "downgrade",
@@ -217,7 +250,8 @@ fn bad_bundles_are_refused_and_the_node_is_unchanged() {
             );
         }
     }
-    assert!(!Path::new("/tmp/evil").exists());
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(!node.root.join("node/evil").exists());
     assert_eq!(
         fs::read_dir(node.root.join("backups")).unwrap().count(),
         0,
@@ -235,4 +269,30 @@ fn bad_bundles_are_refused_and_the_node_is_unchanged() {
     ])
     .ok();
     assert!(run.stderr.contains("may be applied here"), "{}", run.stderr);
+
+    // A site that names the outside folder among its install roots accepts
+    // the bundle that installs there, and `plan` shows the roots.
+    let site = node.root.join("site.toml");
+    let text = fs::read_to_string(&site).unwrap();
+    fs::write(
+        &site,
+        format!(
+            "install_roots = [\"node\", \"{}\"]\n{text}",
+            outside.display()
+        ),
+    )
+    .unwrap();
+    let elsewhere = elsewhere.display().to_string();
+    let run = airlock_apply(&["verify", &elsewhere, "--site", &node.site()]).ok();
+    assert!(run.stderr.contains("may be applied here"), "{}", run.stderr);
+    let run = airlock_apply(&["plan", &elsewhere, "--site", &node.site()]).ok();
+    assert!(
+        run.stdout.contains(&format!(
+            "install roots: every install lands below `{}`, `{}` (install_roots in site.toml)",
+            node.root.join("node").display(),
+            outside.display()
+        )),
+        "{}",
+        run.stdout
+    );
 }
