@@ -4,6 +4,9 @@
 //! stride, bytes flipped at a stride), so the promises the targets assert are
 //! checked in every test run, without libFuzzer.
 
+// A test's panic names the corpus file it was reading.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
@@ -33,7 +36,7 @@ fn inputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files
         .into_iter()
         .map(|p| {
-            let bytes = std::fs::read(&p).expect("a corpus file");
+            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             (p, bytes)
         })
         .collect()
