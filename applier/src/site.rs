@@ -170,6 +170,10 @@ pub struct TrustProfile {
     /// Distinct keys that must sign (default 1).
     #[serde(default = "default_threshold")]
     pub threshold: usize,
+    /// How far a bundle's `created_at` may be ahead of this node's time, in
+    /// seconds (default 86400, one day; docs/SITE.md, "Time and expiry").
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_secs: u64,
 }
 
 /// The applier's own folders.
@@ -199,6 +203,9 @@ fn default_probe_timeout() -> u64 {
 }
 fn default_threshold() -> usize {
     1
+}
+fn default_clock_skew() -> u64 {
+    86_400
 }
 fn default_keep() -> usize {
     3

@@ -15,7 +15,7 @@ use semver::Version;
 
 use crate::error::{StepError, VerifyError};
 use crate::site::Site;
-use crate::state::State;
+use crate::state::{HighestTime, State};
 use crate::steps::migrate;
 use crate::steps::service::{find_version, run_probe};
 
@@ -27,6 +27,12 @@ pub struct VerifyOptions {
     pub allow_downgrade: bool,
     /// Accept the installed version itself (install it again).
     pub reinstall: bool,
+    /// Accept a bundle past its `expires_at` (recorded in the audit log).
+    pub allow_expired: bool,
+    /// Accept a bundle created more than the allowed skew ahead of this
+    /// node's time, and move the node's time forward to its `created_at`
+    /// (recorded in the audit log).
+    pub trust_bundle_time: bool,
 }
 
 /// Where the installed version came from.
@@ -53,6 +59,10 @@ pub struct Verified {
     pub installed: InstalledVersion,
     /// SHA-256 of the whole bundle file.
     pub bundle_sha256: Sha256Digest,
+    /// This node's time when it was verified.
+    pub clock: Clock,
+    /// The rules an option let it break.
+    pub overrides: Vec<Override>,
 }
 
 impl Verified {
@@ -105,8 +115,96 @@ pub fn installed_version(
     })
 }
 
-fn now() -> u64 {
-    u64::try_from(crate::state::now()).unwrap_or(0)
+/// This node's time (docs/SITE.md, "Time and expiry"): its clock, and the
+/// highest time it recorded, which setting the clock back does not lower.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    /// The system clock, Unix seconds.
+    pub now: i64,
+    /// The highest time recorded in the state database.
+    pub highest: Option<HighestTime>,
+    /// How far ahead of [`Clock::time`] a bundle's `created_at` may be, in seconds.
+    pub skew_secs: i64,
+}
+
+impl Clock {
+    /// Reads the clock and the recorded time of `state`, with `skew_secs`
+    /// from the site's `[trust] clock_skew_secs`.
+    ///
+    /// # Errors
+    /// [`VerifyError::State`] when the state database cannot be read.
+    pub fn read(state: Option<&State>, skew_secs: u64) -> Result<Self, VerifyError> {
+        Ok(Self {
+            now: crate::state::now(),
+            highest: state.map(State::highest_time).transpose()?.flatten(),
+            skew_secs: i64::try_from(skew_secs).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// The node's time: the later of the clock and the recorded time.
+    pub fn time(&self) -> i64 {
+        self.highest
+            .as_ref()
+            .map_or(self.now, |h| h.at.max(self.now))
+    }
+
+    /// The node's time in words, for messages: the clock's reading, and the
+    /// recorded time when it is later.
+    pub fn describe(&self) -> String {
+        match &self.highest {
+            Some(h) if h.at > self.now => format!(
+                "this node's time is {} (Unix seconds, recorded from {}); its clock says {}, earlier, and airlock never lets time go back",
+                h.at, h.source, self.now
+            ),
+            _ => format!("the clock here says {} (Unix seconds)", self.now),
+        }
+    }
+}
+
+/// A rule a bundle broke and an option allowed; each is recorded in the
+/// audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Override {
+    /// `--allow-expired`: the bundle expired at `expires_at`.
+    Expired {
+        /// Unix seconds.
+        expires_at: u64,
+        /// The node's time then.
+        time: i64,
+    },
+    /// `--trust-bundle-time`: the bundle was created at `created_at`, more
+    /// than the skew ahead of the node's time.
+    BundleTime {
+        /// Unix seconds.
+        created_at: u64,
+        /// The node's time then.
+        time: i64,
+    },
+}
+
+impl Override {
+    /// The option that allowed it.
+    pub fn option(&self) -> &'static str {
+        match self {
+            Self::Expired { .. } => "--allow-expired",
+            Self::BundleTime { .. } => "--trust-bundle-time",
+        }
+    }
+}
+
+impl std::fmt::Display for Override {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Expired { expires_at, time } => write!(
+                f,
+                "--allow-expired: accepted although it expired at {expires_at} (Unix seconds); this node's time was {time}"
+            ),
+            Self::BundleTime { created_at, time } => write!(
+                f,
+                "--trust-bundle-time: accepted its created_at {created_at} (Unix seconds) although this node's time was {time}; this node's time moves forward to it"
+            ),
+        }
+    }
 }
 
 /// Why a bundle is refused, and what to do about it.
@@ -127,21 +225,83 @@ impl Refusal {
     }
 }
 
-/// Refuses a bundle past its `expires_at` (docs/FORMAT.md, "Top-level fields").
+/// Checks a bundle's times against this node's time (docs/SITE.md, "Time
+/// and expiry"): refuses one past its `expires_at` unless
+/// `opts.allow_expired`, and one created more than the skew ahead unless
+/// `opts.trust_bundle_time`. Returns what an option allowed.
 ///
 /// # Errors
-/// The [`Refusal`], naming both times.
-pub fn check_expiry(m: &Manifest) -> Result<(), Refusal> {
-    match m.expires_at {
-        Some(expires) if now() > expires => Err(Refusal::new(
-            format!(
-                "it expired at {expires} (Unix seconds); the clock here says {}",
-                now()
-            ),
-            "ask the release engineer for a fresh bundle, or check this machine's clock",
-        )),
-        _ => Ok(()),
+/// The [`Refusal`], naming the times.
+pub fn check_time(
+    m: &Manifest,
+    clock: &Clock,
+    opts: VerifyOptions,
+) -> Result<Vec<Override>, Refusal> {
+    let time = clock.time();
+    let mut overrides = Vec::new();
+    let created = i64::try_from(m.created_at).unwrap_or(i64::MAX);
+    if created > time.saturating_add(clock.skew_secs) {
+        if !opts.trust_bundle_time {
+            return Err(Refusal::new(
+                format!(
+                    "it was created at {} (Unix seconds), more than {} s ahead: {}",
+                    m.created_at,
+                    clock.skew_secs,
+                    clock.describe()
+                ),
+                "check this machine's clock (`date -u`); if it is wrong and the bundle's time is right, pass --trust-bundle-time, which accepts the bundle's time and moves this node's time forward to it (recorded in the audit log)",
+            ));
+        }
+        overrides.push(Override::BundleTime {
+            created_at: m.created_at,
+            time,
+        });
     }
+    if let Some(expires) = m.expires_at {
+        if time > i64::try_from(expires).unwrap_or(i64::MAX) {
+            if !opts.allow_expired {
+                return Err(Refusal::new(
+                    format!(
+                        "it expired at {expires} (Unix seconds); {}",
+                        clock.describe()
+                    ),
+                    "ask the release engineer for a fresh bundle; pass --allow-expired only if this old release must be applied anyway (recorded in the audit log)",
+                ));
+            }
+            overrides.push(Override::Expired {
+                expires_at: expires,
+                time,
+            });
+        }
+    }
+    Ok(overrides)
+}
+
+/// Records what a successful verification showed (docs/SITE.md, "Time and
+/// expiry"): the clock and the bundle's `created_at` move this node's time
+/// forward, and every [`Override`] gets an audit entry.
+///
+/// # Errors
+/// [`StateError`](crate::state::StateError) when the state database cannot be written.
+pub fn record(state: &State, bundle: &Path, v: &Verified) -> Result<(), crate::state::StateError> {
+    let m = &v.header.manifest;
+    state.observe_time(v.clock.now, "the clock")?;
+    state.observe_time(
+        i64::try_from(m.created_at).unwrap_or(i64::MAX),
+        &format!("the created_at of bundle {} {}", m.name, m.version),
+    )?;
+    for o in &v.overrides {
+        state.audit(&crate::state::AuditEntry {
+            action: crate::state::AuditAction::Override,
+            bundle: Some(bundle.display().to_string()),
+            version: Some(m.version.to_string()),
+            bundle_sha256: Some(v.bundle_sha256.to_hex()),
+            signers: Some(v.signers_text()),
+            error: Some(o.to_string()),
+            ..crate::state::AuditEntry::default()
+        })?;
+    }
+    Ok(())
 }
 
 /// Refuses a bundle of another product than the one this node runs: the
@@ -177,11 +337,12 @@ fn check_manifest(
     site: &Site,
     m: &Manifest,
     installed: &InstalledVersion,
+    clock: &Clock,
     opts: VerifyOptions,
-) -> Result<(), Refusal> {
+) -> Result<Vec<Override>, Refusal> {
     check_product(site, m, installed)?;
     let installed = &installed.version;
-    check_expiry(m)?;
+    let overrides = check_time(m, clock, opts)?;
     if m.platform != site.platform() {
         return Err(Refusal::new(
             format!(
@@ -315,7 +476,7 @@ fn check_manifest(
             ));
         }
     }
-    Ok(())
+    Ok(overrides)
 }
 
 /// `path` with its nearest existing ancestor resolved (symbolic links
@@ -406,6 +567,8 @@ pub fn read_and_verify(
     sink: Option<&mut dyn PayloadSink>,
 ) -> Result<Verified, VerifyError> {
     let installed = installed_version(site, state)?;
+    let clock = Clock::read(state, site.profile.trust.clock_skew_secs)?;
+    let mut overrides = Vec::new();
     let unreadable = |source: BundleError| VerifyError::Unreadable {
         bundle: bundle.to_owned(),
         source,
@@ -430,10 +593,12 @@ pub fn read_and_verify(
                         site.trust.threshold()
                     ));
                 })?;
-                check_manifest(site, &h.manifest, &installed, opts).map_err(|refusal| {
-                    refusal_help = Some(refusal.help);
-                    BundleError::Refused(refusal.reason)
-                })
+                overrides = check_manifest(site, &h.manifest, &installed, &clock, opts)
+                    .map_err(|refusal| {
+                        refusal_help = Some(refusal.help);
+                        BundleError::Refused(refusal.reason)
+                    })?;
+                Ok(())
             },
             sink,
         )
@@ -458,5 +623,7 @@ pub fn read_and_verify(
         signers,
         installed,
         bundle_sha256,
+        clock,
+        overrides,
     })
 }

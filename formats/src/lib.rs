@@ -21,6 +21,7 @@ pub mod payload;
 pub mod shown;
 pub mod signing;
 pub mod tree;
+pub mod trust;
 pub mod volumes;
 
 pub use bundle::{
@@ -38,6 +39,7 @@ pub use payload::PayloadWriter;
 pub use shown::shown;
 pub use signing::{KeyId, PublicKey, SecretKey, Signature, Trust};
 pub use tree::{Tree, TreeLink};
+pub use trust::{TrustDocument, TrustError, TrustUpdate};
 pub use volumes::{BundleSource, VolumeSet};
 
 /// This crate's version, which is also the applier version bundles compare

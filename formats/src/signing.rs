@@ -100,20 +100,25 @@ impl PublicKey {
 
     /// The key in minisign's `.pub` file format.
     pub fn to_minisign(&self) -> String {
-        let mut bytes = Vec::with_capacity(42);
-        bytes.extend_from_slice(&SIG_ALG);
-        bytes.extend_from_slice(&self.key_id.0);
-        bytes.extend_from_slice(self.key.as_bytes());
         format!(
             "{UNTRUSTED_PREFIX}minisign public key {}\n{}\n",
             self.key_id,
-            BASE64.encode(bytes)
+            self.to_line()
         )
     }
 
     /// The key id.
     pub fn key_id(&self) -> KeyId {
         self.key_id
+    }
+
+    /// The key's base64 line alone, as a `.pub` file's second line.
+    pub fn to_line(&self) -> String {
+        let mut bytes = Vec::with_capacity(42);
+        bytes.extend_from_slice(&SIG_ALG);
+        bytes.extend_from_slice(&self.key_id.0);
+        bytes.extend_from_slice(self.key.as_bytes());
+        BASE64.encode(bytes)
     }
 }
 

@@ -169,7 +169,11 @@ fn verify_here(site: &ClusterSite, bundle: &Path) -> Result<Manifest, ApplyError
     let header = source.read(
         |h| {
             site.trust.check(&h.manifest_bytes, &h.signatures)?;
-            crate::verify::check_expiry(&h.manifest)
+            // The coordinator's clock alone: each node checks against its
+            // own recorded time too.
+            let clock = crate::verify::Clock::read(None, site.profile.trust.clock_skew_secs)
+                .map_err(|e| BundleError::Refused(e.to_string()))?;
+            crate::verify::check_time(&h.manifest, &clock, crate::VerifyOptions::default())
                 .map_err(|refusal| BundleError::Refused(refusal.reason))?;
             mixed_ok = h.manifest.rolling_allowed;
             if !mixed_ok {

@@ -250,6 +250,7 @@ pub fn apply(
     );
     let state = State::open(&site.profile.paths.state_dir)?;
     refuse_if_interrupted(&state)?;
+    state.observe_time(crate::state::now(), "the clock")?;
 
     // Authenticate and check the header first (no payload read), so the
     // disk-space check knows the sizes before anything is written.
@@ -262,6 +263,7 @@ pub fn apply(
     let header = read_and_verify(site, Some(&state), bundle, header_opts, None)
         .map_err(ApplyError::from)
         .inspect_err(|e| audit_early_failure(&state, bundle, e))?;
+    crate::verify::record(&state, bundle, &header)?;
     let m = header.header.manifest.clone();
     if m.version == header.installed.version && !opts.reinstall && !opts.allow_downgrade {
         reporter.event(

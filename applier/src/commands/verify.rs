@@ -21,6 +21,8 @@ pub fn verify(site: &Site, bundle: &Path, opts: VerifyOptions) -> Result<Verifie
     let state = State::open_existing(&site.profile.paths.state_dir)?;
     let result = read_and_verify(site, state.as_ref(), bundle, opts, Some(&mut DiscardSink));
     if let Some(state) = &state {
+        // This node's clock moves its time forward whatever the verdict.
+        let _ = state.observe_time(crate::state::now(), "the clock");
         let mut entry = AuditEntry {
             action: AuditAction::Verify,
             bundle: Some(bundle.display().to_string()),
@@ -28,6 +30,8 @@ pub fn verify(site: &Site, bundle: &Path, opts: VerifyOptions) -> Result<Verifie
         };
         match &result {
             Ok(v) => {
+                // Time seen and options used are kept even if the entry below cannot be.
+                let _ = crate::verify::record(state, bundle, v);
                 entry.version = Some(v.header.manifest.version.to_string());
                 entry.bundle_sha256 = Some(v.bundle_sha256.to_hex());
                 entry.signers = Some(v.signers_text());

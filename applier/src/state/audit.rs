@@ -24,6 +24,11 @@ text_enum! {
         Resume = "resume",
         /// `airlock-apply rollback`.
         Rollback = "rollback",
+        /// A rule an option let a bundle break (`--allow-expired`,
+        /// `--trust-bundle-time`); the entry's error text says which.
+        Override = "override",
+        /// `airlock-apply trust install`, or a trust update a bundle carried.
+        TrustInstall = "trust-install",
     }
 }
 

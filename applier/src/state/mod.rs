@@ -18,6 +18,7 @@ use thiserror::Error;
 
 pub mod applies;
 pub mod audit;
+pub mod clock;
 pub mod rollouts;
 pub mod schema;
 
@@ -25,6 +26,7 @@ pub use applies::{
     ApplyKind, ApplyOutcome, ApplyRecord, Installed, JournalRow, NewApply, RowState,
 };
 pub use audit::{AuditAction, AuditEntry, AuditRow, AUDIT_HEAD};
+pub use clock::HighestTime;
 pub use rollouts::{NodeState, NodeUpdate, RolloutNode, RolloutOutcome, RolloutRecord};
 
 /// File name of the state database inside the state folder.

@@ -2,14 +2,15 @@
 //! (docs/SITE.md, "Schema upgrade"). `PRAGMA user_version` is the schema
 //! version: 0 for airlock's first slice, 1 once `resume` kept manifests and
 //! the audit log was chained, 2 since the journal holds typed steps and undo
-//! records ([`CURRENT`]).
+//! records, 3 since it keeps the highest time seen and the accepted trust
+//! versions ([`CURRENT`]).
 
 use rusqlite::params;
 
 use super::{State, StateError};
 
 /// The schema version this airlock writes.
-pub const CURRENT: i64 = 2;
+pub const CURRENT: i64 = 3;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS installed (
@@ -83,6 +84,18 @@ CREATE TABLE IF NOT EXISTS rollout_nodes (
     error TEXT,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (rollout_id, node)
+);
+CREATE TABLE IF NOT EXISTS clock (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL,
+    source TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trust (
+    version INTEGER PRIMARY KEY,
+    document TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    signers TEXT NOT NULL,
+    accepted_at INTEGER NOT NULL
 );
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
@@ -183,6 +196,7 @@ fn upgrade(state: &State) -> Result<(), StateError> {
              WHERE bundle LIKE 'rollback of #%' AND kind = 'apply'",
         )?;
     }
+    // Schema 2 -> 3: the tables `clock` and `trust`, which TABLES creates.
     state.exec(TABLES)?;
     state.exec(&format!("PRAGMA user_version = {CURRENT}"))
 }

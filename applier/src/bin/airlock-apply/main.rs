@@ -51,6 +51,15 @@ enum Command {
         /// installed version outside the bundle's `upgrades_from`.
         #[arg(long)]
         allow_downgrade: bool,
+        /// Accept a bundle past its expiry date; recorded in the audit log
+        /// (docs/SITE.md, "Time and expiry").
+        #[arg(long)]
+        allow_expired: bool,
+        /// Accept a bundle created more than `[trust] clock_skew_secs` ahead
+        /// of this node's time, and move the node's time forward to it;
+        /// recorded in the audit log.
+        #[arg(long)]
+        trust_bundle_time: bool,
     },
     /// Print what `apply` would do, step by step, with sizes and free space.
     /// Changes nothing.
@@ -66,6 +75,12 @@ enum Command {
         /// As for `apply`.
         #[arg(long)]
         reinstall: bool,
+        /// As for `apply`.
+        #[arg(long)]
+        allow_expired: bool,
+        /// As for `apply`.
+        #[arg(long)]
+        trust_bundle_time: bool,
     },
     /// Apply a bundle to this node: verify, stage, stop, back up, install,
     /// migrate, start, check health; roll back by itself on failure. With
@@ -87,6 +102,15 @@ enum Command {
         /// applying the installed version does nothing and exits 0).
         #[arg(long)]
         reinstall: bool,
+        /// Accept a bundle past its expiry date; recorded in the audit log
+        /// (docs/SITE.md, "Time and expiry").
+        #[arg(long)]
+        allow_expired: bool,
+        /// Accept a bundle created more than `[trust] clock_skew_secs` ahead
+        /// of this node's time, and move the node's time forward to it;
+        /// recorded in the audit log.
+        #[arg(long)]
+        trust_bundle_time: bool,
     },
     /// Finish or undo an interrupted apply (killed, power cut): roll it back,
     /// or complete it when the new version was already healthy. With a cluster
@@ -278,11 +302,15 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             bundle,
             site,
             allow_downgrade,
+            allow_expired,
+            trust_bundle_time,
         } => {
             let site = Site::load(&site)?;
             let opts = VerifyOptions {
                 allow_downgrade,
                 reinstall: false,
+                allow_expired,
+                trust_bundle_time,
             };
             let v = verify::verify(&site, &bundle, opts)?;
             reporter.event("verify", Status::Ok, &verify::summary(&site, &v));
@@ -292,11 +320,15 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             site,
             allow_downgrade,
             reinstall,
+            allow_expired,
+            trust_bundle_time,
         } => {
             let site = Site::load(&site)?;
             let opts = VerifyOptions {
                 allow_downgrade,
                 reinstall,
+                allow_expired,
+                trust_bundle_time,
             };
             let plan = plan::plan(&site, &bundle, opts)?;
             if reporter.json() {
@@ -310,13 +342,15 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             site,
             allow_downgrade,
             reinstall,
+            allow_expired,
+            trust_bundle_time,
             mode,
         } => {
             if mode == Mode::Rolling {
-                if allow_downgrade || reinstall {
+                if allow_downgrade || reinstall || allow_expired || trust_bundle_time {
                     return Err(ApplyError::Site {
                         path: site,
-                        reason: "--allow-downgrade and --reinstall are for one node at a time; a rolling downgrade or reinstall is not supported: apply the bundle on each node's own site profile".into(),
+                        reason: "--allow-downgrade, --reinstall, --allow-expired and --trust-bundle-time are for one node at a time; a rolling upgrade does not pass them on: apply the bundle on each node's own site profile".into(),
                     });
                 }
                 let cluster = ClusterSite::load(&site)?;
@@ -333,6 +367,8 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             let opts = VerifyOptions {
                 allow_downgrade,
                 reinstall,
+                allow_expired,
+                trust_bundle_time,
             };
             let report = match apply::apply(&site, &bundle, opts, reporter, &interrupt()?)? {
                 apply::Applied::Installed(report) => report,
