@@ -448,6 +448,17 @@ pub enum ApplyError {
         /// What to do next.
         help: String,
     },
+    /// Security: a trust update is not acceptable here (signatures,
+    /// threshold, version, expiry). Nothing was changed.
+    #[error("trust update `{}` refused: {reason}", .file.display())]
+    TrustRefused {
+        /// The trust update file.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+        /// What to do next.
+        help: String,
+    },
     /// Another apply holds the node's lock.
     #[error("another airlock-apply ({holder}) is running: lock `{}` is held", .lock.display())]
     Busy {
@@ -588,7 +599,7 @@ impl ApplyError {
     /// The exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Refused { .. } => exit::REFUSED,
+            Self::Refused { .. } | Self::TrustRefused { .. } => exit::REFUSED,
             Self::RolledBack { .. } => exit::ROLLED_BACK,
             Self::NeedsOperator { .. } => exit::NEEDS_OPERATOR,
             Self::Busy { .. } => exit::BUSY,
@@ -606,7 +617,7 @@ impl ApplyError {
     /// What the operator should do next, when there is more to say than the message.
     pub fn help(&self) -> Option<String> {
         match self {
-            Self::Refused { help, .. } => Some(help.clone()),
+            Self::Refused { help, .. } | Self::TrustRefused { help, .. } => Some(help.clone()),
             Self::Busy { .. } => Some(
                 "wait for it to finish: `airlock-apply status` (a node) or `airlock-apply rollout status` (a cluster) shows it".into(),
             ),

@@ -20,8 +20,92 @@ pub struct Site {
     pub dir: PathBuf,
     /// Parsed contents, with paths made absolute.
     pub profile: SiteProfile,
-    /// The trusted keys and threshold.
+    /// The trusted keys and threshold in force.
     pub trust: Trust,
+    /// Which trust version that is.
+    pub trust_version: TrustInForce,
+}
+
+/// The version of the trust in force and where it comes from (docs/SITE.md,
+/// "Trust updates").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustInForce {
+    /// 1 for the site profile's `[trust]`, else the accepted update's version.
+    pub version: u64,
+    /// SHA-256 of the accepted update file; `None` for the site profile.
+    pub update_sha256: Option<String>,
+    /// When the update was installed, Unix seconds.
+    pub accepted_at: Option<i64>,
+    /// When it expires, Unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+impl TrustInForce {
+    /// `trust version N (site.toml [trust])` or `trust version N (update SHA…, installed …)`.
+    pub fn describe(&self) -> String {
+        match &self.update_sha256 {
+            None => format!(
+                "trust version {} (the site profile's [trust])",
+                self.version
+            ),
+            Some(sha) => format!(
+                "trust version {} (trust update {}, installed at {} Unix seconds)",
+                self.version,
+                sha.chars().take(12).collect::<String>(),
+                self.accepted_at.unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// The trust in force for a profile at `path` whose `[trust]` is `profile`
+/// (key paths absolute) and whose state database lives in `state_dir`: the
+/// highest trust update accepted there, else the profile's `[trust]` as
+/// version 1.
+///
+/// # Errors
+/// [`ApplyError::Site`] naming a key file or the threshold problem;
+/// [`ApplyError::State`] when the state database or a kept update cannot be read.
+pub fn trust_in_force(
+    path: &Path,
+    profile: &TrustProfile,
+    state_dir: &Path,
+) -> Result<(Trust, TrustInForce), ApplyError> {
+    let initial = load_trust(path, profile)?;
+    let record = match crate::state::State::open_existing(state_dir)? {
+        Some(state) => state.trust_in_force()?,
+        None => None,
+    };
+    let Some(record) = record else {
+        return Ok((
+            initial,
+            TrustInForce {
+                version: 1,
+                update_sha256: None,
+                accepted_at: None,
+                expires_at: None,
+            },
+        ));
+    };
+    let kept = |e: airlock_formats::TrustError| ApplyError::Site {
+        path: state_dir.join(crate::state::STATE_DB),
+        reason: format!(
+            "the trust update of version {} kept here cannot be read: {e}",
+            record.version
+        ),
+    };
+    let (_, document) =
+        airlock_formats::TrustUpdate::from_json(record.document.as_bytes()).map_err(kept)?;
+    let trust = document.trust().map_err(kept)?;
+    Ok((
+        trust,
+        TrustInForce {
+            version: document.version,
+            update_sha256: Some(record.sha256),
+            accepted_at: Some(record.accepted_at),
+            expires_at: document.expires_at,
+        },
+    ))
 }
 
 /// `site.toml` as written.
@@ -308,12 +392,14 @@ impl Site {
         if profile.paths.keep_backups == 0 {
             return Err(site_err("paths.keep_backups must be at least 1".into()));
         }
-        let trust = load_trust(path, &profile.trust)?;
+        let (trust, trust_version) =
+            trust_in_force(path, &profile.trust, &profile.paths.state_dir)?;
         Ok(Self {
             path: path.to_owned(),
             dir,
             profile,
             trust,
+            trust_version,
         })
     }
 

@@ -172,6 +172,15 @@ pub enum Override {
         /// The node's time then.
         time: i64,
     },
+    /// `--allow-expired`: the site's trust in force expired at `expires_at`.
+    TrustExpired {
+        /// The trust version.
+        version: u64,
+        /// Unix seconds.
+        expires_at: u64,
+        /// The node's time then.
+        time: i64,
+    },
     /// `--trust-bundle-time`: the bundle was created at `created_at`, more
     /// than the skew ahead of the node's time.
     BundleTime {
@@ -186,7 +195,7 @@ impl Override {
     /// The option that allowed it.
     pub fn option(&self) -> &'static str {
         match self {
-            Self::Expired { .. } => "--allow-expired",
+            Self::Expired { .. } | Self::TrustExpired { .. } => "--allow-expired",
             Self::BundleTime { .. } => "--trust-bundle-time",
         }
     }
@@ -198,6 +207,14 @@ impl std::fmt::Display for Override {
             Self::Expired { expires_at, time } => write!(
                 f,
                 "--allow-expired: accepted although it expired at {expires_at} (Unix seconds); this node's time was {time}"
+            ),
+            Self::TrustExpired {
+                version,
+                expires_at,
+                time,
+            } => write!(
+                f,
+                "--allow-expired: accepted although this site's trust version {version} expired at {expires_at} (Unix seconds); this node's time was {time}"
             ),
             Self::BundleTime { created_at, time } => write!(
                 f,
@@ -275,6 +292,37 @@ pub fn check_time(
         }
     }
     Ok(overrides)
+}
+
+/// Refuses every bundle while the site's trust in force has expired
+/// (docs/SITE.md, "Trust updates"), unless `opts.allow_expired`.
+fn check_trust_expiry(
+    site: &Site,
+    clock: &Clock,
+    opts: VerifyOptions,
+) -> Result<Option<Override>, Refusal> {
+    let Some(expires_at) = site.trust_version.expires_at else {
+        return Ok(None);
+    };
+    let time = clock.time();
+    if time <= i64::try_from(expires_at).unwrap_or(i64::MAX) {
+        return Ok(None);
+    }
+    if opts.allow_expired {
+        return Ok(Some(Override::TrustExpired {
+            version: site.trust_version.version,
+            expires_at,
+            time,
+        }));
+    }
+    Err(Refusal::new(
+        format!(
+            "this site's {} expired at {expires_at} (Unix seconds); {}",
+            site.trust_version.describe(),
+            clock.describe()
+        ),
+        "install a newer trust update from your release engineer with `airlock-apply trust install FILE`; pass --allow-expired only to apply this bundle anyway (recorded in the audit log)",
+    ))
 }
 
 /// Records what a successful verification showed (docs/SITE.md, "Time and
@@ -587,17 +635,27 @@ pub fn read_and_verify(
     let result = BundleSource::open(bundle).and_then(|source| {
         source.read_hashed(
             |h| {
+                if let Some(o) = check_trust_expiry(site, &clock, opts).map_err(|refusal| {
+                    refusal_help = Some(refusal.help);
+                    BundleError::Refused(refusal.reason)
+                })? {
+                    overrides.push(o);
+                }
                 signers = site.trust.check(&h.manifest_bytes, &h.signatures).inspect_err(|_| {
                     refusal_help = Some(format!(
-                        "the site needs {} signature(s) by keys in [trust]; ask another release key holder to run `airlock-build sign`, or check that the bundle came from your release engineer",
-                        site.trust.threshold()
+                        "the site needs {} signature(s) by the keys of its {} (`airlock-apply trust show` lists them); ask another release key holder to run `airlock-build sign`, or check that the bundle came from your release engineer",
+                        site.trust.threshold(),
+                        site.trust_version.describe()
                     ));
                 })?;
-                overrides = check_manifest(site, &h.manifest, &installed, &clock, opts)
-                    .map_err(|refusal| {
-                        refusal_help = Some(refusal.help);
-                        BundleError::Refused(refusal.reason)
-                    })?;
+                overrides.extend(
+                    check_manifest(site, &h.manifest, &installed, &clock, opts).map_err(
+                        |refusal| {
+                            refusal_help = Some(refusal.help);
+                            BundleError::Refused(refusal.reason)
+                        },
+                    )?,
+                );
                 Ok(())
             },
             sink,

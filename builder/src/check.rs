@@ -14,6 +14,35 @@ use serde::Serialize;
 
 use crate::error::BuildError;
 
+/// Writes the bundle's exact manifest bytes as `DIR/manifest.json` and each
+/// signature as `DIR/signature-KEYID.minisig` (its name in the container),
+/// so anyone can check them with minisign itself: `minisign -Vm
+/// manifest.json -x signature-KEYID.minisig -p KEY.pub`. Creates `dir`;
+/// returns the files written.
+///
+/// # Errors
+/// [`BuildError`] naming the file that cannot be written.
+pub fn export(header: &BundleHeader, dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
+    use std::io::Write as _;
+    fs_err::create_dir_all(dir).map_err(|source| BuildError::Io {
+        context: "creating the export folder".into(),
+        source,
+    })?;
+    let mut written = Vec::new();
+    let manifest = dir.join("manifest.json");
+    airlock_formats::durable::write_atomic(&manifest, 0o644, |f| {
+        f.write_all(&header.manifest_bytes)
+    })?;
+    written.push(manifest);
+    for sig in &header.signatures {
+        let path = dir.join(airlock_formats::bundle::signature_entry_name(sig));
+        let text = sig.to_minisign();
+        airlock_formats::durable::write_atomic(&path, 0o644, |f| f.write_all(text.as_bytes()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 /// Reads a bundle's manifest and signatures without unpacking its payload,
 /// checks that the file (or volume set, docs/FORMAT.md, "Volumes") is as
 /// long as its container declares, and hashes it whole. Returns the header

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod migrations;
 pub mod spec;
 pub mod trees;
+pub mod trust;
 
 pub use build::{build, this_platform, BuildOptions, BuildReport};
 pub use error::BuildError;

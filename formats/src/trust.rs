@@ -407,12 +407,13 @@ mod tests {
     #[test]
     fn documents_that_break_a_rule_are_refused() {
         let k = key();
-        let p = k.public_key();
-        assert!(TrustDocument::new(1, &[p.clone()], 1, 0, None).is_err());
-        assert!(TrustDocument::new(2, &[p.clone()], 2, 0, None).is_err());
-        assert!(TrustDocument::new(2, &[p.clone(), p.clone()], 1, 0, None).is_err());
-        assert!(TrustDocument::new(2, &[p.clone()], 1, 10, Some(5)).is_err());
-        assert!(TrustDocument::new(2, &[p], 1, 10, Some(20)).is_ok());
+        let one = [k.public_key()];
+        let twice = [k.public_key(), k.public_key()];
+        assert!(TrustDocument::new(1, &one, 1, 0, None).is_err());
+        assert!(TrustDocument::new(2, &one, 2, 0, None).is_err());
+        assert!(TrustDocument::new(2, &twice, 1, 0, None).is_err());
+        assert!(TrustDocument::new(2, &one, 1, 10, Some(5)).is_err());
+        assert!(TrustDocument::new(2, &one, 1, 10, Some(20)).is_ok());
         assert!(TrustUpdate::from_json(b"{}").is_err());
     }
 }

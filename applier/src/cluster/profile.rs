@@ -14,7 +14,7 @@ use airlock_formats::Trust;
 use serde::Deserialize;
 
 use crate::error::ApplyError;
-use crate::site::{load_trust, read_profile, Probe, TrustProfile};
+use crate::site::{read_profile, trust_in_force, Probe, TrustInForce, TrustProfile};
 use crate::steps::service::{run_probe, ProbeResult};
 
 /// A loaded cluster profile.
@@ -28,6 +28,8 @@ pub struct ClusterSite {
     pub profile: ClusterProfile,
     /// Keys the coordinator checks the bundle against before copying it.
     pub trust: Trust,
+    /// Which trust version that is (docs/SITE.md, "Trust updates").
+    pub trust_version: TrustInForce,
 }
 
 /// The file as written.
@@ -195,12 +197,14 @@ impl ClusterSite {
             p.check(path, name)?;
         }
         c.wait_secs = c.wait_secs.max(15);
-        let trust = load_trust(path, &profile.trust)?;
+        let (trust, trust_version) =
+            trust_in_force(path, &profile.trust, &profile.paths.state_dir)?;
         Ok(Self {
             path: path.to_owned(),
             dir,
             profile,
             trust,
+            trust_version,
         })
     }
 

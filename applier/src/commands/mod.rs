@@ -12,4 +12,5 @@ pub mod plan;
 pub mod resume;
 pub mod rollback;
 pub mod status;
+pub mod trust;
 pub mod verify;

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod clock;
 pub mod rollouts;
 pub mod schema;
+pub mod trust;
 
 pub use applies::{
     ApplyKind, ApplyOutcome, ApplyRecord, Installed, JournalRow, NewApply, RowState,
@@ -28,6 +29,7 @@ pub use applies::{
 pub use audit::{AuditAction, AuditEntry, AuditRow, AUDIT_HEAD};
 pub use clock::HighestTime;
 pub use rollouts::{NodeState, NodeUpdate, RolloutNode, RolloutOutcome, RolloutRecord};
+pub use trust::TrustRecord;
 
 /// File name of the state database inside the state folder.
 pub const STATE_DB: &str = "airlock-state.sqlite";

@@ -141,6 +141,18 @@ impl Demo {
     /// Builds another release of the demo: `edit` changes a copy of the
     /// release folder (its `bundle.toml` says version `version`).
     pub fn release(&self, version: &str, edit: impl FnOnce(&Path)) -> String {
+        self.release_as(version, &self.keys.secret("release"), None, edit)
+    }
+
+    /// [`Demo::release`] signed by the secret key `key`, built at
+    /// `created_at` (Unix seconds; the tests' fixed time when `None`).
+    pub fn release_as(
+        &self,
+        version: &str,
+        key: &str,
+        created_at: Option<u64>,
+        edit: impl FnOnce(&Path),
+    ) -> String {
         let release = self.root.join(format!("release-{version}"));
         copy_tree(&self.root.join("release"), &release);
         let spec = release.join("bundle.toml");
@@ -161,9 +173,24 @@ impl Demo {
         fs::write(&spec, text).unwrap();
         fs::write(release.join("RELEASE"), format!("{version}\n")).unwrap();
         edit(&release);
-        build_bundle(&spec, &self.keys.secret("release"), &self.root.join("out"))
-            .display()
-            .to_string()
+        let out = self.root.join("out");
+        let Some(created_at) = created_at else {
+            return build_bundle(&spec, key, &out).display().to_string();
+        };
+        let run = Command::new(bin("airlock-build"))
+            .args(["--no-progress", "build", "--spec"])
+            .arg(&spec)
+            .args(["--key", key, "--out"])
+            .arg(&out)
+            .env("SOURCE_DATE_EPOCH", created_at.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        String::from_utf8_lossy(&run.stdout).trim().to_owned()
     }
 }
 

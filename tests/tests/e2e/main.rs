@@ -22,3 +22,4 @@ mod refusals;
 mod reproducible;
 mod single_node;
 mod trees;
+mod trust;

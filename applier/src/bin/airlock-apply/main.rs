@@ -16,7 +16,7 @@ use airlock_applier::cluster::{rolling, ClusterSite};
 use airlock_applier::commands::resume::Resumed;
 use airlock_applier::commands::rollback::RollbackPlan;
 use airlock_applier::commands::{
-    apply, backups, history, media, plan, resume, rollback, status, verify,
+    apply, backups, history, media, plan, resume, rollback, status, trust, verify,
 };
 use airlock_applier::protocol::{Message, Status};
 use airlock_applier::report::{eprint_line, print_line};
@@ -164,6 +164,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Show or change the release keys this site trusts: install a signed
+    /// trust update, or list the keys in force and every version accepted.
+    Trust {
+        #[command(subcommand)]
+        action: TrustAction,
+    },
     /// Show the audit trail: every verify, apply, resume and rollback.
     History {
         /// The site profile.
@@ -181,6 +187,27 @@ enum Mode {
     Single,
     /// Every node of a cluster, one at a time.
     Rolling,
+}
+
+#[derive(Subcommand)]
+enum TrustAction {
+    /// Install a trust update made by `airlock-build trust new`: accepted
+    /// only with a higher version, signed by the threshold of the keys
+    /// trusted now and by the threshold of its own keys. Exit 3 otherwise.
+    Install {
+        /// The trust update file.
+        file: PathBuf,
+        /// The site profile, or a cluster profile (the coordinator's trust).
+        #[arg(long)]
+        site: PathBuf,
+    },
+    /// The keys in force, their threshold and version, and every trust
+    /// update accepted. Changes nothing.
+    Show {
+        /// The site profile, or a cluster profile.
+        #[arg(long)]
+        site: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -481,6 +508,36 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             }
         }
         Command::Backups { action } => backups_command(action, reporter)?,
+        Command::Trust { action } => match action {
+            TrustAction::Install { file, site } => {
+                let done = trust::install(&site, &file)?;
+                if reporter.json() {
+                    print_json(&done);
+                } else {
+                    reporter.event(
+                        "trust",
+                        Status::Ok,
+                        &format!(
+                            "trust version {} installed (was {}): {} of {} must sign; signed by {} of the keys trusted before and {} of its own",
+                            done.version,
+                            done.previous,
+                            done.threshold,
+                            done.keys.join(", "),
+                            done.current_signers.join(","),
+                            done.new_signers.join(",")
+                        ),
+                    );
+                }
+            }
+            TrustAction::Show { site } => {
+                let shown = trust::show(&site)?;
+                if reporter.json() {
+                    print_json(&shown);
+                } else {
+                    print_line(shown.render().trim_end());
+                }
+            }
+        },
     }
     Ok(exit::OK)
 }

@@ -104,6 +104,17 @@ enum Command {
         /// Print JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Also write the exact manifest bytes as DIR/manifest.json and each
+        /// signature as DIR/signature-KEYID.minisig, for `minisign -Vm
+        /// manifest.json -x signature-KEYID.minisig -p KEY.pub`.
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+    },
+    /// Make and sign trust updates, which rotate the release keys a site
+    /// trusts (`airlock-apply trust install`).
+    Trust {
+        #[command(subcommand)]
+        action: TrustCommand,
     },
     /// Check a bundle completely: signatures, threshold, every chunk and file.
     Verify {
@@ -115,6 +126,40 @@ enum Command {
         /// How many distinct trusted keys must have signed.
         #[arg(long, default_value_t = 1)]
         threshold: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustCommand {
+    /// Write a new, unsigned trust update: the keys sites trust from this
+    /// version on. Sign it with `trust sign`: by the threshold of the keys
+    /// the sites trust now, and by the threshold of the new keys.
+    New {
+        /// Public keys to trust (minisign .pub files); repeat for each.
+        #[arg(long = "key", required = true, num_args = 1..)]
+        keys: Vec<PathBuf>,
+        /// How many distinct keys must sign a bundle (and the next update).
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+        /// The trust version, above the one the sites run (a site profile's
+        /// [trust] is version 1).
+        #[arg(long = "trust-version", value_name = "N")]
+        version: u64,
+        /// Sites refuse bundles this many days after the update was made,
+        /// until a newer update is installed.
+        #[arg(long, value_name = "DAYS")]
+        expires_after_days: Option<u64>,
+        /// The trust update file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add a signature to a trust update.
+    Sign {
+        /// The trust update file.
+        file: PathBuf,
+        /// The secret key that signs.
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -237,6 +282,13 @@ fn source_date_epoch() -> anyhow::Result<Option<u64>> {
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 fn load_key(path: &Path) -> Result<airlock_formats::SecretKey, BuildError> {
     load_secret_key(path, || passphrase_for(&path.display().to_string(), false))
 }
@@ -335,12 +387,7 @@ fn run(program: Program) -> Result<(), Failure> {
         }
         Command::Sign { bundle, key } => {
             let key = load_key(&key)?;
-            let timestamp = source_date_epoch()?.unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0)
-            });
+            let timestamp = source_date_epoch()?.unwrap_or_else(unix_now);
             let count = sign_bundle(&bundle, &key, timestamp)
                 .with_context(|| format!("signing {}", bundle.display()))?;
             eprintln!(
@@ -349,7 +396,52 @@ fn run(program: Program) -> Result<(), Failure> {
                 key.key_id()
             );
         }
-        Command::Inspect { bundle, json } => {
+        Command::Trust { action } => match action {
+            TrustCommand::New {
+                keys,
+                threshold,
+                version,
+                expires_after_days,
+                out,
+            } => {
+                let created_at = source_date_epoch()?.unwrap_or_else(unix_now);
+                let doc = airlock_builder::trust::new_update(
+                    &keys,
+                    threshold,
+                    version,
+                    created_at,
+                    expires_after_days,
+                    &out,
+                )?;
+                eprintln!(
+                    "wrote trust update {} (version {}, {} of {} keys must sign{}); now sign it with `airlock-build trust sign {0} --key KEY` by the keys the sites trust now and by the new keys",
+                    out.display(),
+                    doc.version,
+                    doc.threshold,
+                    doc.keys.len(),
+                    doc.expires_at
+                        .map(|e| format!(", expires at {e} Unix seconds"))
+                        .unwrap_or_default()
+                );
+            }
+            TrustCommand::Sign { file, key } => {
+                let key = load_key(&key)?;
+                let timestamp = source_date_epoch()?.unwrap_or_else(unix_now);
+                let (doc, count) = airlock_builder::trust::sign_update(&file, &key, timestamp)
+                    .with_context(|| format!("signing {}", file.display()))?;
+                eprintln!(
+                    "signed trust update {} (version {}) with key {}; it now has {count} signature(s)",
+                    file.display(),
+                    doc.version,
+                    key.key_id()
+                );
+            }
+        },
+        Command::Inspect {
+            bundle,
+            json,
+            export,
+        } => {
             let (header, sha256) = check::inspect(&bundle).map_err(|e| {
                 let code = match &e {
                     BuildError::Bundle(airlock_formats::BundleError::Io { .. }) | BuildError::Io { .. } => {
@@ -368,6 +460,15 @@ fn run(program: Program) -> Result<(), Failure> {
                     error: anyhow::Error::new(e).context(format!("inspecting {}", bundle.display())),
                 }
             })?;
+            if let Some(dir) = export {
+                let written = check::export(&header, &dir)?;
+                eprintln!(
+                    "exported {} file(s) to {}: check them with `minisign -Vm {}/manifest.json -x {0}/signature-KEYID.minisig -p KEY.pub`",
+                    written.len(),
+                    dir.display(),
+                    dir.display()
+                );
+            }
             if json {
                 let inspection = check::Inspection::of(&header, &sha256)?;
                 println!("{}", serde_json::to_string(&inspection)?);

@@ -1,0 +1,301 @@
+//! `airlock-apply trust install` and `trust show` (docs/OPERATIONS.md,
+//! "Rotating release keys"): a signed trust update replaces the keys this
+//! node trusts, with nothing edited by hand; every accepted version is kept.
+
+use std::path::{Path, PathBuf};
+
+use airlock_formats::{KeyId, Sha256Digest, TrustUpdate};
+use serde::Serialize;
+
+use crate::cluster::profile::ClusterSite;
+use crate::error::ApplyError;
+use crate::lock::{lock_in, LOCK_FILE};
+use crate::site::{is_cluster_profile, Site, TrustInForce};
+use crate::state::{ApplyOutcome, AuditAction, AuditEntry, State, TrustRecord};
+use crate::verify::Clock;
+
+/// What a trust command needs of a site or cluster profile.
+struct Holder {
+    trust: airlock_formats::Trust,
+    version: TrustInForce,
+    state_dir: PathBuf,
+    lock: &'static str,
+    skew_secs: u64,
+}
+
+fn load(profile: &Path) -> Result<Holder, ApplyError> {
+    if is_cluster_profile(profile)? {
+        let c = ClusterSite::load(profile)?;
+        return Ok(Holder {
+            skew_secs: c.profile.trust.clock_skew_secs,
+            trust: c.trust,
+            version: c.trust_version,
+            state_dir: c.profile.paths.state_dir,
+            lock: "rollout.lock",
+        });
+    }
+    let s = Site::load(profile)?;
+    Ok(Holder {
+        skew_secs: s.profile.trust.clock_skew_secs,
+        trust: s.trust,
+        version: s.trust_version,
+        state_dir: s.profile.paths.state_dir,
+        lock: LOCK_FILE,
+    })
+}
+
+fn ids(keys: &[KeyId]) -> String {
+    keys.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An installed trust update.
+#[derive(Debug, Clone, Serialize)]
+pub struct Installed {
+    /// The version now in force.
+    pub version: u64,
+    /// The version it replaced.
+    pub previous: u64,
+    /// Key ids now trusted.
+    pub keys: Vec<String>,
+    /// Signatures a bundle needs.
+    pub threshold: usize,
+    /// Keys of the replaced trust that signed.
+    pub current_signers: Vec<String>,
+    /// Keys of the update that signed.
+    pub new_signers: Vec<String>,
+    /// SHA-256 of the update file.
+    pub sha256: String,
+}
+
+/// Installs the trust update `file` for the site or cluster profile
+/// `profile`: accepted only when its version is higher than the one in
+/// force, the threshold of the trust in force and the threshold of its own
+/// keys signed it, and it has not expired by this node's time. Every
+/// attempt is recorded in the audit log.
+///
+/// # Errors
+/// [`ApplyError::TrustRefused`] (exit 3) when it is not acceptable;
+/// [`ApplyError::Busy`] while an apply runs; others when a file cannot be read.
+pub fn install(profile: &Path, file: &Path) -> Result<Installed, ApplyError> {
+    let holder = load(profile)?;
+    let _lock = lock_in(&holder.state_dir, holder.lock)?;
+    let state = State::open(&holder.state_dir)?;
+    state.observe_time(crate::state::now(), "the clock")?;
+    let result = accept(&holder, &state, file);
+    let mut entry = AuditEntry {
+        action: AuditAction::TrustInstall,
+        bundle: Some(file.display().to_string()),
+        ..AuditEntry::default()
+    };
+    match &result {
+        Ok(done) => {
+            entry.version = Some(format!("trust {}", done.version));
+            entry.bundle_sha256 = Some(done.sha256.clone());
+            entry.signers = Some(format!(
+                "current: {}; new: {}",
+                done.current_signers.join(","),
+                done.new_signers.join(",")
+            ));
+        }
+        Err(e) => {
+            entry.outcome = if matches!(e, ApplyError::TrustRefused { .. }) {
+                ApplyOutcome::Refused
+            } else {
+                ApplyOutcome::Failed
+            };
+            entry.error = Some(e.to_string());
+        }
+    }
+    state.audit(&entry)?;
+    result
+}
+
+fn accept(holder: &Holder, state: &State, file: &Path) -> Result<Installed, ApplyError> {
+    let refused = |reason: String, help: &str| ApplyError::TrustRefused {
+        file: file.to_owned(),
+        reason,
+        help: help.into(),
+    };
+    let bytes = fs_err::read(file).map_err(ApplyError::io("reading the trust update"))?;
+    let (update, _) = TrustUpdate::from_json(&bytes).map_err(|e| {
+        refused(
+            e.to_string(),
+            "this is not a trust update made by `airlock-build trust new`, or it was damaged: copy it again",
+        )
+    })?;
+    let accepted = update.check(&holder.trust, holder.version.version).map_err(|e| {
+        match e {
+            airlock_formats::TrustError::NotNewer { .. } => refused(
+                e.to_string(),
+                "nothing to do if it is installed already (`airlock-apply trust show`); otherwise ask for an update with a higher version",
+            ),
+            _ => refused(
+                format!("{e}; here {} is in force", holder.version.describe()),
+                "a trust update needs the signatures of the keys trusted here (their threshold) and of its own keys (theirs): have the missing key holders run `airlock-build trust sign`",
+            ),
+        }
+    })?;
+    let clock = Clock::read(Some(state), holder.skew_secs)?;
+    if let Some(expires) = accepted.document.expires_at {
+        if clock.time() > i64::try_from(expires).unwrap_or(i64::MAX) {
+            return Err(refused(
+                format!(
+                    "it expired at {expires} (Unix seconds); {}",
+                    clock.describe()
+                ),
+                "ask the release engineer for a fresh trust update",
+            ));
+        }
+    }
+    let sha256 = Sha256Digest::of(&bytes).to_hex();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let signers = format!(
+        "current: {}; new: {}",
+        ids(&accepted.current_signers),
+        ids(&accepted.new_signers)
+    );
+    state.add_trust(accepted.document.version, &text, &sha256, &signers)?;
+    state.observe_time(
+        i64::try_from(accepted.document.created_at).unwrap_or(i64::MAX),
+        &format!(
+            "the created_at of trust version {}",
+            accepted.document.version
+        ),
+    )?;
+    let trust = accepted
+        .document
+        .trust()
+        .map_err(|e| refused(e.to_string(), ""))?;
+    Ok(Installed {
+        version: accepted.document.version,
+        previous: holder.version.version,
+        keys: trust
+            .keys()
+            .iter()
+            .map(|k| k.key_id().to_string())
+            .collect(),
+        threshold: trust.threshold(),
+        current_signers: accepted
+            .current_signers
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        new_signers: accepted
+            .new_signers
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        sha256,
+    })
+}
+
+/// The trust in force and every version accepted before.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shown {
+    /// The version in force.
+    pub version: u64,
+    /// `site profile` or `trust update`.
+    pub source: String,
+    /// Key ids trusted.
+    pub keys: Vec<String>,
+    /// Signatures a bundle needs.
+    pub threshold: usize,
+    /// Expiry of the trust in force, Unix seconds.
+    pub expires_at: Option<u64>,
+    /// Every accepted update, oldest first (version 1, the profile, is not stored).
+    pub history: Vec<TrustRecordShown>,
+    /// This node's time, Unix seconds (docs/SITE.md, "Time and expiry").
+    pub time: i64,
+}
+
+/// An accepted update, as `trust show` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrustRecordShown {
+    /// Its version.
+    pub version: u64,
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// Who signed.
+    pub signers: String,
+    /// When it was installed, Unix seconds.
+    pub accepted_at: i64,
+}
+
+impl From<TrustRecord> for TrustRecordShown {
+    fn from(r: TrustRecord) -> Self {
+        Self {
+            version: r.version,
+            sha256: r.sha256,
+            signers: r.signers,
+            accepted_at: r.accepted_at,
+        }
+    }
+}
+
+/// The trust in force for `profile`; changes nothing.
+///
+/// # Errors
+/// When the profile or the state database cannot be read.
+pub fn show(profile: &Path) -> Result<Shown, ApplyError> {
+    let holder = load(profile)?;
+    let state = State::open_existing(&holder.state_dir)?;
+    let history = match &state {
+        Some(s) => s.trust_records()?.into_iter().map(Into::into).collect(),
+        None => Vec::new(),
+    };
+    let clock = Clock::read(state.as_ref(), holder.skew_secs)?;
+    Ok(Shown {
+        version: holder.version.version,
+        source: if holder.version.update_sha256.is_some() {
+            "trust update".into()
+        } else {
+            "site profile".into()
+        },
+        keys: holder
+            .trust
+            .keys()
+            .iter()
+            .map(|k| k.key_id().to_string())
+            .collect(),
+        threshold: holder.trust.threshold(),
+        expires_at: holder.version.expires_at,
+        history,
+        time: clock.time(),
+    })
+}
+
+impl Shown {
+    /// The text `trust show` prints.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "trust version {} ({}): {} of these keys must sign: {}\n",
+            self.version,
+            self.source,
+            self.threshold,
+            self.keys.join(", ")
+        );
+        match self.expires_at {
+            Some(e) => out.push_str(&format!(
+                "expires at {e} (Unix seconds); this node's time is {}\n",
+                self.time
+            )),
+            None => out.push_str(&format!(
+                "does not expire; this node's time is {} (Unix seconds)\n",
+                self.time
+            )),
+        }
+        if self.history.is_empty() {
+            out.push_str("no trust update installed: the site profile's [trust] is version 1\n");
+        }
+        for r in &self.history {
+            out.push_str(&format!(
+                "version {}: installed at {} (Unix seconds), sha256 {}, signed by {}\n",
+                r.version, r.accepted_at, r.sha256, r.signers
+            ));
+        }
+        out
+    }
+}

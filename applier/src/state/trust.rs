@@ -1,0 +1,112 @@
+//! The trust versions this node accepted (docs/SITE.md, "Trust updates"):
+//! each signed trust update file as it was installed, kept forever; the
+//! highest version is the trust in force.
+
+use rusqlite::{params, OptionalExtension as _};
+
+use super::{now, State, StateError};
+
+/// One accepted trust update.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrustRecord {
+    /// Its version.
+    pub version: u64,
+    /// The update file's bytes, as installed.
+    pub document: String,
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// Key ids that counted, `current: …; new: …`.
+    pub signers: String,
+    /// When it was installed, Unix seconds.
+    pub accepted_at: i64,
+}
+
+impl State {
+    /// Every accepted trust update, oldest first.
+    ///
+    /// # Errors
+    /// [`StateError`].
+    pub fn trust_records(&self) -> Result<Vec<TrustRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT version, document, sha256, signers, accepted_at FROM trust ORDER BY version",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(TrustRecord {
+                    version: r.get::<_, i64>(0)?.try_into().unwrap_or(0),
+                    document: r.get(1)?,
+                    sha256: r.get(2)?,
+                    signers: r.get(3)?,
+                    accepted_at: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The accepted trust update of the highest version, if any.
+    ///
+    /// # Errors
+    /// [`StateError`].
+    pub fn trust_in_force(&self) -> Result<Option<TrustRecord>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT version, document, sha256, signers, accepted_at FROM trust
+                 ORDER BY version DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(TrustRecord {
+                        version: r.get::<_, i64>(0)?.try_into().unwrap_or(0),
+                        document: r.get(1)?,
+                        sha256: r.get(2)?,
+                        signers: r.get(3)?,
+                        accepted_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Keeps an accepted trust update, which must be of a higher version
+    /// than every one kept (checked again inside the write).
+    ///
+    /// # Errors
+    /// [`StateError`], also when the version does not rise.
+    pub fn add_trust(
+        &self,
+        version: u64,
+        document: &str,
+        sha256: &str,
+        signers: &str,
+    ) -> Result<(), StateError> {
+        let version = i64::try_from(version)
+            .map_err(|_| self.invalid(format!("trust version {version} is too large")))?;
+        self.exec("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            let highest: Option<i64> = self
+                .conn
+                .query_row("SELECT max(version) FROM trust", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            if highest.is_some_and(|h| h >= version) {
+                return Err(self.invalid(format!(
+                    "trust version {version} is not above the version {} kept",
+                    highest.unwrap_or(0)
+                )));
+            }
+            self.conn
+                .execute(
+                    "INSERT INTO trust (version, document, sha256, signers, accepted_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![version, document, sha256, signers, now()],
+                )
+                .map(|_| ())
+                .map_err(|e| self.err(e))
+        })();
+        self.exec(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+        result
+    }
+}
