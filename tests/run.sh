@@ -11,6 +11,10 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v scp >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /usr/bin/time ] || need+=(time)
+# The trust tests check exported signatures with minisign itself and set the
+# clock ahead with libfaketime.
+command -v minisign >/dev/null 2>&1 || need+=(minisign)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 # diesel, in tests/migrators, links the system's SQLite as its `sqlite` feature does.
 dpkg -s libsqlite3-dev >/dev/null 2>&1 || need+=(libsqlite3-dev)
 if [ ${#need[@]} -gt 0 ]; then
@@ -35,4 +39,7 @@ for tool in diesel sqlx; do
     CARGO_TARGET_DIR=tests/migrators/target \
         cargo build --release --locked --manifest-path "tests/migrators/$tool/Cargo.toml"
 done
+# The fuzz targets (fuzz/README.md) run over their seed corpus, their
+# regressions and mutations of the seeds in tests/tests/fuzz_corpus.rs, on
+# stable Rust; `fuzz/run.sh SECONDS` fuzzes them with cargo-fuzz on nightly.
 cargo test --workspace

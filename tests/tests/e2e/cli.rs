@@ -69,6 +69,9 @@ fn every_help_and_version_text_is_pinned() {
         &["history"],
         &["check-media"],
         &["repair"],
+        &["trust"],
+        &["trust", "install"],
+        &["trust", "show"],
     ];
     let build_commands: &[&[&str]] = &[
         &[],
@@ -79,6 +82,9 @@ fn every_help_and_version_text_is_pinned() {
         &["verify"],
         &["split"],
         &["join"],
+        &["trust"],
+        &["trust", "new"],
+        &["trust", "sign"],
     ];
     for (program, commands) in [
         ("airlock-apply", apply_commands),
@@ -383,6 +389,7 @@ fn the_json_of_every_command_keeps_its_shape() {
         ("apply", vec!["apply", &bundle, "--site", &site], 0),
         ("status", vec!["status", "--site", &site], 0),
         ("history", vec!["history", "--site", &site], 0),
+        ("trust-show", vec!["trust", "show", "--site", &site], 0),
         (
             "history-check",
             vec!["history", "--site", &site, "--check"],
