@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 
 use airlock_formats::{
     BundleError, BundleHeader, BundleSource, KeyId, Manifest, MigrationTool, PayloadSink, Role,
-    Sha256Digest,
+    Sha256Digest, Trust, TrustError, TrustUpdate,
 };
 use semver::Version;
 
 use crate::error::{StepError, VerifyError};
-use crate::site::Site;
+use crate::site::{Site, TrustInForce};
 use crate::state::{HighestTime, State};
 use crate::steps::migrate;
 use crate::steps::service::{find_version, run_probe};
@@ -63,6 +63,74 @@ pub struct Verified {
     pub clock: Clock,
     /// The rules an option let it break.
     pub overrides: Vec<Override>,
+    /// The trust update the bundle carries, when it raises this site's
+    /// trust version and passed [`TrustUpdate::check`]: its signatures were
+    /// checked against it. `apply` installs it.
+    pub carried_trust: Option<CarriedTrust>,
+}
+
+/// A trust update a bundle carries that this site accepts (docs/SITE.md,
+/// "Trust updates").
+#[derive(Debug, Clone)]
+pub struct CarriedTrust {
+    /// The update file's bytes.
+    pub bytes: Vec<u8>,
+    /// Its document and who signed it.
+    pub accepted: airlock_formats::trust::Accepted,
+}
+
+/// The trust a bundle is checked against: the site's trust in force, or the
+/// trust update the bundle carries when this site accepts it (a higher
+/// version, signed by both thresholds, not expired).
+fn effective_trust(
+    site: &Site,
+    header: &BundleHeader,
+    clock: &Clock,
+) -> Result<(Trust, TrustInForce, Option<CarriedTrust>), Refusal> {
+    let current = || (site.trust.clone(), site.trust_version.clone(), None);
+    let Some(bytes) = &header.trust_update else {
+        return Ok(current());
+    };
+    let refuse = |reason: String| {
+        Refusal::new(
+            format!("it carries a trust update that this site does not accept: {reason}"),
+            "the bundle's trust update needs the signatures of the keys this site trusts and of its own keys (`airlock-apply trust show` lists this site's); ask the release engineer for a bundle with a complete update, or install one with `airlock-apply trust install`",
+        )
+    };
+    let (update, _) = TrustUpdate::from_json(bytes).map_err(|e| refuse(e.to_string()))?;
+    let accepted = match update.check(&site.trust, site.trust_version.version) {
+        Ok(accepted) => accepted,
+        // Installed already, or older than what is in force: nothing to carry.
+        Err(TrustError::NotNewer { .. }) => return Ok(current()),
+        Err(e) => return Err(refuse(e.to_string())),
+    };
+    if let Some(expires) = accepted.document.expires_at {
+        if clock.time() > i64::try_from(expires).unwrap_or(i64::MAX) {
+            return Err(refuse(format!(
+                "its trust version {} expired at {expires} (Unix seconds); {}",
+                accepted.document.version,
+                clock.describe()
+            )));
+        }
+    }
+    let trust = accepted
+        .document
+        .trust()
+        .map_err(|e| refuse(e.to_string()))?;
+    let version = TrustInForce {
+        version: accepted.document.version,
+        update_sha256: Some(Sha256Digest::of(bytes).to_hex()),
+        accepted_at: None,
+        expires_at: accepted.document.expires_at,
+    };
+    Ok((
+        trust,
+        version,
+        Some(CarriedTrust {
+            bytes: bytes.clone(),
+            accepted,
+        }),
+    ))
 }
 
 impl Verified {
@@ -297,11 +365,11 @@ pub fn check_time(
 /// Refuses every bundle while the site's trust in force has expired
 /// (docs/SITE.md, "Trust updates"), unless `opts.allow_expired`.
 fn check_trust_expiry(
-    site: &Site,
+    trust_version: &TrustInForce,
     clock: &Clock,
     opts: VerifyOptions,
 ) -> Result<Option<Override>, Refusal> {
-    let Some(expires_at) = site.trust_version.expires_at else {
+    let Some(expires_at) = trust_version.expires_at else {
         return Ok(None);
     };
     let time = clock.time();
@@ -310,7 +378,7 @@ fn check_trust_expiry(
     }
     if opts.allow_expired {
         return Ok(Some(Override::TrustExpired {
-            version: site.trust_version.version,
+            version: trust_version.version,
             expires_at,
             time,
         }));
@@ -318,7 +386,7 @@ fn check_trust_expiry(
     Err(Refusal::new(
         format!(
             "this site's {} expired at {expires_at} (Unix seconds); {}",
-            site.trust_version.describe(),
+            trust_version.describe(),
             clock.describe()
         ),
         "install a newer trust update from your release engineer with `airlock-apply trust install FILE`; pass --allow-expired only to apply this bundle anyway (recorded in the audit log)",
@@ -617,6 +685,7 @@ pub fn read_and_verify(
     let installed = installed_version(site, state)?;
     let clock = Clock::read(state, site.profile.trust.clock_skew_secs)?;
     let mut overrides = Vec::new();
+    let mut carried_trust = None;
     let unreadable = |source: BundleError| VerifyError::Unreadable {
         bundle: bundle.to_owned(),
         source,
@@ -635,19 +704,23 @@ pub fn read_and_verify(
     let result = BundleSource::open(bundle).and_then(|source| {
         source.read_hashed(
             |h| {
-                if let Some(o) = check_trust_expiry(site, &clock, opts).map_err(|refusal| {
+                let mut refused = |refusal: Refusal| {
                     refusal_help = Some(refusal.help);
                     BundleError::Refused(refusal.reason)
-                })? {
+                };
+                let (trust, trust_version, carried) =
+                    effective_trust(site, h, &clock).map_err(&mut refused)?;
+                if let Some(o) = check_trust_expiry(&trust_version, &clock, opts).map_err(&mut refused)? {
                     overrides.push(o);
                 }
-                signers = site.trust.check(&h.manifest_bytes, &h.signatures).inspect_err(|_| {
-                    refusal_help = Some(format!(
+                signers = trust.check(&h.manifest_bytes, &h.signatures).map_err(|e| {
+                    refused(Refusal::new(e.to_string(), format!(
                         "the site needs {} signature(s) by the keys of its {} (`airlock-apply trust show` lists them); ask another release key holder to run `airlock-build sign`, or check that the bundle came from your release engineer",
-                        site.trust.threshold(),
-                        site.trust_version.describe()
-                    ));
+                        trust.threshold(),
+                        trust_version.describe()
+                    )))
                 })?;
+                carried_trust = carried;
                 overrides.extend(
                     check_manifest(site, &h.manifest, &installed, &clock, opts).map_err(
                         |refusal| {
@@ -683,5 +756,6 @@ pub fn read_and_verify(
         bundle_sha256,
         clock,
         overrides,
+        carried_trust,
     })
 }

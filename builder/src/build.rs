@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use airlock_formats::durable::write_atomic;
 use airlock_formats::manifest::{validate_install_path, validate_name, DEFAULT_CHUNK_SIZE};
 use airlock_formats::{
-    write_bundle, BundlePath, Direction, FileEntry, Hooks, Manifest, MigrationInfo, MigrationTool,
-    PayloadWriter, Role, SecretKey, Tree, FORMAT_MARKER,
+    write_bundle_carrying, BundlePath, Direction, FileEntry, Hooks, Manifest, MigrationInfo,
+    MigrationTool, PayloadWriter, Role, SecretKey, Tree, FORMAT_MARKER,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use semver::{Version, VersionReq};
@@ -414,6 +414,28 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
     validate_name(&spec.name).map_err(|r| BuildError::Invalid(format!("name: {r}")))?;
     let base = airlock_formats::durable::parent_of(opts.spec);
     let (planned, trees, migration_summaries) = plan(&spec, base)?;
+    let trust_update = match &spec.trust_update {
+        None => None,
+        Some(path) => {
+            let path = base.join(path);
+            let bytes = fs_err::read(&path).map_err(|source| BuildError::Source {
+                path: path.clone(),
+                source,
+            })?;
+            let (update, document) =
+                airlock_formats::TrustUpdate::from_json(&bytes).map_err(|e| {
+                    BuildError::Invalid(format!("trust_update `{}`: {e}", path.display()))
+                })?;
+            if update.signatures.is_empty() {
+                return Err(BuildError::Invalid(format!(
+                    "trust_update `{}` (trust version {}) is not signed: sign it with `airlock-build trust sign` first",
+                    path.display(),
+                    document.version
+                )));
+            }
+            Some(bytes)
+        }
+    };
     // Migration tools, trees and the pre_start hook entered the manifest in
     // 0.2.0 (docs/FORMAT.md); an older applier cannot read them.
     let tools_from = Version::new(0, 2, 0);
@@ -567,12 +589,13 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
     let payload_size = manifest.payload.size;
     let mut sha256 = None;
     write_atomic(&out, 0o644, |f| {
-        let w = write_bundle(
+        let w = write_bundle_carrying(
             HashingWriter {
                 inner: BufWriter::with_capacity(1 << 20, f),
                 hasher: <sha2::Sha256 as sha2::Digest>::new(),
             },
             &manifest_bytes,
+            trust_update.as_deref(),
             std::slice::from_ref(&signature),
             std::io::BufReader::with_capacity(1 << 20, &payload_file),
             payload_size,

@@ -84,6 +84,17 @@ pub struct Inspection {
     pub signatures: Vec<SignatureInfo>,
     /// SHA-256 of the whole bundle (of the volumes joined, for a set).
     pub sha256: String,
+    /// The trust update the bundle carries: its signed document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_update: Option<airlock_formats::TrustDocument>,
+}
+
+fn carried(header: &BundleHeader) -> Option<airlock_formats::TrustDocument> {
+    header
+        .trust_update
+        .as_deref()
+        .and_then(|bytes| airlock_formats::TrustUpdate::from_json(bytes).ok())
+        .map(|(_, document)| document)
 }
 
 impl Inspection {
@@ -107,6 +118,7 @@ impl Inspection {
                 })
                 .collect(),
             sha256: sha256.to_hex(),
+            trust_update: carried(header),
         })
     }
 }
@@ -129,6 +141,14 @@ pub fn render(header: &BundleHeader) -> String {
     out.push_str(&format!("created at    {} (unix seconds)\n", m.created_at));
     if let Some(e) = m.expires_at {
         out.push_str(&format!("expires at    {e} (unix seconds)\n"));
+    }
+    if let Some(doc) = carried(header) {
+        out.push_str(&format!(
+            "trust update  version {}: {} of {} key(s) must sign\n",
+            doc.version,
+            doc.threshold,
+            doc.keys.len()
+        ));
     }
     out.push_str(&format!(
         "payload       {} bytes compressed, {} bytes unpacked, {} chunk(s)\n",

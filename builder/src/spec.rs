@@ -45,6 +45,10 @@ pub struct Spec {
     /// Folders installed as a whole.
     #[serde(default, rename = "tree")]
     pub trees: Vec<TreeSpec>,
+    /// A signed trust update (`airlock-build trust new`) the bundle carries
+    /// to its sites (docs/FORMAT.md, "Trust updates").
+    #[serde(default)]
+    pub trust_update: Option<PathBuf>,
 }
 
 /// A folder installed as a whole (docs/FORMAT.md, "`[[tree]]`").

@@ -1,6 +1,7 @@
 //! The bundle file (docs/FORMAT.md, "Container"): a tar whose entries are, in
-//! this order, `airlock-format`, `manifest.json`, zero or more
-//! `signature-KEYID.minisig`, and `payload.tar.zst`, and nothing after.
+//! this order, `airlock-format`, `manifest.json`, an optional
+//! `trust-update.json`, zero or more `signature-KEYID.minisig`, and
+//! `payload.tar.zst`, and nothing after.
 //! Read in one streaming pass; the caller authenticates the manifest before a
 //! single payload byte is read.
 
@@ -21,6 +22,9 @@ pub const FORMAT_ENTRY: &str = "airlock-format";
 pub const MANIFEST_ENTRY: &str = "manifest.json";
 /// Name of the payload entry.
 pub const PAYLOAD_ENTRY: &str = "payload.tar.zst";
+/// Name of the optional entry carrying a signed trust update
+/// (docs/FORMAT.md, "Trust updates").
+pub const TRUST_UPDATE_ENTRY: &str = "trust-update.json";
 /// Largest manifest accepted, in bytes.
 pub const MAX_MANIFEST_SIZE: u64 = 16 * 1024 * 1024;
 /// Largest signature file accepted, in bytes.
@@ -168,6 +172,9 @@ pub struct BundleHeader {
     pub manifest_bytes: Vec<u8>,
     /// Signatures in file order.
     pub signatures: Vec<Signature>,
+    /// The bytes of the trust update the bundle carries, parsed once
+    /// ([`crate::TrustUpdate::from_json`]) but not checked against any trust.
+    pub trust_update: Option<Vec<u8>>,
     /// Where the payload's bytes begin in the container, in bytes from the
     /// start of the file: everything before is the header (marker, manifest,
     /// signatures and the payload entry's tar header).
@@ -250,6 +257,31 @@ pub fn write_bundle<W: Write>(
     payload_size: u64,
     mtime: u64,
 ) -> Result<W, BundleError> {
+    write_bundle_carrying(
+        out,
+        manifest_bytes,
+        None,
+        signatures,
+        payload,
+        payload_size,
+        mtime,
+    )
+}
+
+/// [`write_bundle`] with the entry `trust-update.json` holding
+/// `trust_update` after the manifest, when given.
+///
+/// # Errors
+/// As [`write_bundle`].
+pub fn write_bundle_carrying<W: Write>(
+    out: W,
+    manifest_bytes: &[u8],
+    trust_update: Option<&[u8]>,
+    signatures: &[Signature],
+    payload: impl Read,
+    payload_size: u64,
+    mtime: u64,
+) -> Result<W, BundleError> {
     let mut tar = tar::Builder::new(out);
     let mut append = |name: &str, size: u64, data: &mut dyn Read| {
         let mut header = tar::Header::new_gnu();
@@ -269,6 +301,9 @@ pub fn write_bundle<W: Write>(
         manifest_bytes.len() as u64,
         &mut &manifest_bytes[..],
     )?;
+    if let Some(update) = trust_update {
+        append(TRUST_UPDATE_ENTRY, update.len() as u64, &mut &update[..])?;
+    }
     let mut sorted: Vec<&Signature> = signatures.iter().collect();
     sorted.sort_by_key(|s| s.key_id().to_string());
     for sig in sorted {
@@ -307,21 +342,29 @@ pub fn rewrite_signatures<R: Read, W: Write>(
         .entries()
         .map_err(BundleError::io("reading the bundle"))?;
     let mut manifest_bytes = None;
+    let mut trust_update = None;
     for entry in entries {
         let mut entry =
             entry.map_err(|e| container_error("cannot read a container entry".into(), e))?;
         let name = entry_name(&entry)?;
         if name == MANIFEST_ENTRY {
             manifest_bytes = Some(read_small(&mut entry, MANIFEST_ENTRY, MAX_MANIFEST_SIZE)?);
+        } else if name == TRUST_UPDATE_ENTRY {
+            trust_update = Some(read_small(
+                &mut entry,
+                TRUST_UPDATE_ENTRY,
+                crate::trust::MAX_UPDATE_SIZE,
+            )?);
         } else if name == PAYLOAD_ENTRY {
             let bytes = manifest_bytes.ok_or_else(|| {
                 BundleError::Malformed("the payload comes before the manifest".into())
             })?;
             let manifest = Manifest::from_json(&bytes)?;
             let size = manifest.payload.size;
-            return write_bundle(
+            return write_bundle_carrying(
                 out,
                 &bytes,
+                trust_update.as_deref(),
                 signatures,
                 &mut entry,
                 size,
@@ -427,15 +470,24 @@ pub fn read_bundle<R: Read>(
         let manifest = Manifest::from_json(&manifest_bytes)?;
 
         let mut signatures = Vec::new();
+        let mut trust_update = None;
         let mut payload_entry = loop {
             let mut entry = next("the payload")?;
             let name = entry_name(&entry)?;
             if name == PAYLOAD_ENTRY {
                 break entry;
             }
+            if name == TRUST_UPDATE_ENTRY && signatures.is_empty() && trust_update.is_none() {
+                let bytes = read_small(&mut entry, &name, crate::trust::MAX_UPDATE_SIZE)?;
+                crate::trust::TrustUpdate::from_json(&bytes).map_err(|e| {
+                    BundleError::Malformed(format!("entry `{TRUST_UPDATE_ENTRY}`: {e}"))
+                })?;
+                trust_update = Some(bytes);
+                continue;
+            }
             if !(name.starts_with("signature-") && name.ends_with(".minisig")) {
                 return Err(BundleError::Malformed(format!(
-                    "unexpected container entry `{}` (expected signatures, then `{PAYLOAD_ENTRY}`)",
+                    "unexpected container entry `{}` (expected `{TRUST_UPDATE_ENTRY}` or signatures, then `{PAYLOAD_ENTRY}`)",
                     shown(&name)
                 )));
             }
@@ -463,6 +515,7 @@ pub fn read_bundle<R: Read>(
             manifest,
             manifest_bytes,
             signatures,
+            trust_update,
             payload_offset: payload_entry.raw_file_position(),
         };
         check(&header)?;
@@ -698,6 +751,50 @@ pub(crate) mod tests {
         )
         .unwrap();
         (out, key)
+    }
+
+    #[test]
+    fn a_carried_trust_update_is_read_kept_by_sign_and_refused_out_of_place() {
+        let (plain, key) = build(&[("a", b"x")]);
+        let header = read_bundle(&plain[..], |_| Ok(()), None).unwrap();
+        let doc = crate::TrustDocument::new(2, &[key.public_key()], 1, 1, None).unwrap();
+        let update = crate::TrustUpdate::unsigned(&doc)
+            .unwrap()
+            .to_json()
+            .unwrap();
+        let payload_at = usize::try_from(header.payload_offset).unwrap();
+        let payload = &plain[payload_at..payload_at + header.manifest.payload.size as usize];
+        let write = |update: Option<&[u8]>| {
+            write_bundle_carrying(
+                Vec::new(),
+                &header.manifest_bytes,
+                update,
+                &header.signatures,
+                payload,
+                payload.len() as u64,
+                0,
+            )
+            .unwrap()
+        };
+        let carrying = write(Some(&update));
+        let read_back = read_bundle(&carrying[..], |_| Ok(()), Some(&mut DiscardSink)).unwrap();
+        assert_eq!(read_back.trust_update.as_deref(), Some(&update[..]));
+        // `sign` keeps it.
+        let other = SecretKey::from_minisign(&SecretKey::generate(None).unwrap().secret_text, None)
+            .unwrap();
+        let mut sigs = header.signatures.clone();
+        sigs.push(other.sign(&header.manifest_bytes, "t"));
+        let resigned = rewrite_signatures(&carrying[..], Vec::new(), &sigs).unwrap();
+        let read_back = read_bundle(&resigned[..], |_| Ok(()), Some(&mut DiscardSink)).unwrap();
+        assert_eq!(read_back.trust_update.as_deref(), Some(&update[..]));
+        assert_eq!(read_back.signatures.len(), 2);
+        // Not a trust update: refused by name.
+        let junk = write(Some(b"{}"));
+        let err = read_bundle(&junk[..], |_| Ok(()), None).unwrap_err();
+        assert!(
+            err.to_string().contains("entry `trust-update.json`"),
+            "{err}"
+        );
     }
 
     fn read(bytes: &[u8], key: &SecretKey) -> Result<Collect, BundleError> {

@@ -27,9 +27,20 @@ chmod +x "$work/demo/bin/airlock-demo-service"
 "$build" --no-progress build --spec "$work/demo/bundle.toml" --key "$out/seed.key" \
     --out "$work/level19" --level 19 >/dev/null
 
-mkdir -p "$out"/{bundle_reader,manifest,public_key,secret_key,signature,bundle_path}
+# A trust update signed by the seed key, and a bundle carrying it.
+"$build" trust new --key "$out/seed.pub" --trust-version 2 --expires-after-days 365 \
+    --out "$work/trust-2.json" 2>/dev/null
+"$build" trust sign "$work/trust-2.json" --key "$out/seed.key" 2>/dev/null
+cp "$work/trust-2.json" "$work/demo/trust-2.json"
+sed -i '1i trust_update = "trust-2.json"' "$work/demo/bundle.toml"
+"$build" --no-progress build --spec "$work/demo/bundle.toml" --key "$out/seed.key" \
+    --out "$work/carrying" >/dev/null
+
+mkdir -p "$out"/{bundle_reader,manifest,public_key,secret_key,signature,bundle_path,trust_update}
 cp "$work"/one/*.airlock "$out/bundle_reader/demo.airlock"
 cp "$work"/level19/*.airlock "$out/bundle_reader/demo-level19.airlock"
+cp "$work"/carrying/*.airlock "$out/bundle_reader/demo-carrying-trust.airlock"
+cp "$work/trust-2.json" "$out/trust_update/trust-2.json"
 # Manifest and signature, as the container holds them.
 tar -xf "$out/bundle_reader/demo.airlock" -C "$work" manifest.json
 cp "$work/manifest.json" "$out/manifest/demo.json"

@@ -16,7 +16,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use airlock_applier::steps::stage::StageSink;
-use airlock_formats::{read_bundle, BundlePath, Manifest, PublicKey, SecretKey, Signature, Trust};
+use airlock_formats::{
+    read_bundle, BundlePath, Manifest, PublicKey, SecretKey, Signature, Trust, TrustUpdate,
+};
 
 /// A key trusted by the bundle reader target: the seed corpus is signed by it
 /// (fuzz/corpus/README.md says how it was made), so signature checking runs
@@ -164,4 +166,19 @@ pub fn bundle_path(data: &[u8]) {
         .all(|c| matches!(c, std::path::Component::Normal(_))));
     assert_eq!(below.components().count(), path.as_str().split('/').count());
     assert_eq!(BundlePath::parse(path.as_str()).unwrap(), path);
+}
+
+/// The trust update parser (a file `trust install` reads, and the entry a
+/// bundle may carry): an accepted update writes back as a file that parses
+/// to the same document, and checking it against the seed trust never
+/// panics.
+pub fn trust_update(data: &[u8]) {
+    let Ok((update, document)) = TrustUpdate::from_json(data) else {
+        return;
+    };
+    let (again, document_again) = TrustUpdate::from_json(&update.to_json().unwrap()).unwrap();
+    assert_eq!(document_again, document);
+    assert_eq!(again.trust, update.trust);
+    let trust = Trust::new(vec![PublicKey::from_minisign(SEED_PUBLIC_KEY).unwrap()], 1).unwrap();
+    let _ = update.check(&trust, 1);
 }

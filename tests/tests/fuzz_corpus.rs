@@ -18,6 +18,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("secret_key", airlock_fuzz::secret_key),
     ("signature", airlock_fuzz::signature),
     ("bundle_path", airlock_fuzz::bundle_path),
+    ("trust_update", airlock_fuzz::trust_update),
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -264,6 +264,13 @@ pub fn apply(
         .map_err(ApplyError::from)
         .inspect_err(|e| audit_early_failure(&state, bundle, e))?;
     crate::verify::record(&state, bundle, &header)?;
+    // A trust update the bundle carries was checked against this site's
+    // trust and vouched for the bundle's signatures: it is in force from
+    // now, whatever the apply does next, as after `trust install`.
+    if let Some(carried) = &header.carried_trust {
+        let line = crate::commands::trust::install_carried(&state, bundle, carried)?;
+        reporter.event("trust", Status::Ok, &line);
+    }
     let m = header.header.manifest.clone();
     if m.version == header.installed.version && !opts.reinstall && !opts.allow_downgrade {
         reporter.event(

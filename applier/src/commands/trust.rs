@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use airlock_formats::trust::Accepted;
 use airlock_formats::{KeyId, Sha256Digest, TrustUpdate};
 use serde::Serialize;
 
@@ -150,21 +151,7 @@ fn accept(holder: &Holder, state: &State, file: &Path) -> Result<Installed, Appl
             ));
         }
     }
-    let sha256 = Sha256Digest::of(&bytes).to_hex();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let signers = format!(
-        "current: {}; new: {}",
-        ids(&accepted.current_signers),
-        ids(&accepted.new_signers)
-    );
-    state.add_trust(accepted.document.version, &text, &sha256, &signers)?;
-    state.observe_time(
-        i64::try_from(accepted.document.created_at).unwrap_or(i64::MAX),
-        &format!(
-            "the created_at of trust version {}",
-            accepted.document.version
-        ),
-    )?;
+    let sha256 = keep(state, &bytes, &accepted)?;
     let trust = accepted
         .document
         .trust()
@@ -190,6 +177,65 @@ fn accept(holder: &Holder, state: &State, file: &Path) -> Result<Installed, Appl
             .collect(),
         sha256,
     })
+}
+
+/// Keeps the accepted trust update `bytes` in the state database as the
+/// trust in force, and moves this node's time to its `created_at`.
+/// Returns the file's SHA-256.
+///
+/// # Errors
+/// [`ApplyError::State`] when it cannot be written (or another process
+/// kept this version first).
+pub fn keep(state: &State, bytes: &[u8], accepted: &Accepted) -> Result<String, ApplyError> {
+    let sha256 = Sha256Digest::of(bytes).to_hex();
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    let signers = format!(
+        "current: {}; new: {}",
+        ids(&accepted.current_signers),
+        ids(&accepted.new_signers)
+    );
+    state.add_trust(accepted.document.version, &text, &sha256, &signers)?;
+    state.observe_time(
+        i64::try_from(accepted.document.created_at).unwrap_or(i64::MAX),
+        &format!(
+            "the created_at of trust version {}",
+            accepted.document.version
+        ),
+    )?;
+    Ok(sha256)
+}
+
+/// Installs the trust update the verified bundle `bundle` carries, as
+/// `trust install` would, with its audit entry (docs/SITE.md, "Trust
+/// updates"). Returns a line for the operator.
+///
+/// # Errors
+/// [`ApplyError::State`] when it cannot be kept.
+pub fn install_carried(
+    state: &State,
+    bundle: &Path,
+    carried: &crate::verify::CarriedTrust,
+) -> Result<String, ApplyError> {
+    let accepted = &carried.accepted;
+    let sha256 = keep(state, &carried.bytes, accepted)?;
+    state.audit(&AuditEntry {
+        action: AuditAction::TrustInstall,
+        bundle: Some(format!("{} (carried)", bundle.display())),
+        version: Some(format!("trust {}", accepted.document.version)),
+        bundle_sha256: Some(sha256),
+        signers: Some(format!(
+            "current: {}; new: {}",
+            ids(&accepted.current_signers),
+            ids(&accepted.new_signers)
+        )),
+        ..AuditEntry::default()
+    })?;
+    Ok(format!(
+        "trust version {} carried by the bundle installed: {} of {} must sign",
+        accepted.document.version,
+        accepted.document.threshold,
+        ids(&accepted.new_signers)
+    ))
 }
 
 /// The trust in force and every version accepted before.

@@ -275,3 +275,81 @@ fn an_exported_manifest_and_its_signatures_verify_with_minisign_itself() {
     fs::write(&altered, text.replacen("1.1.0", "1.1.1", 1)).unwrap();
     assert!(!minisign(&altered).status.success());
 }
+
+/// An edit of a demo release that makes its bundle carry the trust update `update`.
+fn carrying(update: &Path) -> impl FnOnce(&Path) + '_ {
+    move |release: &Path| {
+        fs::copy(update, release.join("trust-update.json")).unwrap();
+        let spec = release.join("bundle.toml");
+        let text = fs::read_to_string(&spec).unwrap();
+        fs::write(
+            &spec,
+            format!("trust_update = \"trust-update.json\"\n{text}"),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_bundle_carries_its_rotation_and_is_signed_by_the_new_key_alone() {
+    let demo = Demo::start();
+    let keys = Keys::new(&["next"]);
+    let next_pub = keys.public("next").display().to_string();
+    let update = demo.root.join("trust-2.json");
+    let update_text = update.display().to_string();
+    airlock_build(&[
+        "trust",
+        "new",
+        "--key",
+        &next_pub,
+        "--trust-version",
+        "2",
+        "--out",
+        &update_text,
+    ])
+    .ok();
+
+    // Signed by the new key only: the site's key never vouched for it, so
+    // the bundle carrying it is refused and nothing changes.
+    sign(&update_text, &keys.secret("next"));
+    let half = demo.release_as("1.1.0", &keys.secret("next"), None, carrying(&update));
+    refused(
+        &airlock_apply(&["apply", &half, "--site", &demo.site()]),
+        "it carries a trust update that this site does not accept: it is signed by 0 of the current keys",
+    );
+    assert_eq!(installed_release(&demo), "1.0.0\n");
+    assert_eq!(trust_show(&demo)["version"], 1);
+
+    // Signed by both: the bundle, signed by the new key alone, is applied,
+    // and the update is in force.
+    sign(&update_text, &demo.keys.secret("release"));
+    let run = airlock_build(&["inspect", &half]).ok();
+    assert!(
+        run.stdout
+            .contains("trust update  version 2: 1 of 1 key(s) must sign"),
+        "{}",
+        run.stdout
+    );
+    let whole = demo.release_as("1.2.0", &keys.secret("next"), None, carrying(&update));
+    let run = airlock_apply(&["apply", &whole, "--site", &demo.site()]).ok();
+    assert!(
+        run.stderr
+            .contains("trust version 2 carried by the bundle installed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(installed_release(&demo), "1.2.0\n");
+    assert_eq!(trust_show(&demo)["version"], 2);
+    let history = airlock_apply(&["history", "--site", &demo.site()])
+        .ok()
+        .stdout;
+    assert!(history.contains("trust-install"), "{history}");
+
+    // The old key is out.
+    let old = demo.release_as("1.3.0", &demo.keys.secret("release"), None, |_| {});
+    refused(
+        &airlock_apply(&["apply", &old, "--site", &demo.site()]),
+        "is not trusted by this site",
+    );
+    assert_eq!(installed_release(&demo), "1.2.0\n");
+}
