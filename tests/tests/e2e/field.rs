@@ -384,6 +384,9 @@ fn a_permission_problem_is_reported_as_one_never_as_damage() {
     );
     assert!(check.stderr.contains("state"), "{}", check.stderr);
     assert!(!check.stderr.contains("does not match"), "{}", check.stderr);
+    // The state folder readable again (the site's trust in force is read
+    // from it), the backups not.
+    open(&demo.site_dir().join("state"), 0o755);
     let list = airlock_apply_as_nobody(&["backups", "list", "--site", &site]);
     assert_eq!(list.code, 1, "{}", list.stderr);
     assert!(list.stderr.contains("Permission denied"), "{}", list.stderr);

@@ -353,3 +353,29 @@ fn a_bundle_carries_its_rotation_and_is_signed_by_the_new_key_alone() {
     );
     assert_eq!(installed_release(&demo), "1.2.0\n");
 }
+
+#[test]
+fn a_key_made_by_minisign_w_signs_a_bundle_the_site_applies() {
+    let demo = Demo::start();
+    let dir = demo.root.join("minisign");
+    fs::create_dir(&dir).unwrap();
+    let (public, secret) = (dir.join("m.pub"), dir.join("m.key"));
+    let out = Command::new("minisign")
+        .args(["-G", "-W", "-p"])
+        .arg(&public)
+        .arg("-s")
+        .arg(&secret)
+        .output()
+        .expect("run minisign (Debian package `minisign`)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The site trusts the minisign key instead of its own.
+    fs::copy(&public, demo.site_dir().join("keys/release.pub")).unwrap();
+    let bundle = demo.release_as("1.1.0", &secret.display().to_string(), None, |_| {});
+    airlock_build(&["verify", &bundle, "--trust", &public.display().to_string()]).ok();
+    airlock_apply(&["apply", &bundle, "--site", &demo.site()]).ok();
+    assert_eq!(installed_release(&demo), "1.1.0\n");
+}
