@@ -82,12 +82,17 @@ pub struct CarriedTrust {
 /// The trust a bundle is checked against: the site's trust in force, or the
 /// trust update the bundle carries when this site accepts it (a higher
 /// version, signed by both thresholds, not expired).
-fn effective_trust(
-    site: &Site,
+///
+/// # Errors
+/// The [`Refusal`] of a carried update that raises the version but is not
+/// acceptable or has expired.
+pub fn effective_trust(
+    trust: &Trust,
+    trust_version: &TrustInForce,
     header: &BundleHeader,
     clock: &Clock,
 ) -> Result<(Trust, TrustInForce, Option<CarriedTrust>), Refusal> {
-    let current = || (site.trust.clone(), site.trust_version.clone(), None);
+    let current = || (trust.clone(), trust_version.clone(), None);
     let Some(bytes) = &header.trust_update else {
         return Ok(current());
     };
@@ -98,7 +103,7 @@ fn effective_trust(
         )
     };
     let (update, _) = TrustUpdate::from_json(bytes).map_err(|e| refuse(e.to_string()))?;
-    let accepted = match update.check(&site.trust, site.trust_version.version) {
+    let accepted = match update.check(trust, trust_version.version) {
         Ok(accepted) => accepted,
         // Installed already, or older than what is in force: nothing to carry.
         Err(TrustError::NotNewer { .. }) => return Ok(current()),
@@ -709,7 +714,8 @@ pub fn read_and_verify(
                     BundleError::Refused(refusal.reason)
                 };
                 let (trust, trust_version, carried) =
-                    effective_trust(site, h, &clock).map_err(&mut refused)?;
+                    effective_trust(&site.trust, &site.trust_version, h, &clock)
+                        .map_err(&mut refused)?;
                 if let Some(o) = check_trust_expiry(&trust_version, &clock, opts).map_err(&mut refused)? {
                     overrides.push(o);
                 }

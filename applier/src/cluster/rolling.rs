@@ -151,9 +151,14 @@ fn coordinator_lock(site: &ClusterSite) -> Result<NodeLock, ApplyError> {
     lock_in(&site.profile.paths.state_dir, "rollout.lock")
 }
 
-/// Checks the bundle on the coordinator: signatures, threshold, expiry, every
-/// payload byte, and that it allows mixed versions.
-fn verify_here(site: &ClusterSite, bundle: &Path) -> Result<Manifest, ApplyError> {
+/// Checks the bundle on the coordinator: signatures (against the trust
+/// update it carries, when the coordinator accepts one), threshold, expiry,
+/// every payload byte, and that it allows mixed versions. Returns the
+/// manifest and the carried trust update the coordinator accepted.
+fn verify_here(
+    site: &ClusterSite,
+    bundle: &Path,
+) -> Result<(Manifest, Option<crate::verify::CarriedTrust>), ApplyError> {
     let refused = |reason: String, help: &str| ApplyError::Refused {
         bundle: bundle.to_owned(),
         reason,
@@ -166,13 +171,18 @@ fn verify_here(site: &ClusterSite, bundle: &Path) -> Result<Manifest, ApplyError
         )
     })?;
     let mut mixed_ok = true;
+    let mut carried_trust = None;
     let header = source.read(
         |h| {
-            site.trust.check(&h.manifest_bytes, &h.signatures)?;
             // The coordinator's clock alone: each node checks against its
             // own recorded time too.
             let clock = crate::verify::Clock::read(None, site.profile.trust.clock_skew_secs)
                 .map_err(|e| BundleError::Refused(e.to_string()))?;
+            let (trust, _, carried) =
+                crate::verify::effective_trust(&site.trust, &site.trust_version, h, &clock)
+                    .map_err(|refusal| BundleError::Refused(refusal.reason))?;
+            trust.check(&h.manifest_bytes, &h.signatures)?;
+            carried_trust = carried;
             crate::verify::check_time(&h.manifest, &clock, crate::VerifyOptions::default())
                 .map_err(|refusal| BundleError::Refused(refusal.reason))?;
             mixed_ok = h.manifest.rolling_allowed;
@@ -187,7 +197,7 @@ fn verify_here(site: &ClusterSite, bundle: &Path) -> Result<Manifest, ApplyError
         Some(&mut DiscardSink),
     );
     match header {
-        Ok(h) => Ok(h.manifest),
+        Ok(h) => Ok((h.manifest, carried_trust)),
         Err(e) if !mixed_ok => Err(refused(
             e.to_string(),
             "upgrade this release in a maintenance window instead: stop every member, run `airlock-apply apply` on each node's own site profile, then start them; or ask for a bundle that allows mixed versions",
@@ -745,7 +755,13 @@ pub fn rollout(
         (Some(b), _) => (None, b.to_owned()),
     };
     reporter.event("verify", Status::Start, &bundle.display().to_string());
-    let manifest = verify_here(site, &bundle)?;
+    let (manifest, carried_trust) = verify_here(site, &bundle)?;
+    // The coordinator keeps the trust update the bundle carries, as each
+    // node does when it applies the bundle (docs/SITE.md, "Trust updates").
+    if let Some(carried) = &carried_trust {
+        let line = crate::commands::trust::install_carried(&state, &bundle, carried)?;
+        reporter.event("trust", Status::Ok, &line);
+    }
     reporter.event(
         "verify",
         Status::Ok,

@@ -391,10 +391,43 @@ fn upgrade_order(events: &[serde_json::Value]) -> Vec<String> {
 }
 
 fn rollout_upgrades_every_member(transport: Transport) {
-    let keys = Keys::new(&["release"]);
+    let keys = Keys::new(&["release", "next"]);
     let cluster = Cluster::start(&[&keys.public("release")], transport);
     let work = tempfile::tempdir().unwrap();
-    let mut bundle = release(&keys, work.path(), true);
+    let rotate = transport == Transport::Local;
+    let mut bundle = if rotate {
+        // The release also rotates the cluster's key: it carries trust
+        // version 2 (signed by the old key and the new one) and is signed
+        // by the new key alone.
+        let update = work.path().join("trust-2.json").display().to_string();
+        airlock_build(&[
+            "trust",
+            "new",
+            "--key",
+            &keys.public("next").display().to_string(),
+            "--trust-version",
+            "2",
+            "--out",
+            &update,
+        ])
+        .ok();
+        for key in ["release", "next"] {
+            airlock_build(&["trust", "sign", &update, "--key", &keys.secret(key)]).ok();
+        }
+        let spec = write_release_with(
+            &work.path().join("release"),
+            "1.1.0",
+            "^1.0.0",
+            false,
+            "1.1.0",
+            true,
+        );
+        let text = fs::read_to_string(&spec).unwrap();
+        fs::write(&spec, format!("trust_update = \"{update}\"\n{text}")).unwrap();
+        build_bundle(&spec, &keys.secret("next"), &work.path().join("out"))
+    } else {
+        release(&keys, work.path(), true)
+    };
     if transport == Transport::Ssh {
         // Over ssh the bundle travels as a volume set: the coordinator
         // copies the index and the volumes, each node reads them in place.
@@ -480,6 +513,18 @@ fn rollout_upgrades_every_member(transport: Transport) {
         .unwrap()
         .iter()
         .all(|n| n["state"] == "upgraded" && n["version"] == "1.1.0"));
+    if rotate {
+        // The coordinator and every node keep the carried trust version 2.
+        let sites = ["n1", "n2", "n3"]
+            .map(|m| cluster.node(m).site())
+            .into_iter()
+            .chain([cluster.profile()]);
+        for site in sites {
+            let shown = airlock_apply(&["--json", "trust", "show", "--site", &site]).ok();
+            let shown: serde_json::Value = serde_json::from_str(shown.stdout.trim()).unwrap();
+            assert_eq!(shown["version"], 2, "{site}: {shown}");
+        }
+    }
 }
 
 #[test]
