@@ -21,6 +21,16 @@ pub struct TrustRecord {
     pub accepted_at: i64,
 }
 
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrustRecord> {
+    Ok(TrustRecord {
+        version: r.get::<_, i64>(0)?.try_into().unwrap_or(0),
+        document: r.get(1)?,
+        sha256: r.get(2)?,
+        signers: r.get(3)?,
+        accepted_at: r.get(4)?,
+    })
+}
+
 impl State {
     /// Every accepted trust update, oldest first.
     ///
@@ -33,17 +43,7 @@ impl State {
                 "SELECT version, document, sha256, signers, accepted_at FROM trust ORDER BY version",
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(TrustRecord {
-                    version: r.get::<_, i64>(0)?.try_into().unwrap_or(0),
-                    document: r.get(1)?,
-                    sha256: r.get(2)?,
-                    signers: r.get(3)?,
-                    accepted_at: r.get(4)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], record).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
@@ -57,15 +57,7 @@ impl State {
                 "SELECT version, document, sha256, signers, accepted_at FROM trust
                  ORDER BY version DESC LIMIT 1",
                 [],
-                |r| {
-                    Ok(TrustRecord {
-                        version: r.get::<_, i64>(0)?.try_into().unwrap_or(0),
-                        document: r.get(1)?,
-                        sha256: r.get(2)?,
-                        signers: r.get(3)?,
-                        accepted_at: r.get(4)?,
-                    })
-                },
+                record,
             )
             .optional()
             .map_err(|e| self.err(e))
@@ -108,5 +100,29 @@ impl State {
         })();
         self.exec(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_only_rise_and_the_highest_is_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        assert_eq!(state.trust_in_force().unwrap(), None);
+        state.add_trust(2, "two", "s2", "current: A; new: B").unwrap();
+        assert!(state.add_trust(2, "again", "s2b", "").is_err());
+        assert!(state.add_trust(1, "lower", "s1", "").is_err());
+        state.add_trust(3, "three", "s3", "").unwrap();
+        assert_eq!(state.trust_in_force().unwrap().unwrap().document, "three");
+        let all: Vec<u64> = state
+            .trust_records()
+            .unwrap()
+            .iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(all, vec![2, 3]);
     }
 }

@@ -352,15 +352,23 @@ fn count_prefix(endpoint: &str, prefix: &str, end: &str) -> usize {
 }
 
 fn release(keys: &Keys, dir: &Path, rolling_allowed: bool) -> PathBuf {
-    let spec = write_release_with(
+    build_bundle(
+        &release_spec(dir, rolling_allowed),
+        &keys.secret("release"),
+        &dir.join("out"),
+    )
+}
+
+/// The spec of etcd-node 1.1.0, in `dir/release`.
+fn release_spec(dir: &Path, rolling_allowed: bool) -> PathBuf {
+    write_release_with(
         &dir.join("release"),
         "1.1.0",
         "^1.0.0",
         false,
         "1.1.0",
         rolling_allowed,
-    );
-    build_bundle(&spec, &keys.secret("release"), &dir.join("out"))
+    )
 }
 
 /// Runs the rolling upgrade with `--json` and returns (exit code, events, stderr).
@@ -399,29 +407,13 @@ fn rollout_upgrades_every_member(transport: Transport) {
         // The release also rotates the cluster's key: it carries trust
         // version 2 (signed by the old key and the new one) and is signed
         // by the new key alone.
-        let update = work.path().join("trust-2.json").display().to_string();
-        airlock_build(&[
-            "trust",
-            "new",
-            "--key",
-            &keys.public("next").display().to_string(),
-            "--trust-version",
-            "2",
-            "--out",
-            &update,
-        ])
-        .ok();
-        for key in ["release", "next"] {
-            airlock_build(&["trust", "sign", &update, "--key", &keys.secret(key)]).ok();
-        }
-        let spec = write_release_with(
-            &work.path().join("release"),
-            "1.1.0",
-            "^1.0.0",
-            false,
-            "1.1.0",
-            true,
+        let update = trust_update(
+            &work.path().join("trust-2.json"),
+            &keys.public("next"),
+            2,
+            &[&keys.secret("release"), &keys.secret("next")],
         );
+        let spec = release_spec(work.path(), true);
         let text = fs::read_to_string(&spec).unwrap();
         fs::write(&spec, format!("trust_update = \"{update}\"\n{text}")).unwrap();
         build_bundle(&spec, &keys.secret("next"), &work.path().join("out"))

@@ -529,6 +529,28 @@ impl Keys {
     }
 }
 
+/// Writes the trust update `out` (`airlock-build trust new`) of `version`,
+/// trusting the public key file `public`, signed by the secret key files
+/// `signers` in order (`airlock-build trust sign`).
+pub fn trust_update(out: &Path, public: &Path, version: u32, signers: &[&str]) -> String {
+    let out = out.display().to_string();
+    airlock_build(&[
+        "trust",
+        "new",
+        "--key",
+        &public.display().to_string(),
+        "--trust-version",
+        &version.to_string(),
+        "--out",
+        &out,
+    ])
+    .ok();
+    for key in signers {
+        airlock_build(&["trust", "sign", &out, "--key", key]).ok();
+    }
+    out
+}
+
 /// Writes a release folder for `version`: the etcd binary (with `marker`
 /// appended so each release's binary hashes differently, or replaced by a
 /// script when `broken`), a RELEASE file and the 1.1.0 migrations.

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::demo::Demo;
-use crate::harness::{airlock_apply, airlock_build, bin, Keys, Run};
+use crate::harness::{airlock_apply, airlock_build, bin, trust_update, Keys, Run};
 
 fn trust_show(demo: &Demo) -> serde_json::Value {
     let run = airlock_apply(&["--json", "trust", "show", "--site", &demo.site()]).ok();
@@ -46,18 +46,12 @@ fn a_rotation_needs_both_thresholds_and_a_higher_version_and_retires_the_old_key
     let next_pub = keys.public("next").display().to_string();
     let next_id = fs::read_to_string(&next_pub).unwrap();
     let next_id = next_id.split_whitespace().nth(5).unwrap().to_owned();
-    let update = demo.root.join("trust-2.json").display().to_string();
-    airlock_build(&[
-        "trust",
-        "new",
-        "--key",
-        &next_pub,
-        "--trust-version",
-        "2",
-        "--out",
-        &update,
-    ])
-    .ok();
+    let update = trust_update(
+        &demo.root.join("trust-2.json"),
+        &keys.public("next"),
+        2,
+        &[],
+    );
     let install = || airlock_apply(&["trust", "install", &update, "--site", &demo.site()]);
 
     // Unsigned, then signed by the old key alone: refused, nothing kept.
@@ -87,19 +81,12 @@ fn a_rotation_needs_both_thresholds_and_a_higher_version_and_retires_the_old_key
         &install(),
         "it is trust version 2, and version 2 is in force here",
     );
-    let again = demo.root.join("trust-2b.json").display().to_string();
-    airlock_build(&[
-        "trust",
-        "new",
-        "--key",
-        &next_pub,
-        "--trust-version",
-        "2",
-        "--out",
-        &again,
-    ])
-    .ok();
-    sign(&again, &keys.secret("next"));
+    let again = trust_update(
+        &demo.root.join("trust-2b.json"),
+        &keys.public("next"),
+        2,
+        &[&keys.secret("next")],
+    );
     refused(
         &airlock_apply(&["trust", "install", &again, "--site", &demo.site()]),
         "must raise the version",
@@ -294,24 +281,10 @@ fn carrying(update: &Path) -> impl FnOnce(&Path) + '_ {
 fn a_bundle_carries_its_rotation_and_is_signed_by_the_new_key_alone() {
     let demo = Demo::start();
     let keys = Keys::new(&["next"]);
-    let next_pub = keys.public("next").display().to_string();
-    let update = demo.root.join("trust-2.json");
-    let update_text = update.display().to_string();
-    airlock_build(&[
-        "trust",
-        "new",
-        "--key",
-        &next_pub,
-        "--trust-version",
-        "2",
-        "--out",
-        &update_text,
-    ])
-    .ok();
-
     // Signed by the new key only: the site's key never vouched for it, so
     // the bundle carrying it is refused and nothing changes.
-    sign(&update_text, &keys.secret("next"));
+    let update = demo.root.join("trust-2.json");
+    let update_text = trust_update(&update, &keys.public("next"), 2, &[&keys.secret("next")]);
     let half = demo.release_as("1.1.0", &keys.secret("next"), None, carrying(&update));
     refused(
         &airlock_apply(&["apply", &half, "--site", &demo.site()]),
