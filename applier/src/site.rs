@@ -58,6 +58,30 @@ impl TrustInForce {
     }
 }
 
+/// Checks, with the node's lock held, that the trust version read when the
+/// profile at `path` was loaded is still the one in force: a `trust install`
+/// may have finished in between.
+///
+/// # Errors
+/// [`ApplyError::Site`] asking to run the command again when it changed.
+pub fn check_trust_current(
+    state: &crate::state::State,
+    path: &Path,
+    loaded: &TrustInForce,
+) -> Result<(), ApplyError> {
+    let now = state.trust_in_force()?.map_or(1, |r| r.version);
+    if now != loaded.version {
+        return Err(ApplyError::Site {
+            path: path.to_owned(),
+            reason: format!(
+                "trust version {now} was installed while this command started with version {}; run it again",
+                loaded.version
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The trust in force for a profile at `path` whose `[trust]` is `profile`
 /// (key paths absolute) and whose state database lives in `state_dir`: the
 /// highest trust update accepted there, else the profile's `[trust]` as
@@ -389,6 +413,17 @@ impl Site {
         if let Some(p) = &profile.service.version {
             p.check(path, "service.version")?;
         }
+        if let Some(root) = profile
+            .install_roots
+            .iter()
+            .flatten()
+            .find(|r| r.parent().is_none())
+        {
+            return Err(site_err(format!(
+                "install_roots: `{}` would let a bundle write anywhere; name the folders it may write into",
+                root.display()
+            )));
+        }
         if profile.paths.keep_backups == 0 {
             return Err(site_err("paths.keep_backups must be at least 1".into()));
         }
@@ -418,7 +453,11 @@ impl Site {
             .values()
             .chain(self.profile.files.values())
             .chain(self.profile.trees.values())
-            .map(|p| airlock_formats::durable::parent_of(p).to_owned())
+            // A path mapped into `/` makes itself the root, never `/`.
+            .map(|p| match p.parent() {
+                Some(parent) if parent.parent().is_some() => parent.to_owned(),
+                _ => p.clone(),
+            })
             .collect();
         roots.sort();
         roots.dedup();

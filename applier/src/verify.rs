@@ -77,6 +77,31 @@ pub struct CarriedTrust {
     pub bytes: Vec<u8>,
     /// Its document and who signed it.
     pub accepted: airlock_formats::trust::Accepted,
+    /// The trust version it was checked against.
+    pub previous: u64,
+}
+
+/// Refuses a trust update made more than the skew ahead of this node's
+/// time, whose `created_at` would otherwise move the node's time forward
+/// without bound.
+///
+/// # Errors
+/// Why, in words.
+pub fn check_trust_created(
+    document: &airlock_formats::TrustDocument,
+    clock: &Clock,
+) -> Result<(), String> {
+    let created = i64::try_from(document.created_at).unwrap_or(i64::MAX);
+    if created > clock.time().saturating_add(clock.skew_secs) {
+        return Err(format!(
+            "trust version {} was created at {} (Unix seconds), more than {} s ahead: {}",
+            document.version,
+            document.created_at,
+            clock.skew_secs,
+            clock.describe()
+        ));
+    }
+    Ok(())
 }
 
 /// The trust a bundle is checked against: the site's trust in force, or the
@@ -109,6 +134,7 @@ pub fn effective_trust(
         Err(TrustError::NotNewer { .. }) => return Ok(current()),
         Err(e) => return Err(refuse(e.to_string())),
     };
+    check_trust_created(&accepted.document, clock).map_err(refuse)?;
     if let Some(expires) = accepted.document.expires_at {
         if clock.time() > i64::try_from(expires).unwrap_or(i64::MAX) {
             return Err(refuse(format!(
@@ -134,6 +160,7 @@ pub fn effective_trust(
         Some(CarriedTrust {
             bytes: bytes.clone(),
             accepted,
+            previous: trust_version.version,
         }),
     ))
 }
@@ -369,7 +396,10 @@ pub fn check_time(
 
 /// Refuses every bundle while the site's trust in force has expired
 /// (docs/SITE.md, "Trust updates"), unless `opts.allow_expired`.
-fn check_trust_expiry(
+///
+/// # Errors
+/// The [`Refusal`], naming the version and the times.
+pub fn check_trust_expiry(
     trust_version: &TrustInForce,
     clock: &Clock,
     opts: VerifyOptions,
@@ -643,9 +673,22 @@ fn check_install_roots(
     let files = files
         .iter()
         .map(|(what, t)| (format!("`{what}`"), t.clone()));
+    // What the profile maps is the site's own word; anything else must lie
+    // strictly below a root, so a bundle never replaces a root itself.
+    let mapped: Vec<&PathBuf> = site
+        .profile
+        .binaries
+        .values()
+        .chain(site.profile.files.values())
+        .chain(site.profile.trees.values())
+        .collect();
     for (what, target) in files.chain(trees) {
-        let inside = resolved(&target)
-            .is_some_and(|real| real_roots.iter().any(|root| real.starts_with(root)));
+        let inside = mapped.contains(&&target)
+            || resolved(&target).is_some_and(|real| {
+                real_roots
+                    .iter()
+                    .any(|root| real.starts_with(root) && &real != root)
+            });
         if inside {
             continue;
         }
@@ -660,7 +703,7 @@ fn check_install_roots(
         };
         return Err(Refusal::new(
             format!(
-                "{what} would be installed at `{}`, outside the site's install roots ({shown_roots}; {})",
+                "{what} would be installed at `{}`, not below the site's install roots ({shown_roots}; {})",
                 target.display(),
                 from.describe()
             ),

@@ -131,6 +131,13 @@ impl TrustDocument {
                 crate::shown::shown(&self.format)
             )));
         }
+        if i64::try_from(self.version).is_err() {
+            return Err(invalid(format!(
+                "version {} is above {} (SQLite's largest integer)",
+                self.version,
+                i64::MAX
+            )));
+        }
         if self.version < 2 {
             return Err(invalid(format!(
                 "version {} is below 2 (the site profile's [trust] is version 1)",

@@ -178,9 +178,11 @@ fn verify_here(
             // own recorded time too.
             let clock = crate::verify::Clock::read(None, site.profile.trust.clock_skew_secs)
                 .map_err(|e| BundleError::Refused(e.to_string()))?;
-            let (trust, _, carried) =
+            let (trust, trust_version, carried) =
                 crate::verify::effective_trust(&site.trust, &site.trust_version, h, &clock)
                     .map_err(|refusal| BundleError::Refused(refusal.reason))?;
+            crate::verify::check_trust_expiry(&trust_version, &clock, crate::VerifyOptions::default())
+                .map_err(|refusal| BundleError::Refused(refusal.reason))?;
             trust.check(&h.manifest_bytes, &h.signatures)?;
             carried_trust = carried;
             crate::verify::check_time(&h.manifest, &clock, crate::VerifyOptions::default())
@@ -727,6 +729,7 @@ pub fn rollout(
 ) -> Result<(), ApplyError> {
     let _lock = coordinator_lock(site)?;
     let state = State::open(&site.profile.paths.state_dir)?;
+    crate::site::check_trust_current(&state, &site.path, &site.trust_version)?;
     let latest = state.latest_rollout()?;
     let (id, bundle) = match (bundle, latest) {
         (None, Some(r)) if r.outcome.is_open() => {

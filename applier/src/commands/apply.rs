@@ -250,6 +250,7 @@ pub fn apply(
     );
     let state = State::open(&site.profile.paths.state_dir)?;
     refuse_if_interrupted(&state)?;
+    crate::site::check_trust_current(&state, &site.path, &site.trust_version)?;
     state.observe_time(crate::state::now(), "the clock")?;
 
     // Authenticate and check the header first (no payload read), so the

@@ -140,6 +140,12 @@ fn accept(holder: &Holder, state: &State, file: &Path) -> Result<Installed, Appl
         }
     })?;
     let clock = Clock::read(Some(state), holder.skew_secs)?;
+    if let Err(reason) = crate::verify::check_trust_created(&accepted.document, &clock) {
+        return Err(refused(
+            reason,
+            "check this machine's clock (`date -u`); the update cannot be newer than this node's time by more than [trust] clock_skew_secs",
+        ));
+    }
     if let Some(expires) = accepted.document.expires_at {
         if clock.time() > i64::try_from(expires).unwrap_or(i64::MAX) {
             return Err(refused(
@@ -151,7 +157,7 @@ fn accept(holder: &Holder, state: &State, file: &Path) -> Result<Installed, Appl
             ));
         }
     }
-    let sha256 = keep(state, &bytes, &accepted)?;
+    let sha256 = keep(state, &bytes, &accepted, holder.version.version)?;
     let trust = accepted
         .document
         .trust()
@@ -186,7 +192,12 @@ fn accept(holder: &Holder, state: &State, file: &Path) -> Result<Installed, Appl
 /// # Errors
 /// [`ApplyError::State`] when it cannot be written (or another process
 /// kept this version first).
-pub fn keep(state: &State, bytes: &[u8], accepted: &Accepted) -> Result<String, ApplyError> {
+pub fn keep(
+    state: &State,
+    bytes: &[u8],
+    accepted: &Accepted,
+    previous: u64,
+) -> Result<String, ApplyError> {
     let sha256 = Sha256Digest::of(bytes).to_hex();
     let text = String::from_utf8_lossy(bytes).into_owned();
     let signers = format!(
@@ -194,7 +205,13 @@ pub fn keep(state: &State, bytes: &[u8], accepted: &Accepted) -> Result<String, 
         ids(&accepted.current_signers),
         ids(&accepted.new_signers)
     );
-    state.add_trust(accepted.document.version, &text, &sha256, &signers)?;
+    state.add_trust(
+        accepted.document.version,
+        previous,
+        &text,
+        &sha256,
+        &signers,
+    )?;
     state.observe_time(
         i64::try_from(accepted.document.created_at).unwrap_or(i64::MAX),
         &format!(
@@ -217,7 +234,7 @@ pub fn install_carried(
     carried: &crate::verify::CarriedTrust,
 ) -> Result<String, ApplyError> {
     let accepted = &carried.accepted;
-    let sha256 = keep(state, &carried.bytes, accepted)?;
+    let sha256 = keep(state, &carried.bytes, accepted, carried.previous)?;
     state.audit(&AuditEntry {
         action: AuditAction::TrustInstall,
         bundle: Some(format!("{} (carried)", bundle.display())),

@@ -63,14 +63,18 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Keeps an accepted trust update, which must be of a higher version
-    /// than every one kept (checked again inside the write).
+    /// Keeps an accepted trust update of `version`, checked against the
+    /// trust of version `previous` (1: the site profile's): refused unless
+    /// `previous` is still the version in force when it is written, so an
+    /// update never skips one kept meanwhile by another process.
     ///
     /// # Errors
-    /// [`StateError`], also when the version does not rise.
+    /// [`StateError`], also when the version in force is not `previous` or
+    /// `version` does not rise above it.
     pub fn add_trust(
         &self,
         version: u64,
+        previous: u64,
         document: &str,
         sha256: &str,
         signers: &str,
@@ -83,10 +87,10 @@ impl State {
                 .conn
                 .query_row("SELECT max(version) FROM trust", [], |r| r.get(0))
                 .map_err(|e| self.err(e))?;
-            if highest.is_some_and(|h| h >= version) {
+            let in_force = highest.unwrap_or(1);
+            if u64::try_from(in_force).ok() != Some(previous) || in_force >= version {
                 return Err(self.invalid(format!(
-                    "trust version {version} is not above the version {} kept",
-                    highest.unwrap_or(0)
+                    "trust version {version} was checked against version {previous}, but version {in_force} is in force now; run the command again"
                 )));
             }
             self.conn
@@ -112,10 +116,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = State::open(dir.path()).unwrap();
         assert_eq!(state.trust_in_force().unwrap(), None);
-        state.add_trust(2, "two", "s2", "current: A; new: B").unwrap();
-        assert!(state.add_trust(2, "again", "s2b", "").is_err());
-        assert!(state.add_trust(1, "lower", "s1", "").is_err());
-        state.add_trust(3, "three", "s3", "").unwrap();
+        state
+            .add_trust(2, 1, "two", "s2", "current: A; new: B")
+            .unwrap();
+        assert!(state.add_trust(2, 2, "again", "s2b", "").is_err());
+        assert!(state.add_trust(3, 1, "skips 2", "s3", "").is_err());
+        state.add_trust(3, 2, "three", "s3", "").unwrap();
         assert_eq!(state.trust_in_force().unwrap().unwrap().document, "three");
         let all: Vec<u64> = state
             .trust_records()

@@ -198,12 +198,12 @@ fn bad_bundles_are_refused_and_the_node_is_unchanged() {
         (
             "install outside the install roots",
             &elsewhere,
-            "outside the site's install roots",
+            "not below the site's install roots",
         ),
         (
             "install through a link out of the install roots",
             &through_link,
-            "outside the site's install roots",
+            "not below the site's install roots",
         ),
         (
             "downgrade",

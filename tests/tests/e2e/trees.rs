@@ -662,3 +662,46 @@ fn a_data_migration_that_fails_rolls_back_every_database_and_the_raft_data() {
     assert_eq!(fs::read_to_string(node.join("RELEASE")).unwrap(), "1.0.0\n");
     assert!(demo.healthy());
 }
+
+#[test]
+fn a_tree_may_not_replace_an_install_root_and_the_root_of_everything_is_no_root() {
+    let demo = Demo::start();
+    let assets = demo.root.join("assets");
+    small_tree(&assets, "v1");
+    // Unmapped, the tree's own install path is the demo's default root
+    // `node` (the folder of node/RELEASE): it would replace the root whole.
+    let node = demo.site_dir().join("node");
+    let bundle = demo.release("1.1.0", |release| {
+        copy_tree(&assets, &release.join("assets"));
+        let spec = release.join("bundle.toml");
+        let mut text = fs::read_to_string(&spec).unwrap();
+        text.push_str(&format!(
+            "\n[[tree]]\nsource = \"assets\"\ninstall_path = \"{}\"\n",
+            node.display()
+        ));
+        fs::write(&spec, text).unwrap();
+    });
+    let before = fs::read_dir(&node).unwrap().count();
+    let run = airlock_apply(&["apply", &bundle, "--site", &demo.site()]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "tree `node` would be installed at `{}`, not below the site's install roots",
+            node.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fs::read_dir(&node).unwrap().count(), before);
+    assert_eq!(fs::read_to_string(node.join("RELEASE")).unwrap(), "1.0.0\n");
+
+    demo.edit_site(|s| format!("install_roots = [\"/\"]\n{s}"));
+    let run = airlock_apply(&["verify", &bundle, "--site", &demo.site()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("install_roots: `/` would let a bundle write anywhere"),
+        "{}",
+        run.stderr
+    );
+}
