@@ -63,6 +63,8 @@ pub struct Verified {
     pub clock: Clock,
     /// The rules an option let it break.
     pub overrides: Vec<Override>,
+    /// How many signatures the trust it was checked against needs.
+    pub threshold: usize,
     /// The trust update the bundle carries, when it raises this site's
     /// trust version and passed [`TrustUpdate::check`]: its signatures were
     /// checked against it. `apply` installs it.
@@ -734,6 +736,7 @@ pub fn read_and_verify(
     let clock = Clock::read(state, site.profile.trust.clock_skew_secs)?;
     let mut overrides = Vec::new();
     let mut carried_trust = None;
+    let mut threshold = site.trust.threshold();
     let unreadable = |source: BundleError| VerifyError::Unreadable {
         bundle: bundle.to_owned(),
         source,
@@ -770,6 +773,7 @@ pub fn read_and_verify(
                     )))
                 })?;
                 carried_trust = carried;
+                threshold = trust.threshold();
                 overrides.extend(
                     check_manifest(site, &h.manifest, &installed, &clock, opts).map_err(
                         |refusal| {
@@ -805,6 +809,7 @@ pub fn read_and_verify(
         bundle_sha256,
         clock,
         overrides,
+        threshold,
         carried_trust,
     })
 }

@@ -116,7 +116,7 @@ pub fn plan(site: &Site, bundle: &Path, opts: VerifyOptions) -> Result<Plan, App
             format!(
                 "verify: signatures ok ({} of {} needed), platform, expiry and version rules ok",
                 v.signers.len(),
-                site.trust.threshold()
+                v.threshold
             ),
             {
                 let (roots, from) = site.install_roots();

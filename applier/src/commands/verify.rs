@@ -52,7 +52,7 @@ pub fn verify(site: &Site, bundle: &Path, opts: VerifyOptions) -> Result<Verifie
 }
 
 /// The line `verify` reports on success.
-pub fn summary(site: &Site, v: &Verified) -> String {
+pub fn summary(v: &Verified) -> String {
     let m = &v.header.manifest;
     format!(
         "{} {} may be applied here: installed {} ({}), signed by {} (threshold {}), {} files, sha256 {}",
@@ -61,7 +61,7 @@ pub fn summary(site: &Site, v: &Verified) -> String {
         v.installed.version,
         v.installed.source,
         v.signers_text(),
-        site.trust.threshold(),
+        v.threshold,
         m.files.len(),
         v.bundle_sha256
     )

@@ -340,7 +340,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                 trust_bundle_time,
             };
             let v = verify::verify(&site, &bundle, opts)?;
-            reporter.event("verify", Status::Ok, &verify::summary(&site, &v));
+            reporter.event("verify", Status::Ok, &verify::summary(&v));
         }
         Command::Plan {
             bundle,
