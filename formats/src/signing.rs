@@ -49,9 +49,14 @@ fn format_err(what: &'static str, reason: impl Into<String>) -> SignatureError {
 }
 
 /// The base64 line of a minisign text: the first line that is not a comment.
+/// A line as minisign reads it: up to its first `\r`.
+fn cut_at_cr(line: &str) -> &str {
+    line.split('\r').next().unwrap_or_default()
+}
+
 fn key_line<'a>(text: &'a str, what: &'static str) -> Result<&'a str, SignatureError> {
     text.lines()
-        .map(str::trim)
+        .map(|l| cut_at_cr(l).trim())
         .find(|l| !l.is_empty() && !l.starts_with(UNTRUSTED_PREFIX))
         .ok_or_else(|| format_err(what, "no key line"))
 }
@@ -300,9 +305,12 @@ impl Signature {
     pub fn from_minisign(text: &str) -> Result<Self, SignatureError> {
         const WHAT: &str = "signature";
         let mut lines = text.lines();
+        // minisign reads each line with fgets and cuts it at its first `\r`
+        // or `\n` (src/minisign.c, `trim`): `abc\rX` is the comment `abc`.
         let mut next = |name: &str| {
             lines
                 .next()
+                .map(cut_at_cr)
                 .ok_or_else(|| format_err(WHAT, format!("missing {name} line")))
         };
         let untrusted_comment = next("untrusted comment")?
@@ -517,6 +525,20 @@ mod tests {
         let damaged = format!("untrusted comment: x\n{}\n", BASE64.encode(&bytes));
         let err = SecretKey::from_minisign(&damaged, None).err().unwrap();
         assert!(err.to_string().contains("Corrupted key"), "{err}");
+    }
+
+    #[test]
+    fn a_carriage_return_ends_a_line_as_in_minisign() {
+        // Checked against minisign 0.11: a trusted comment line `abc\rX`
+        // verifies as the comment `abc` (found by the `signature` fuzz target).
+        let sk = key();
+        let text = sk.sign(b"data", "abc").to_minisign();
+        let altered = text.replace("trusted comment: abc\n", "trusted comment: abc\r\rX\n");
+        assert_ne!(altered, text);
+        let sig = Signature::from_minisign(&altered).unwrap();
+        assert_eq!(sig.trusted_comment(), "abc");
+        sig.verify(&sk.public_key(), b"data").unwrap();
+        assert_eq!(sig.to_minisign(), text);
     }
 
     #[test]
