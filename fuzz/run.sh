@@ -23,9 +23,11 @@ for target in "${targets[@]}"; do
     mkdir -p "work/$target" "artifacts/$target"
     log="logs/$target.log"
     status=0
+    started=$(date +%s)
     cargo +nightly fuzz run "$target" "work/$target" "corpus/$target" -- \
         -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1 || status=$?
+    elapsed=$(($(date +%s) - started))
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
     corpus=$(find "work/$target" -type f | wc -l)
     if [ "$status" -eq 0 ]; then
@@ -34,7 +36,9 @@ for target in "${targets[@]}"; do
         verdict="CRASH (exit $status): see $log and artifacts/$target/; copy the input to regressions/$target/"
         failed=1
     fi
-    printf '%-14s %12s executions in %ss, corpus %s inputs, %s\n' \
-        "$target" "${runs:-?}" "$seconds" "$corpus" "$verdict"
+    # A crash ends the run early: say how long it really ran (wall time,
+    # including cargo's check that the target is built).
+    printf '%-14s %12s executions in %ss (budget %ss), corpus %s inputs, %s\n' \
+        "$target" "${runs:-?}" "$elapsed" "$seconds" "$corpus" "$verdict"
 done
 exit "$failed"
