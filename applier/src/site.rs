@@ -438,6 +438,15 @@ impl Site {
         })
     }
 
+    /// Every install path `[binaries]`, `[files]` and `[trees]` map.
+    pub fn mapped_paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.profile
+            .binaries
+            .values()
+            .chain(self.profile.files.values())
+            .chain(self.profile.trees.values())
+    }
+
     /// The folders a bundle may install into, and where they come from:
     /// `install_roots` of site.toml, or by default the folder of every path
     /// that `[binaries]`, `[files]` and `[trees]` map (docs/SITE.md,
@@ -448,11 +457,7 @@ impl Site {
             return (roots.clone(), InstallRootsFrom::Profile);
         }
         let mut roots: Vec<PathBuf> = self
-            .profile
-            .binaries
-            .values()
-            .chain(self.profile.files.values())
-            .chain(self.profile.trees.values())
+            .mapped_paths()
             // A path mapped into `/` makes itself the root, never `/`.
             .map(|p| match p.parent() {
                 Some(parent) if parent.parent().is_some() => parent.to_owned(),

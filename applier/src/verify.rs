@@ -59,8 +59,6 @@ pub struct Verified {
     pub installed: InstalledVersion,
     /// SHA-256 of the whole bundle file.
     pub bundle_sha256: Sha256Digest,
-    /// This node's time when it was verified.
-    pub clock: Clock,
     /// The rules an option let it break.
     pub overrides: Vec<Override>,
     /// How many signatures the trust it was checked against needs.
@@ -83,18 +81,19 @@ pub struct CarriedTrust {
     pub previous: u64,
 }
 
-/// Refuses a trust update made more than the skew ahead of this node's
-/// time, whose `created_at` would otherwise move the node's time forward
-/// without bound.
+/// Refuses a trust update that has expired by this node's time, or was made
+/// more than the skew ahead of it (its `created_at` would otherwise move
+/// the node's time forward without bound).
 ///
 /// # Errors
 /// Why, in words.
-pub fn check_trust_created(
+pub fn check_update_times(
     document: &airlock_formats::TrustDocument,
     clock: &Clock,
 ) -> Result<(), String> {
-    let created = i64::try_from(document.created_at).unwrap_or(i64::MAX);
-    if created > clock.time().saturating_add(clock.skew_secs) {
+    let time = clock.time();
+    if i64::try_from(document.created_at).unwrap_or(i64::MAX) > time.saturating_add(clock.skew_secs)
+    {
         return Err(format!(
             "trust version {} was created at {} (Unix seconds), more than {} s ahead: {}",
             document.version,
@@ -103,7 +102,14 @@ pub fn check_trust_created(
             clock.describe()
         ));
     }
-    Ok(())
+    match document.expires_at {
+        Some(expires) if time > i64::try_from(expires).unwrap_or(i64::MAX) => Err(format!(
+            "trust version {} expired at {expires} (Unix seconds); {}",
+            document.version,
+            clock.describe()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The trust a bundle is checked against: the site's trust in force, or the
@@ -136,20 +142,8 @@ pub fn effective_trust(
         Err(TrustError::NotNewer { .. }) => return Ok(current()),
         Err(e) => return Err(refuse(e.to_string())),
     };
-    check_trust_created(&accepted.document, clock).map_err(refuse)?;
-    if let Some(expires) = accepted.document.expires_at {
-        if clock.time() > i64::try_from(expires).unwrap_or(i64::MAX) {
-            return Err(refuse(format!(
-                "its trust version {} expired at {expires} (Unix seconds); {}",
-                accepted.document.version,
-                clock.describe()
-            )));
-        }
-    }
-    let trust = accepted
-        .document
-        .trust()
-        .map_err(|e| refuse(e.to_string()))?;
+    check_update_times(&accepted.document, clock).map_err(refuse)?;
+    let trust = accepted.trust.clone();
     let version = TrustInForce {
         version: accepted.document.version,
         update_sha256: Some(Sha256Digest::of(bytes).to_hex()),
@@ -293,16 +287,6 @@ pub enum Override {
     },
 }
 
-impl Override {
-    /// The option that allowed it.
-    pub fn option(&self) -> &'static str {
-        match self {
-            Self::Expired { .. } | Self::TrustExpired { .. } => "--allow-expired",
-            Self::BundleTime { .. } => "--trust-bundle-time",
-        }
-    }
-}
-
 impl std::fmt::Display for Override {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -431,14 +415,14 @@ pub fn check_trust_expiry(
 }
 
 /// Records what a successful verification showed (docs/SITE.md, "Time and
-/// expiry"): the clock and the bundle's `created_at` move this node's time
-/// forward, and every [`Override`] gets an audit entry.
+/// expiry"): the bundle's `created_at` moves this node's time forward, and
+/// every [`Override`] gets an audit entry. The clock itself is recorded by
+/// the commands, whatever the verdict.
 ///
 /// # Errors
 /// [`StateError`](crate::state::StateError) when the state database cannot be written.
 pub fn record(state: &State, bundle: &Path, v: &Verified) -> Result<(), crate::state::StateError> {
     let m = &v.header.manifest;
-    state.observe_time(v.clock.now, "the clock")?;
     state.observe_time(
         i64::try_from(m.created_at).unwrap_or(i64::MAX),
         &format!("the created_at of bundle {} {}", m.name, m.version),
@@ -677,13 +661,7 @@ fn check_install_roots(
         .map(|(what, t)| (format!("`{what}`"), t.clone()));
     // What the profile maps is the site's own word; anything else must lie
     // strictly below a root, so a bundle never replaces a root itself.
-    let mapped: Vec<&PathBuf> = site
-        .profile
-        .binaries
-        .values()
-        .chain(site.profile.files.values())
-        .chain(site.profile.trees.values())
-        .collect();
+    let mapped: Vec<&PathBuf> = site.mapped_paths().collect();
     for (what, target) in files.chain(trees) {
         let inside = mapped.contains(&&target)
             || resolved(&target).is_some_and(|real| {
@@ -807,7 +785,6 @@ pub fn read_and_verify(
         signers,
         installed,
         bundle_sha256,
-        clock,
         overrides,
         threshold,
         carried_trust,

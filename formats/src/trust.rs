@@ -197,10 +197,12 @@ pub struct TrustUpdate {
 }
 
 /// Who signed an accepted update.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Accepted {
     /// The document.
     pub document: TrustDocument,
+    /// Its keys and threshold.
+    pub trust: Trust,
     /// Keys of the trust in force that counted.
     pub current_signers: Vec<KeyId>,
     /// Keys of the update itself that counted.
@@ -239,10 +241,16 @@ impl TrustUpdate {
                 crate::shown::shown(&update.format)
             )));
         }
-        let document: TrustDocument =
-            serde_json::from_str(&update.trust).map_err(|e| TrustError::Invalid(e.to_string()))?;
-        document.trust()?;
+        let (document, _) = update.document()?;
         Ok((update, document))
+    }
+
+    /// The signed document, parsed, and its keys and threshold.
+    fn document(&self) -> Result<(TrustDocument, Trust), TrustError> {
+        let document: TrustDocument =
+            serde_json::from_str(&self.trust).map_err(|e| TrustError::Invalid(e.to_string()))?;
+        let trust = document.trust()?;
+        Ok((document, trust))
     }
 
     /// The file's bytes: pretty JSON and a newline.
@@ -299,7 +307,7 @@ impl TrustUpdate {
     /// # Errors
     /// [`TrustError::NotNewer`] or [`TrustError::Threshold`].
     pub fn check(&self, current: &Trust, current_version: u64) -> Result<Accepted, TrustError> {
-        let (_, document) = Self::from_json(&self.to_json()?)?;
+        let (document, trust) = self.document()?;
         if document.version <= current_version {
             return Err(TrustError::NotNewer {
                 version: document.version,
@@ -324,9 +332,10 @@ impl TrustUpdate {
             })
         };
         let current_signers = count(current, "current")?;
-        let new_signers = count(&document.trust()?, "new")?;
+        let new_signers = count(&trust, "new")?;
         Ok(Accepted {
             document,
+            trust,
             current_signers,
             new_signers,
         })

@@ -86,31 +86,20 @@ pub fn install(profile: &Path, file: &Path) -> Result<Installed, ApplyError> {
     let state = State::open(&holder.state_dir)?;
     state.observe_time(crate::state::now(), "the clock")?;
     let result = accept(&holder, &state, file);
-    let mut entry = AuditEntry {
-        action: AuditAction::TrustInstall,
-        bundle: Some(file.display().to_string()),
-        ..AuditEntry::default()
-    };
-    match &result {
-        Ok(done) => {
-            entry.version = Some(format!("trust {}", done.version));
-            entry.bundle_sha256 = Some(done.sha256.clone());
-            entry.signers = Some(format!(
-                "current: {}; new: {}",
-                done.current_signers.join(","),
-                done.new_signers.join(",")
-            ));
-        }
-        Err(e) => {
-            entry.outcome = if matches!(e, ApplyError::TrustRefused { .. }) {
+    // An accepted update was audited when it was kept.
+    if let Err(e) = &result {
+        state.audit(&AuditEntry {
+            action: AuditAction::TrustInstall,
+            bundle: Some(file.display().to_string()),
+            outcome: if matches!(e, ApplyError::TrustRefused { .. }) {
                 ApplyOutcome::Refused
             } else {
                 ApplyOutcome::Failed
-            };
-            entry.error = Some(e.to_string());
-        }
+            },
+            error: Some(e.to_string()),
+            ..AuditEntry::default()
+        })?;
     }
-    state.audit(&entry)?;
     result
 }
 
@@ -140,28 +129,20 @@ fn accept(holder: &Holder, state: &State, file: &Path) -> Result<Installed, Appl
         }
     })?;
     let clock = Clock::read(Some(state), holder.skew_secs)?;
-    if let Err(reason) = crate::verify::check_trust_created(&accepted.document, &clock) {
-        return Err(refused(
+    crate::verify::check_update_times(&accepted.document, &clock).map_err(|reason| {
+        refused(
             reason,
-            "check this machine's clock (`date -u`); the update cannot be newer than this node's time by more than [trust] clock_skew_secs",
-        ));
-    }
-    if let Some(expires) = accepted.document.expires_at {
-        if clock.time() > i64::try_from(expires).unwrap_or(i64::MAX) {
-            return Err(refused(
-                format!(
-                    "it expired at {expires} (Unix seconds); {}",
-                    clock.describe()
-                ),
-                "ask the release engineer for a fresh trust update",
-            ));
-        }
-    }
-    let sha256 = keep(state, &bytes, &accepted, holder.version.version)?;
-    let trust = accepted
-        .document
-        .trust()
-        .map_err(|e| refused(e.to_string(), ""))?;
+            "check this machine's clock (`date -u`); if it is right, ask the release engineer for a fresh trust update",
+        )
+    })?;
+    let sha256 = keep(
+        state,
+        &file.display().to_string(),
+        &bytes,
+        &accepted,
+        holder.version.version,
+    )?;
+    let trust = &accepted.trust;
     Ok(Installed {
         version: accepted.document.version,
         previous: holder.version.version,
@@ -185,40 +166,47 @@ fn accept(holder: &Holder, state: &State, file: &Path) -> Result<Installed, Appl
     })
 }
 
-/// Keeps the accepted trust update `bytes` in the state database as the
-/// trust in force, and moves this node's time to its `created_at`.
-/// Returns the file's SHA-256.
+/// Keeps the accepted trust update `bytes`, read from `source`, in the
+/// state database as the trust in force (checked against version
+/// `previous`), moves this node's time to its `created_at`, and writes its
+/// `trust-install` audit entry. Returns the file's SHA-256.
 ///
 /// # Errors
 /// [`ApplyError::State`] when it cannot be written (or another process
-/// kept this version first).
-pub fn keep(
+/// kept a version meanwhile).
+fn keep(
     state: &State,
+    source: &str,
     bytes: &[u8],
     accepted: &Accepted,
     previous: u64,
 ) -> Result<String, ApplyError> {
+    let version = accepted.document.version;
     let sha256 = Sha256Digest::of(bytes).to_hex();
-    let text = String::from_utf8_lossy(bytes).into_owned();
     let signers = format!(
         "current: {}; new: {}",
         ids(&accepted.current_signers),
         ids(&accepted.new_signers)
     );
     state.add_trust(
-        accepted.document.version,
+        version,
         previous,
-        &text,
+        &String::from_utf8_lossy(bytes),
         &sha256,
         &signers,
     )?;
     state.observe_time(
         i64::try_from(accepted.document.created_at).unwrap_or(i64::MAX),
-        &format!(
-            "the created_at of trust version {}",
-            accepted.document.version
-        ),
+        &format!("the created_at of trust version {version}"),
     )?;
+    state.audit(&AuditEntry {
+        action: AuditAction::TrustInstall,
+        bundle: Some(source.to_owned()),
+        version: Some(format!("trust {version}")),
+        bundle_sha256: Some(sha256.clone()),
+        signers: Some(signers),
+        ..AuditEntry::default()
+    })?;
     Ok(sha256)
 }
 
@@ -234,19 +222,13 @@ pub fn install_carried(
     carried: &crate::verify::CarriedTrust,
 ) -> Result<String, ApplyError> {
     let accepted = &carried.accepted;
-    let sha256 = keep(state, &carried.bytes, accepted, carried.previous)?;
-    state.audit(&AuditEntry {
-        action: AuditAction::TrustInstall,
-        bundle: Some(format!("{} (carried)", bundle.display())),
-        version: Some(format!("trust {}", accepted.document.version)),
-        bundle_sha256: Some(sha256),
-        signers: Some(format!(
-            "current: {}; new: {}",
-            ids(&accepted.current_signers),
-            ids(&accepted.new_signers)
-        )),
-        ..AuditEntry::default()
-    })?;
+    keep(
+        state,
+        &format!("{} (carried)", bundle.display()),
+        &carried.bytes,
+        accepted,
+        carried.previous,
+    )?;
     Ok(format!(
         "trust version {} carried by the bundle installed: {} of {} must sign",
         accepted.document.version,
