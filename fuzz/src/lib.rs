@@ -13,7 +13,6 @@
 
 use std::io::Cursor;
 use std::path::Path;
-use std::sync::OnceLock;
 
 use airlock_applier::steps::stage::StageSink;
 use airlock_formats::{
@@ -25,9 +24,10 @@ use airlock_formats::{
 /// on real signatures as well as on mutated ones.
 pub const SEED_PUBLIC_KEY: &str = include_str!("../corpus/seed.pub");
 
-fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+thread_local! {
+    /// A scratch folder for each thread: the stable test runs the targets on
+    /// several threads at once, and the staging sink empties its folder.
+    static SCRATCH: tempfile::TempDir = tempfile::tempdir().unwrap();
 }
 
 /// The bundle reader, from bytes to the applier's staging sink: a bundle it
@@ -36,7 +36,7 @@ fn scratch() -> &'static Path {
 /// runs on the header (with the seed key) but does not stop the read, so
 /// the payload is fuzzed too.
 pub fn bundle_reader(data: &[u8]) {
-    let root = scratch().join("staging");
+    let root = SCRATCH.with(|dir| dir.path().join("staging"));
     let mut sink = StageSink::create(&root, Box::new(|_| {})).unwrap();
     let trust = Trust::new(vec![PublicKey::from_minisign(SEED_PUBLIC_KEY).unwrap()], 1).unwrap();
     let result = read_bundle(
