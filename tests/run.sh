@@ -15,6 +15,8 @@ command -v scp >/dev/null 2>&1 || need+=(openssh-client)
 # clock ahead with libfaketime.
 command -v minisign >/dev/null 2>&1 || need+=(minisign)
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
+# A hook in the backup tests writes to a database between the pre-copy and the stop.
+command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 # diesel, in tests/migrators, links the system's SQLite as its `sqlite` feature does.
 dpkg -s libsqlite3-dev >/dev/null 2>&1 || need+=(libsqlite3-dev)
 if [ ${#need[@]} -gt 0 ]; then

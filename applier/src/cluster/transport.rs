@@ -288,9 +288,11 @@ impl NodeProfile {
     }
 }
 
-/// Polls `check` every 500 ms until it returns true or `wait` passes.
+/// Polls `check` until it returns true or `wait` passes, as often as
+/// [`crate::steps::service::poll_interval`] says.
 pub fn wait_until(wait: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + wait;
+    let began = std::time::Instant::now();
+    let deadline = began + wait;
     loop {
         if check() {
             return true;
@@ -298,7 +300,7 @@ pub fn wait_until(wait: Duration, mut check: impl FnMut() -> bool) -> bool {
         if std::time::Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(crate::steps::service::poll_interval(began.elapsed()));
     }
 }
 

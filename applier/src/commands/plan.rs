@@ -148,8 +148,10 @@ fn explain(site: &Site, m: &airlock_formats::Manifest, step: &Step) -> (String, 
             ),
             Some(*bytes),
         ),
-        Step::BackupDatabase { path, .. } => (detail, Some(tree_size(path))),
-        Step::BackupRaft { dir } => {
+        // The pre-copies write the backup; the backup steps after the stop
+        // rewrite what changed in place.
+        Step::PreCopyDatabase { path, .. } => (detail, Some(tree_size(path))),
+        Step::PreCopyRaft { dir } => {
             let files = walkdir::WalkDir::new(dir)
                 .into_iter()
                 .filter_map(Result::ok)
@@ -157,8 +159,10 @@ fn explain(site: &Site, m: &airlock_formats::Manifest, step: &Step) -> (String, 
                 .count();
             (format!("{detail}: {files} files"), Some(tree_size(dir)))
         }
-        Step::BackupConfig { path } => (detail, Some(tree_size(path))),
-        Step::BackupInstalled { target } => (detail, Some(tree_size(target))),
+        Step::PreCopyFiles { config, installed } => (
+            detail,
+            Some(config.iter().chain(installed).map(|p| tree_size(p)).sum()),
+        ),
         Step::Install { file, target, .. } => {
             let Some(entry) = m.files.iter().find(|e| e.path.as_str() == file) else {
                 return (detail, None);

@@ -1,9 +1,11 @@
 //! The backup steps, one folder per apply below the backup folder
-//! (docs/SITE.md, "Backup folders"):
+//! (docs/SITE.md, "Backup folders"). Each copy is made twice: once while
+//! the service runs, and brought up to date after the stop
+//! ([`crate::steps::precopy`]).
 //!
-//! - `databases/NAME.sqlite`: each SQLite database copied with SQLite's online
-//!   backup API in one `step(-1)` (<https://sqlite.org/backup.html>), then
-//!   checked with `PRAGMA integrity_check`;
+//! - `databases/NAME.sqlite`: each SQLite database file, its WAL folded in
+//!   first and copied under SQLite's EXCLUSIVE lock, then checked with
+//!   `PRAGMA integrity_check`;
 //! - `raft/`: the Raft data directory, with a SHA-256 per file;
 //! - `config/N-NAME`: config files, with SHA-256;
 //! - `installed/N-NAME`: each binary or file the apply replaces;
@@ -28,6 +30,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StepError;
+use crate::steps::precopy::{self, PreCopies, Synced};
 
 /// Name of the file that completes a backup.
 pub const BACKUP_MANIFEST: &str = "backup.json";
@@ -215,28 +218,62 @@ pub fn wait_unlocked(name: &str, path: &Path, wait: Duration, secs: u64) -> Resu
     }
 }
 
-/// Backs up database `name` at `source` into `BACKUP/databases/NAME.sqlite`
-/// and checks the copy with `PRAGMA integrity_check`.
+/// Where the backup of database `name` lives, relative to the backup folder.
+pub fn database_rel(name: &str) -> String {
+    format!("databases/{name}.sqlite")
+}
+
+/// Copies the file of database `name` at `source` to
+/// `BACKUP/databases/NAME.sqlite` while the service may still use it (the
+/// copy may be torn; [`backup_database`] makes it exact after the stop).
+/// Returns the bytes copied and what was seen of the file, if it exists.
 ///
 /// # Errors
-/// [`StepError`] naming the database and file.
+/// [`StepError::Io`] naming the file.
+pub fn precopy_database(
+    backup_dir: &Path,
+    name: &str,
+    source: &Path,
+) -> Result<Option<(u64, Option<precopy::Seen>)>, StepError> {
+    if !fs_err::exists(source)? {
+        return Ok(None);
+    }
+    create_private_dir(&backup_dir.join("databases"))?;
+    let dst = backup_dir.join(database_rel(name));
+    let seen = precopy::precopy_file(source, &dst, 0o600)?;
+    Ok(Some((fs_err::metadata(&dst)?.len(), seen)))
+}
+
+/// Backs up database `name` at `source` into `BACKUP/databases/NAME.sqlite`
+/// once nothing else writes to it: folds its WAL into the file (`PRAGMA
+/// wal_checkpoint(TRUNCATE)`), takes SQLite's EXCLUSIVE lock (which also
+/// rolls back a hot journal), and brings the pre-copy up to date with
+/// [`precopy::sync_file`], or copies the file whole when there is none.
+/// The copy is then one self-contained database file; check it with
+/// [`check_integrity`] before the backup is complete.
+///
+/// # Errors
+/// [`StepError`] naming the database and file; [`StepError::DatabaseInUse`]
+/// when another connection keeps the WAL from being folded in.
 pub fn backup_database(
     backup_dir: &Path,
     name: &str,
     source: &Path,
-) -> Result<DatabaseRecord, StepError> {
+    seen: &PreCopies,
+) -> Result<(DatabaseRecord, Synced), StepError> {
     // Missing is a fact to record; unreadable is an error, never "missing".
     if !fs_err::exists(source)? {
-        return Ok(DatabaseRecord {
+        let record = DatabaseRecord {
             name: name.into(),
             source: source.into(),
             existed: false,
             file: None,
             sha256: None,
             size: 0,
-        });
+        };
+        return Ok((record, Synced::Copied));
     }
-    let rel = format!("databases/{name}.sqlite");
+    let rel = database_rel(name);
     let dst = backup_dir.join(&rel);
     create_private_dir(&backup_dir.join("databases"))?;
     let fail = |e: rusqlite::Error| StepError::Sqlite {
@@ -244,24 +281,36 @@ pub fn backup_database(
         path: dst.clone(),
         source: e,
     };
-    let src =
+    let conn =
         Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(fail)?;
-    src.busy_timeout(Duration::from_secs(10)).map_err(fail)?;
-    let mut out = Connection::open(&dst).map_err(fail)?;
-    sqlite_copy(&src, &mut out).map_err(fail)?;
-    drop(out);
-    drop(src);
-    check_integrity(name, &dst)?;
-    File::open(&dst)?.sync_all()?;
-    let (sha256, size) = hash_file(&dst)?;
-    Ok(DatabaseRecord {
+    conn.busy_timeout(Duration::from_secs(10)).map_err(fail)?;
+    // SQLite docs (pragma wal_checkpoint): the first column is 1 when a
+    // reader or writer kept the checkpoint from completing; a database not
+    // in WAL mode answers 0.
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .map_err(fail)?;
+    if busy != 0 {
+        return Err(StepError::DatabaseInUse {
+            name: name.into(),
+            path: source.into(),
+            secs: 10,
+        });
+    }
+    conn.execute_batch("BEGIN EXCLUSIVE").map_err(fail)?;
+    let synced = precopy::sync_file(source, &dst, 0o600, seen.get(source));
+    let _ = conn.execute_batch("ROLLBACK");
+    drop(conn);
+    let (sha256, size, how) = synced?;
+    let record = DatabaseRecord {
         name: name.into(),
         source: source.into(),
         existed: true,
         file: Some(rel),
         sha256: Some(sha256),
         size,
-    })
+    };
+    Ok((record, how))
 }
 
 /// Runs `PRAGMA integrity_check` on the copy of database `name` at `path`
@@ -362,19 +411,21 @@ fn remove_if_present(path: &Path) -> Result<(), StepError> {
     }
 }
 
-/// Copies the folder `source` into `BACKUP/NAME`, hashing each file.
+/// Copies the folder `source` into `BACKUP/NAME` while the service may
+/// still write to it; returns what was seen of each file it can trust
+/// (see [`crate::steps::precopy`]), and the bytes copied.
 ///
 /// # Errors
 /// [`StepError`] naming the file; links and special files are refused.
-pub fn backup_tree(backup_dir: &Path, name: &str, source: &Path) -> Result<TreeRecord, StepError> {
+pub fn precopy_tree(
+    backup_dir: &Path,
+    name: &str,
+    source: &Path,
+) -> Result<(PreCopies, u64), StepError> {
     let root = backup_dir.join(name);
     create_private_dir(&root)?;
-    let mut record = TreeRecord {
-        source: source.into(),
-        dir: name.into(),
-        dirs: Vec::new(),
-        files: Vec::new(),
-    };
+    let mut seen = PreCopies::new();
+    let mut bytes = 0;
     for entry in walkdir::WalkDir::new(source)
         .min_depth(1)
         .sort_by_file_name()
@@ -385,10 +436,95 @@ pub fn backup_tree(backup_dir: &Path, name: &str, source: &Path) -> Result<TreeR
         let dst = root.join(&rel);
         if ft.is_dir() {
             create_private_dir(&dst)?;
+        } else if ft.is_file() {
+            if let Some(s) = precopy::precopy_file(entry.path(), &dst, mode_of(entry.path()))? {
+                seen.insert(entry.path().to_owned(), s);
+            }
+            bytes += fs_err::metadata(&dst)?.len();
+        } else {
+            return Err(StepError::NotRegular {
+                path: entry.path().into(),
+            });
+        }
+    }
+    Ok((seen, bytes))
+}
+
+/// How the copies of a folder were brought up to date.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TreeSync {
+    /// Files as the pre-copy saw them.
+    pub unchanged: usize,
+    /// Files compared with their pre-copy.
+    pub compared: usize,
+    /// Bytes rewritten in them.
+    pub written: u64,
+    /// Files copied whole (no pre-copy).
+    pub copied: usize,
+    /// Copies removed: their file is gone.
+    pub removed: usize,
+}
+
+impl std::fmt::Display for TreeSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} unchanged since the pre-copy, {} compared ({} bytes rewritten), {} copied, {} removed",
+            self.unchanged, self.compared, self.written, self.copied, self.removed
+        )
+    }
+}
+
+/// Makes `BACKUP/NAME` an exact copy of the folder `source`, hashing each
+/// file: what [`precopy_tree`] copied is brought up to date, anything else
+/// copied, and copies of files that are gone removed.
+///
+/// # Errors
+/// [`StepError`] naming the file; links and special files are refused.
+pub fn backup_tree(
+    backup_dir: &Path,
+    name: &str,
+    source: &Path,
+    seen: &PreCopies,
+) -> Result<(TreeRecord, TreeSync), StepError> {
+    let root = backup_dir.join(name);
+    create_private_dir(&root)?;
+    let mut record = TreeRecord {
+        source: source.into(),
+        dir: name.into(),
+        dirs: Vec::new(),
+        files: Vec::new(),
+    };
+    let mut sync = TreeSync::default();
+    for entry in walkdir::WalkDir::new(source)
+        .min_depth(1)
+        .sort_by_file_name()
+    {
+        let entry = entry.map_err(io::Error::from)?;
+        let rel = relative(entry.path(), source)?;
+        let ft = entry.file_type();
+        let dst = root.join(&rel);
+        if ft.is_dir() {
+            if fs_err::symlink_metadata(&dst).is_ok_and(|m| !m.is_dir()) {
+                fs_err::remove_file(&dst)?;
+            }
+            create_private_dir(&dst)?;
             record.dirs.push(rel);
         } else if ft.is_file() {
+            if fs_err::symlink_metadata(&dst).is_ok_and(|m| m.is_dir()) {
+                fs_err::remove_dir_all(&dst)?;
+            }
             let mode = mode_of(entry.path());
-            let (sha256, size) = copy_file(entry.path(), &dst, mode)?;
+            let (sha256, size, how) =
+                precopy::sync_file(entry.path(), &dst, mode, seen.get(entry.path()))?;
+            match how {
+                Synced::Unchanged => sync.unchanged += 1,
+                Synced::Compared { written } => {
+                    sync.compared += 1;
+                    sync.written += written;
+                }
+                Synced::Copied => sync.copied += 1,
+            }
             record.files.push(TreeFile {
                 path: rel,
                 sha256,
@@ -401,11 +537,36 @@ pub fn backup_tree(backup_dir: &Path, name: &str, source: &Path) -> Result<TreeR
             });
         }
     }
+    // Copies whose file is gone since the pre-copy.
+    let keep: HashSet<&str> = record
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(record.dirs.iter().map(String::as_str))
+        .collect();
+    let mut gone = Vec::new();
+    for entry in walkdir::WalkDir::new(&root)
+        .min_depth(1)
+        .contents_first(true)
+    {
+        let entry = entry.map_err(io::Error::from)?;
+        if !keep.contains(relative(entry.path(), &root)?.as_str()) {
+            gone.push((entry.path().to_owned(), entry.file_type().is_dir()));
+        }
+    }
+    for (path, dir) in gone {
+        if dir {
+            fs_err::remove_dir(&path)?;
+        } else {
+            fs_err::remove_file(&path)?;
+            sync.removed += 1;
+        }
+    }
     for dir in record.dirs.iter().rev() {
         sync_dir(&root.join(dir))?;
     }
     sync_dir(&root)?;
-    Ok(record)
+    Ok((record, sync))
 }
 
 /// `path` below `root`, as text.
@@ -504,12 +665,50 @@ pub fn restore_tree(backup_dir: &Path, record: &TreeRecord) -> Result<usize, Ste
     Ok(diff.len())
 }
 
-/// Copies a single file (a config file or a binary about to be replaced) to
-/// `BACKUP/REL`, or records that it did not exist.
+/// Where the backup of the `n`th file of `folder` (`config` or
+/// `installed`) lives, relative to the backup folder: `FOLDER/N-NAME`
+/// (docs/SITE.md, "Backup folders").
+pub fn file_rel(folder: &str, n: usize, path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{folder}/{n}-{name}")
+}
+
+/// Copies a single file to `BACKUP/REL` while the service may still use it,
+/// if it exists; returns the bytes copied and what was seen of it.
 ///
 /// # Errors
 /// [`StepError`] naming the file.
-pub fn backup_file(backup_dir: &Path, rel: &str, source: &Path) -> Result<FileRecord, StepError> {
+pub fn precopy_single(
+    backup_dir: &Path,
+    rel: &str,
+    source: &Path,
+) -> Result<Option<(u64, Option<precopy::Seen>)>, StepError> {
+    if !fs_err::exists(source)? {
+        return Ok(None);
+    }
+    let dst = backup_dir.join(rel);
+    if let Some(parent) = dst.parent() {
+        create_private_dir(parent)?;
+    }
+    let seen = precopy::precopy_file(source, &dst, mode_of(source))?;
+    Ok(Some((fs_err::metadata(&dst)?.len(), seen)))
+}
+
+/// Copies a single file (a config file or a binary about to be replaced) to
+/// `BACKUP/REL`, or records that it did not exist; a pre-copy there is
+/// brought up to date.
+///
+/// # Errors
+/// [`StepError`] naming the file.
+pub fn backup_file(
+    backup_dir: &Path,
+    rel: &str,
+    source: &Path,
+    seen: &PreCopies,
+) -> Result<FileRecord, StepError> {
     if !fs_err::exists(source)? {
         return Ok(FileRecord {
             source: source.into(),
@@ -524,7 +723,7 @@ pub fn backup_file(backup_dir: &Path, rel: &str, source: &Path) -> Result<FileRe
         create_private_dir(parent)?;
     }
     let mode = mode_of(source);
-    let (sha256, size) = copy_file(source, &dst, mode)?;
+    let (sha256, size, _) = precopy::sync_file(source, &dst, mode, seen.get(source))?;
     Ok(FileRecord {
         source: source.into(),
         file: Some(rel.into()),
@@ -720,7 +919,8 @@ mod tests {
         )
         .unwrap();
         let backup_dir = dir.path().join("b");
-        let record = backup_database(&backup_dir, "main", &db).unwrap();
+        let (record, _) = backup_database(&backup_dir, "main", &db, &PreCopies::new()).unwrap();
+        check_integrity("main", &backup_dir.join(database_rel("main"))).unwrap();
         conn.execute_batch("INSERT INTO t VALUES (3); CREATE TABLE u(y);")
             .unwrap();
         drop(conn);
@@ -759,13 +959,71 @@ mod tests {
     }
 
     #[test]
+    fn a_database_written_after_its_pre_copy_is_backed_up_with_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t(x); INSERT INTO t VALUES (zeroblob(100000));",
+        )
+        .unwrap();
+        let backup_dir = dir.path().join("b");
+        precopy_database(&backup_dir, "main", &db).unwrap().unwrap();
+        // Writes after the pre-copy, still in the WAL when the backup runs.
+        conn.execute_batch("INSERT INTO t VALUES (2); UPDATE t SET x = 3 WHERE rowid = 1;")
+            .unwrap();
+        drop(conn);
+        let (record, how) = backup_database(&backup_dir, "main", &db, &PreCopies::new()).unwrap();
+        assert!(matches!(how, Synced::Compared { .. }), "{how:?}");
+        let copy = backup_dir.join(database_rel("main"));
+        check_integrity("main", &copy).unwrap();
+        assert_eq!(record.sha256, Some(hash_file(&copy).unwrap().0));
+        let conn = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let rows: Vec<i64> = conn
+            .prepare("SELECT x FROM t ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [3, 2]);
+    }
+
+    #[test]
+    fn a_tree_changed_after_its_pre_copy_is_backed_up_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("raft");
+        fs::create_dir_all(live.join("member/wal")).unwrap();
+        fs::create_dir_all(live.join("member/old")).unwrap();
+        fs::write(live.join("member/wal/0.wal"), b"entries").unwrap();
+        fs::write(live.join("member/old/gone"), b"x").unwrap();
+        fs::write(live.join("member/same"), b"kept").unwrap();
+        let backup_dir = dir.path().join("b");
+        precopy_tree(&backup_dir, "raft", &live).unwrap();
+        fs::write(live.join("member/wal/0.wal"), b"entries and more").unwrap();
+        fs::write(live.join("member/wal/1.wal"), b"new").unwrap();
+        fs::remove_dir_all(live.join("member/old")).unwrap();
+        let (record, sync) = backup_tree(&backup_dir, "raft", &live, &PreCopies::new()).unwrap();
+        assert_eq!((sync.copied, sync.removed), (1, 1), "{sync}");
+        let copy = backup_dir.join("raft");
+        assert_eq!(
+            fs::read(copy.join("member/wal/0.wal")).unwrap(),
+            b"entries and more"
+        );
+        assert_eq!(fs::read(copy.join("member/wal/1.wal")).unwrap(), b"new");
+        assert!(!copy.join("member/old").exists());
+        assert_eq!(record.files.len(), 3);
+        assert!(diff_tree(&record).unwrap().is_empty());
+    }
+
+    #[test]
     fn tree_backup_restores_changes_and_removes_extras() {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("raft");
         fs::create_dir_all(live.join("member/wal")).unwrap();
         fs::write(live.join("member/wal/0.wal"), b"entries").unwrap();
         let backup_dir = dir.path().join("b");
-        let record = backup_tree(&backup_dir, "raft", &live).unwrap();
+        let (record, _) = backup_tree(&backup_dir, "raft", &live, &PreCopies::new()).unwrap();
         fs::write(live.join("member/wal/0.wal"), b"changed").unwrap();
         fs::write(live.join("member/wal/1.wal"), b"new").unwrap();
         assert_eq!(restore_tree(&backup_dir, &record).unwrap(), 2);
@@ -779,7 +1037,8 @@ mod tests {
         let live = dir.path().join("app.conf");
         fs::write(&live, b"v1").unwrap();
         let backup_dir = dir.path().join("b");
-        let record = backup_file(&backup_dir, "config/0-app.conf", &live).unwrap();
+        let record =
+            backup_file(&backup_dir, "config/0-app.conf", &live, &PreCopies::new()).unwrap();
         fs::write(&live, b"v2").unwrap();
         fs::write(backup_dir.join("config/0-app.conf"), b"xx").unwrap();
         let err = restore_file(&backup_dir, &record).unwrap_err();

@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod install;
 pub mod migrate;
+pub mod precopy;
 pub mod service;
 pub mod stage;
 pub mod tree;

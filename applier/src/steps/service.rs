@@ -236,8 +236,19 @@ pub fn find_version(text: &str) -> Option<Version> {
         .next()
 }
 
-/// Polls the health check every 500 ms until it reports `want` (healthy or
-/// not) or `wait` passes. Returns the last result.
+/// How long to wait before the next probe, `waited` into a wait: every
+/// 50 ms for the first 2 s (a service that stops or starts quickly is seen
+/// at once: each poll's wait is downtime), then every 250 ms.
+pub fn poll_interval(waited: Duration) -> Duration {
+    if waited < Duration::from_secs(2) {
+        Duration::from_millis(50)
+    } else {
+        Duration::from_millis(250)
+    }
+}
+
+/// Polls the health check (see [`poll_interval`]) until it reports `want`
+/// (healthy or not) or `wait` passes. Returns the last result.
 pub fn wait_health(
     service: &Service,
     dir: &Path,
@@ -245,13 +256,14 @@ pub fn wait_health(
     want: bool,
     wait: Duration,
 ) -> ProbeResult {
-    let deadline = Instant::now() + wait;
+    let began = Instant::now();
+    let deadline = began + wait;
     loop {
         let result = run_probe(&service.health, dir, env);
         if result.ok == want || Instant::now() >= deadline {
             return result;
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(poll_interval(began.elapsed()));
     }
 }
 
@@ -338,7 +350,8 @@ impl<'a> ServiceControl<'a> {
     pub fn wait_ready(&self, version: &Version) -> Result<(), StepError> {
         let service = self.service();
         let wait = Duration::from_secs(service.health_wait_secs);
-        let deadline = Instant::now() + wait;
+        let began = Instant::now();
+        let deadline = began + wait;
         let health = wait_health(service, &self.site.dir, self.env, true, wait);
         if !health.ok {
             return Err(StepError::Unhealthy {
@@ -364,7 +377,7 @@ impl<'a> ServiceControl<'a> {
                     expected: version.clone(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(poll_interval(began.elapsed()));
         }
     }
 

@@ -24,6 +24,7 @@ use crate::state::{ApplyRecord, AuditAction, RowState, State};
 use crate::steps::backup::{self, BackupManifest};
 use crate::steps::install::install;
 use crate::steps::migrate;
+use crate::steps::precopy::PreCopies;
 use crate::steps::service::ServiceControl;
 use crate::steps::stage::StageSink;
 use crate::steps::tree::{self, TreeInstall};
@@ -94,6 +95,11 @@ pub struct Transaction<'a> {
     plan: Vec<Step>,
     stopped_at: Option<Instant>,
     healthy_at: Option<Instant>,
+    /// What the pre-copy steps saw of the live files they copied.
+    precopies: PreCopies,
+    /// `PRAGMA integrity_check` of each database's backup, running beside
+    /// the steps after its backup step; joined before the backup completes.
+    checks: Vec<std::thread::JoinHandle<Result<(), StepError>>>,
 }
 
 /// Why an apply record cannot be picked up: its stored manifest or versions
@@ -208,6 +214,8 @@ impl<'a> Transaction<'a> {
             plan: Vec::new(),
             stopped_at: None,
             healthy_at: None,
+            precopies: PreCopies::new(),
+            checks: Vec::new(),
         })
     }
 
@@ -507,26 +515,73 @@ impl<'a> Transaction<'a> {
                 }
                 none(String::new())
             }
+            Step::PreCopyDatabase { name, path } => {
+                self.ensure_backup_dir()?;
+                match backup::precopy_database(&self.backup_dir, name, path)? {
+                    Some((bytes, seen)) => {
+                        self.precopies.extend(seen.map(|s| (path.clone(), s)));
+                        none(format!("{name} ({}): {bytes} bytes", path.display()))
+                    }
+                    None => none(format!("{name} ({}) does not exist", path.display())),
+                }
+            }
+            Step::PreCopyRaft { dir } => {
+                self.ensure_backup_dir()?;
+                let (seen, bytes) = backup::precopy_tree(&self.backup_dir, "raft", dir)?;
+                let detail = format!("{} bytes", bytes);
+                self.precopies.extend(seen);
+                none(detail)
+            }
+            Step::PreCopyFiles { config, installed } => {
+                self.ensure_backup_dir()?;
+                let mut bytes = 0;
+                let files = config
+                    .iter()
+                    .enumerate()
+                    .map(|(n, p)| (backup::file_rel("config", n, p), p))
+                    .chain(
+                        installed
+                            .iter()
+                            .enumerate()
+                            .map(|(n, p)| (backup::file_rel("installed", n, p), p)),
+                    );
+                for (rel, path) in files {
+                    if let Some((n, seen)) = backup::precopy_single(&self.backup_dir, &rel, path)? {
+                        bytes += n;
+                        self.precopies.extend(seen.map(|s| (path.clone(), s)));
+                    }
+                }
+                none(format!("{bytes} bytes"))
+            }
             Step::Stop { .. } => {
                 self.control().stop()?;
                 none("service is down".into())
             }
             Step::BackupDatabase { name, path } => {
                 self.ensure_backup_dir()?;
-                let rec = backup::backup_database(&self.backup_dir, name, path)?;
+                let (rec, how) =
+                    backup::backup_database(&self.backup_dir, name, path, &self.precopies)?;
                 let detail = format!(
-                    "{name} ({}): {} bytes, integrity_check ok",
+                    "{name} ({}): {} bytes, {}; integrity_check runs beside the next steps",
                     path.display(),
-                    rec.size
+                    rec.size,
+                    how.describe()
                 );
+                if let Some(rel) = &rec.file {
+                    let (name, copy) = (name.clone(), self.backup_dir.join(rel));
+                    self.checks.push(std::thread::spawn(move || {
+                        backup::check_integrity(&name, &copy)
+                    }));
+                }
                 self.backup.databases.push(rec);
                 none(detail)
             }
             Step::BackupRaft { dir } => {
                 self.ensure_backup_dir()?;
-                let rec = backup::backup_tree(&self.backup_dir, "raft", dir)?;
+                let (rec, sync) =
+                    backup::backup_tree(&self.backup_dir, "raft", dir, &self.precopies)?;
                 let detail = format!(
-                    "{} files, {} bytes",
+                    "{} files, {} bytes: {sync}",
                     rec.files.len(),
                     rec.files.iter().map(|f| f.size).sum::<u64>()
                 );
@@ -551,9 +606,19 @@ impl<'a> Transaction<'a> {
             }
             Step::BackupComplete => {
                 self.ensure_backup_dir()?;
+                let checks = std::mem::take(&mut self.checks);
+                let count = checks.len();
+                for check in checks {
+                    check.join().map_err(|_| StepError::Inconsistent {
+                        what: "the integrity check of a database backup panicked".into(),
+                    })??;
+                }
                 self.backup.created_at = crate::state::now();
                 backup::complete(&self.backup_dir, &self.backup)?;
-                none(self.backup_dir.display().to_string())
+                none(format!(
+                    "{}; integrity_check ok for {count} database(s)",
+                    self.backup_dir.display()
+                ))
             }
             Step::Install {
                 file,
@@ -666,8 +731,8 @@ impl<'a> Transaction<'a> {
         path: &Path,
     ) -> Result<backup::FileRecord, StepError> {
         self.ensure_backup_dir()?;
-        let rel = format!("{folder}/{n}-{}", file_name(path));
-        backup::backup_file(&self.backup_dir, &rel, path)
+        let rel = backup::file_rel(folder, n, path);
+        backup::backup_file(&self.backup_dir, &rel, path, &self.precopies)
     }
 
     /// The stage step: the whole bundle read again, every chunk and file
@@ -1033,10 +1098,4 @@ fn leftovers(removed: usize) -> String {
     } else {
         format!("; {removed} temporary file(s) of an interrupted install removed")
     }
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }

@@ -27,6 +27,29 @@ pub enum Step {
         /// Their total size, in bytes.
         bytes: u64,
     },
+    /// Copy a database file into the backup folder while the service runs;
+    /// its backup step after the stop copies only what changed since
+    /// (docs/SITE.md, "Backups while the service runs").
+    PreCopyDatabase {
+        /// Name in the site profile.
+        name: String,
+        /// The database file.
+        path: PathBuf,
+    },
+    /// Copy the Raft data directory into the backup folder while the
+    /// service runs.
+    PreCopyRaft {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// Copy the config files and the files the apply replaces into the
+    /// backup folder while the service runs.
+    PreCopyFiles {
+        /// Config files, in the order of their backup steps.
+        config: Vec<PathBuf>,
+        /// Installed files the apply replaces, in the order of their backup steps.
+        installed: Vec<PathBuf>,
+    },
     /// Run the bundle's `pre_stop` hook (drain). A failure changes nothing.
     PreStopHook {
         /// The script's payload path.
@@ -39,14 +62,18 @@ pub enum Step {
         /// `stop_wait_secs`.
         wait_secs: u64,
     },
-    /// Copy a database with SQLite's backup API and check the copy.
+    /// Fold the database's WAL into its file, then, under SQLite's
+    /// EXCLUSIVE lock, bring its pre-copy up to date; `PRAGMA
+    /// integrity_check` of the copy runs beside the next steps and must
+    /// pass before the backup is complete.
     BackupDatabase {
         /// Name in the site profile.
         name: String,
         /// The database file.
         path: PathBuf,
     },
-    /// Copy the Raft data directory with a SHA-256 per file.
+    /// Bring the pre-copy of the Raft data directory up to date, with a
+    /// SHA-256 per file.
     BackupRaft {
         /// The folder.
         dir: PathBuf,
@@ -150,6 +177,9 @@ impl Step {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Stage { .. } => "stage",
+            Self::PreCopyDatabase { .. } => "pre-copy database",
+            Self::PreCopyRaft { .. } => "pre-copy raft",
+            Self::PreCopyFiles { .. } => "pre-copy files",
             Self::PreStopHook { .. } => "pre_stop",
             Self::Stop { .. } => "stop",
             Self::BackupDatabase { .. } => "backup database",
@@ -197,11 +227,27 @@ impl Step {
             Self::Stop { command, wait_secs } => format!(
                 "`{command}`, then wait up to {wait_secs}s for the health check to fail"
             ),
-            Self::BackupDatabase { name, path } => format!(
-                "{name} (`{}`) with SQLite's backup API, then PRAGMA integrity_check",
+            Self::PreCopyDatabase { name, path } => format!(
+                "copy {name} (`{}`) into the backup folder while the service runs",
                 path.display()
             ),
-            Self::BackupRaft { dir } => format!("`{}` with a SHA-256 per file", dir.display()),
+            Self::PreCopyRaft { dir } => format!(
+                "copy `{}` into the backup folder while the service runs",
+                dir.display()
+            ),
+            Self::PreCopyFiles { config, installed } => format!(
+                "copy {} config files and {} files about to be replaced into the backup folder while the service runs",
+                config.len(),
+                installed.len()
+            ),
+            Self::BackupDatabase { name, path } => format!(
+                "{name} (`{}`): checkpoint its WAL, copy what changed since the pre-copy under an EXCLUSIVE lock, PRAGMA integrity_check beside the next steps",
+                path.display()
+            ),
+            Self::BackupRaft { dir } => format!(
+                "`{}`: copy what changed since the pre-copy, a SHA-256 per file",
+                dir.display()
+            ),
             Self::BackupConfig { path } => format!("`{}`", path.display()),
             Self::BackupInstalled { target } => format!("`{}`", target.display()),
             Self::BackupComplete => "write backup.json: the backup is complete".into(),
@@ -259,6 +305,9 @@ impl Step {
         !matches!(
             self,
             Self::Stage { .. }
+                | Self::PreCopyDatabase { .. }
+                | Self::PreCopyRaft { .. }
+                | Self::PreCopyFiles { .. }
                 | Self::PreStopHook { .. }
                 | Self::BackupDatabase { .. }
                 | Self::BackupRaft { .. }
@@ -333,6 +382,26 @@ pub fn planned_steps(site: &Site, manifest: &Manifest) -> Result<Vec<Step>, Step
         files: manifest.files.len(),
         bytes: manifest.payload.unpacked_size,
     }];
+    let installs: Vec<(String, PathBuf, u32)> = manifest
+        .files
+        .iter()
+        .filter_map(|e| install_target(site, e).map(|t| (e.path.to_string(), t, e.mode)))
+        .collect();
+    for (name, path) in &data.databases {
+        steps.push(Step::PreCopyDatabase {
+            name: name.clone(),
+            path: path.clone(),
+        });
+    }
+    if let Some(dir) = &data.raft_dir {
+        steps.push(Step::PreCopyRaft { dir: dir.clone() });
+    }
+    if !data.config_files.is_empty() || !installs.is_empty() {
+        steps.push(Step::PreCopyFiles {
+            config: data.config_files.clone(),
+            installed: installs.iter().map(|(_, t, _)| t.clone()).collect(),
+        });
+    }
     if let Some(script) = &manifest.hooks.pre_stop {
         steps.push(Step::PreStopHook {
             script: script.to_string(),
@@ -354,11 +423,6 @@ pub fn planned_steps(site: &Site, manifest: &Manifest) -> Result<Vec<Step>, Step
     for path in &data.config_files {
         steps.push(Step::BackupConfig { path: path.clone() });
     }
-    let installs: Vec<(String, PathBuf, u32)> = manifest
-        .files
-        .iter()
-        .filter_map(|e| install_target(site, e).map(|t| (e.path.to_string(), t, e.mode)))
-        .collect();
     for (_, target, _) in &installs {
         steps.push(Step::BackupInstalled {
             target: target.clone(),

@@ -317,7 +317,7 @@ pub fn prepare_node(
 name = "etcd member {name}"
 start = '''{start}'''
 stop = "./stop.sh"
-health = {{ command = "etcdctl --endpoints http://127.0.0.1:{client_port} --dial-timeout 2s --command-timeout 3s endpoint health", timeout_secs = 8 }}
+health = {{ url = "http://127.0.0.1:{client_port}/health", timeout_secs = 3 }}
 version = {{ command = "cat node/RELEASE" }}
 health_wait_secs = {health_wait_secs}
 stop_wait_secs = 30

@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# airlock's speed side by side with the tools people use today, in the same
+# run, interleaved (bench/README.md says what each line measures).
+#
+#   bash bench/run.sh                 # the real run: 600 MiB of binaries and a
+#                                     # 1 GiB file; a node with a 1 GiB Raft
+#                                     # folder and a 270 MiB SQLite database
+#   bash bench/run.sh --smoke         # a tiny payload, one round (CI runs it)
+#   bash bench/run.sh --rounds 5      # more rounds (default 3; medians)
+#   BIN_MIB=.. BIG_MIB=.. RAFT_MIB=.. DB_MIB=.. bash bench/run.sh   # other sizes
+#
+# It installs the Debian peers it needs (zstd, minisign, mender-artifact,
+# rsync, sqlite3, curl, time, openssl), builds the release binaries, and
+# prints medians, same-run ratios and peak memory. The demo service of the
+# tests serves the node on 127.0.0.1:18433.
+set -euo pipefail
+
+smoke=0
+rounds=3
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --smoke) smoke=1 rounds=1 ;;
+    --rounds) rounds=$2; shift ;;
+    *) echo "usage: bench/run.sh [--smoke] [--rounds N]" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ $smoke = 1 ]; then
+    : "${BIN_MIB:=8}" "${BIG_MIB:=4}" "${RAFT_MIB:=8}" "${DB_MIB:=2}"
+else
+    : "${BIN_MIB:=600}" "${BIG_MIB:=1024}" "${RAFT_MIB:=1024}" "${DB_MIB:=270}"
+fi
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+need=()
+for tool in zstd:zstd minisign:minisign mender-artifact:mender-artifact rsync:rsync \
+    sqlite3:sqlite3 curl:curl openssl:openssl; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
+[ -x /usr/bin/time ] || need+=(time)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "bench: installing ${need[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+cargo build --quiet --release -p airlock-builder -p airlock-applier -p airlock-tests \
+    --bin airlock-build --bin airlock-apply --bin airlock-demo-service
+bin="$repo/target/release"
+port=18433
+if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "bench: something already listens on 127.0.0.1:$port; stop it first" >&2
+    exit 1
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/airlock-bench.XXXXXX")
+site="$work/site"
+cleanup() {
+    (cd "$site" 2>/dev/null && sh -c "$stop_cmd" 2>/dev/null) || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+results="$work/results"
+: > "$results"
+
+# Times a command: appends "NAME SECONDS PEAK_KIB" to the results.
+measure() {
+    local name=$1
+    shift
+    /usr/bin/time -f "%e %M" -o "$work/time" "$@" >/dev/null 2>"$work/stderr" || {
+        echo "bench: $name failed:" >&2
+        cat "$work/stderr" >&2
+        exit 1
+    }
+    echo "$name $(cat "$work/time")" >> "$results"
+}
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# The release: real binaries and libraries, a large file, the demo service.
+echo "bench: making the payload and the node (${BIN_MIB} MiB + ${BIG_MIB} MiB; Raft ${RAFT_MIB} MiB, SQLite ${DB_MIB} MiB)"
+spec="$work/spec"
+python3 bench/make_node.py payload "$spec" "$BIN_MIB" "$BIG_MIB"
+mkdir -p "$spec/bin"
+cp "$bin/airlock-demo-service" "$spec/bin/"
+cat > "$spec/bundle.toml" <<'TOML'
+name = "bench"
+version = "1.0.0"
+upgrades_from = "*"
+
+[[binary]]
+name = "demo-service"
+source = "bin/airlock-demo-service"
+install_path = "/opt/bench/bin/demo-service"
+
+[[file]]
+source = "RELEASE"
+install_path = "/opt/bench/RELEASE"
+
+[[file]]
+source = "data/big.bin"
+install_path = "/opt/bench/big.bin"
+
+[[tree]]
+source = "lib"
+install_path = "/opt/bench/lib"
+TOML
+"$bin/airlock-build" keygen --out "$work/release" --unencrypted >/dev/null 2>&1
+# The shell pipeline's and mender-artifact's own keys.
+minisign -G -W -p "$work/minisign.pub" -s "$work/minisign.key" >/dev/null
+openssl ecparam -genkey -name prime256v1 -noout -out "$work/mender.key" 2>/dev/null
+openssl ec -in "$work/mender.key" -pubout -out "$work/mender.pub" 2>/dev/null
+payload_files=()
+while IFS= read -r -d '' f; do payload_files+=(-f "$f"); done < <(cd "$spec" && find . -type f ! -name bundle.toml -print0 | sort -z)
+
+# The node: the demo service, with a writer that changes the Raft folder and
+# the database while it runs (bench/writer.py).
+node="$site/node"
+mkdir -p "$node/bin" "$site/keys" "$work/out"
+python3 bench/make_node.py data "$node" "$RAFT_MIB" "$DB_MIB"
+cp bench/writer.py "$node/"
+cp "$bin/airlock-demo-service" "$node/bin/demo-service"
+cp -r "$spec/lib" "$node/lib"
+cp "$spec/data/big.bin" "$node/big.bin"
+echo "1.0.0" > "$node/RELEASE"
+echo "healthy = true" > "$node/service.conf"
+cp "$work/release.pub" "$site/keys/"
+start_cmd="nohup node/bin/demo-service --listen 127.0.0.1:$port --release-file node/RELEASE --config node/service.conf > node/service.log 2>&1 & echo \$! > node/pid; nohup python3 node/writer.py node > node/writer.log 2>&1 & echo \$! > node/writer.pid"
+stop_cmd="for p in node/pid node/writer.pid; do [ -f \$p ] && kill \$(cat \$p) 2>/dev/null; done; for p in node/pid node/writer.pid; do [ -f \$p ] && while kill -0 \$(cat \$p) 2>/dev/null; do sleep 0.01; done; rm -f \$p; done; true"
+cat > "$site/site.toml" <<TOML
+product = "bench"
+
+[service]
+name = "bench-service"
+start = "$start_cmd"
+stop = "$stop_cmd"
+health = { url = "http://127.0.0.1:$port/health", timeout_secs = 2 }
+version = { url = "http://127.0.0.1:$port/version", timeout_secs = 2 }
+health_wait_secs = 30
+stop_wait_secs = 30
+
+[binaries]
+demo-service = "node/bin/demo-service"
+
+[files]
+"files/RELEASE" = "node/RELEASE"
+"files/big.bin" = "node/big.bin"
+
+[trees]
+lib = "node/lib"
+
+[data]
+databases = { main = "node/app.db" }
+raft_dir = "node/raft"
+config_files = ["node/service.conf"]
+
+[trust]
+keys = ["keys/release.pub"]
+threshold = 1
+
+[paths]
+state_dir = "state"
+backup_dir = "backups"
+keep_backups = 1
+TOML
+health() { curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$port/health"; }
+(cd "$site" && sh -c "$start_cmd")
+until health; do sleep 0.01; done
+
+for round in $(seq 1 "$rounds"); do
+    version="1.$round.0"
+    echo "bench: round $round of $rounds ($version)"
+    sed -i "s/^version = .*/version = \"$version\"/" "$spec/bundle.toml"
+    echo "$version" > "$spec/RELEASE"
+    bundle="$work/out/bench-$version.airlock"
+    rm -f "$work"/out/* "$work"/peer* "$work"/SHA256SUMS*
+
+    # Build: airlock, then the peers.
+    measure "build/airlock" "$bin/airlock-build" --no-progress build --spec "$spec/bundle.toml" \
+        --key "$work/release.key" --out "$work/out"
+    measure "build/tar|zstd" sh -c "tar -C '$spec' -cf - . | zstd -3 -T0 -q -o '$work/peer.tar.zst'"
+    rm -f "$work/peer.tar.zst"
+    measure "build/shell" sh -c "cd '$spec' && find . -type f -print0 | xargs -0 sha256sum > '$work/SHA256SUMS' &&
+        minisign -S -s '$work/minisign.key' -m '$work/SHA256SUMS' >/dev/null &&
+        tar -cf - . -C '$work' SHA256SUMS SHA256SUMS.minisig | zstd -3 -T0 -q -o '$work/peer.tar.zst'"
+    measure "build/mender-artifact" sh -c "cd '$spec' && mender-artifact write module-image -T bench -n bench-$version \
+        -t bench -k '$work/mender.key' -o '$work/peer.mender' $(printf "'%s' " "${payload_files[@]}")"
+
+    # Verify: airlock reads and checks every byte; the peers decompress.
+    measure "verify/airlock" "$bin/airlock-apply" verify "$bundle" --site "$site/site.toml"
+    measure "verify/zstd -dc" sh -c "zstd -dc '$work/peer.tar.zst' > /dev/null"
+    measure "verify/mender-artifact" mender-artifact validate -k "$work/mender.pub" "$work/peer.mender"
+
+    # Stage: what airlock's stage step does (verify and extract), by hand.
+    rm -rf "$work/x"; mkdir "$work/x"
+    measure "stage/zstd -dc|tar -x" sh -c "zstd -dc '$work/peer.tar.zst' | tar -x -C '$work/x' && sync -f '$work/x'"
+    rm -rf "$work/x"; mkdir "$work/x"
+    measure "stage/shell" sh -c "minisign -Vq -p '$work/minisign.pub' -m '$work/SHA256SUMS' &&
+        zstd -dc '$work/peer.tar.zst' | tar -x -C '$work/x' && cd '$work/x' && sha256sum -c --quiet SHA256SUMS && sync -f ."
+    rm -rf "$work/x" "$work/peer.mender"
+
+    # Backups by hand, of the live data (the writer runs).
+    rm -rf "$work/copy"; mkdir "$work/copy"
+    measure "raft backup/cp -a" sh -c "cp -a '$node/raft' '$work/copy/' && sync -f '$work/copy'"
+    measure "sqlite backup/cp" sh -c "cp '$node/app.db' '$work/copy/' && sync -f '$work/copy'"
+    measure "sqlite backup/sqlite3 .backup" sqlite3 "$node/app.db" ".backup '$work/copy/backup.db'"
+    rm -rf "$work/copy"
+
+    # The apply, with its events; then the same node's service stopped and
+    # started by hand around a copy of what changed since a copy taken while
+    # it ran.
+    measure "apply/airlock" sh -c "'$bin/airlock-apply' --json apply '$bundle' --site '$site/site.toml' > '$work/events-$round.jsonl'"
+    python3 bench/report.py events "$work/events-$round.jsonl" >> "$results"
+    rm -f "$bundle"
+    rm -rf "$work/hand"; mkdir "$work/hand"
+    rsync -a "$node/raft" "$node/app.db" "$node/app.db-wal" "$work/hand/" 2>/dev/null || true
+    t0=$(now_ms)
+    (cd "$site" && sh -c "$stop_cmd")
+    rsync -a "$node/raft" "$node/app.db" "$work/hand/"
+    [ ! -f "$node/app.db-wal" ] || rsync -a "$node/app.db-wal" "$work/hand/"
+    sync -f "$work/hand"
+    (cd "$site" && sh -c "$start_cmd")
+    until health; do sleep 0.01; done
+    t1=$(now_ms)
+    echo "down/by hand $(awk -v ms=$((t1 - t0)) 'BEGIN{printf "%.3f", ms / 1000}') 0" >> "$results"
+    rm -rf "$work/hand"
+done
+
+python3 bench/report.py table "$results" "$BIN_MIB" "$BIG_MIB" "$RAFT_MIB" "$DB_MIB" "$rounds"
