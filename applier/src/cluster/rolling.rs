@@ -692,12 +692,14 @@ impl Rollout<'_> {
             let node = self.node(&next).cloned().ok_or_else(|| {
                 self.stop(&at_node(&next), ClusterError::Gone(next.clone()), unchanged)
             })?;
+            // Quorum first: leadership is never moved in a cluster that
+            // could not spare this node.
+            self.quorum_check(Some(&node.name))
+                .map_err(|reason| self.stop(&at_node(&node.name), reason, unchanged))?;
             if node.name == leader.name {
                 self.move_leadership(&leader)
                     .map_err(|reason| self.stop(&at_node(&node.name), reason, unchanged))?;
             }
-            self.quorum_check(Some(&node.name))
-                .map_err(|reason| self.stop(&at_node(&node.name), reason, unchanged))?;
             self.upgrade(&node)?;
         }
         self.state
