@@ -85,10 +85,10 @@ def table(path, bin_mib, big_mib, raft_mib, db_mib, rounds):
     print("|---|---|---|---|---|")
     for work, ours, peer, theirs, target in rows:
         if ours is None:
-            print("| %s | (no such step) | %s %.2f s | | %s |" % (work, peer, theirs, target))
+            print("| %s | (no such step) | %s %.3f s | | %s |" % (work, peer, theirs, target))
             continue
-        ratio = ours / theirs if theirs > 0 else float("inf")
-        print("| %s | %.2f s | %s %.2f s | %.2fx | %s |" % (work, ours, peer, theirs, ratio, target))
+        ratio = "%.2fx" % (ours / theirs) if theirs > 0 else "n/a"
+        print("| %s | %.3f s | %s %.3f s | %s | %s |" % (work, ours, peer, theirs, ratio, target))
     print()
     print("Where the service's downtime went (airlock, medians):")
     for name in sorted(med):

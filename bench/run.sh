@@ -70,12 +70,15 @@ results="$work/results"
 measure() {
     local name=$1
     shift
-    /usr/bin/time -f "%e %M" -o "$work/time" "$@" >/dev/null 2>"$work/stderr" || {
+    local t0 t1
+    t0=$(date +%s%N)
+    /usr/bin/time -f "%M" -o "$work/time" "$@" >/dev/null 2>"$work/stderr" || {
         echo "bench: $name failed:" >&2
         cat "$work/stderr" >&2
         exit 1
     }
-    echo "$name $(cat "$work/time")" >> "$results"
+    t1=$(date +%s%N)
+    echo "$name $(awk -v ns=$((t1 - t0)) 'BEGIN{printf "%.3f", ns / 1e9}') $(cat "$work/time")" >> "$results"
 }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
@@ -127,8 +130,28 @@ cp "$spec/data/big.bin" "$node/big.bin"
 echo "1.0.0" > "$node/RELEASE"
 echo "healthy = true" > "$node/service.conf"
 cp "$work/release.pub" "$site/keys/"
-start_cmd="nohup node/bin/demo-service --listen 127.0.0.1:$port --release-file node/RELEASE --config node/service.conf > node/service.log 2>&1 & echo \$! > node/pid; nohup python3 node/writer.py node > node/writer.log 2>&1 & echo \$! > node/writer.pid"
-stop_cmd="for p in node/pid node/writer.pid; do [ -f \$p ] && kill \$(cat \$p) 2>/dev/null; done; for p in node/pid node/writer.pid; do [ -f \$p ] && while kill -0 \$(cat \$p) 2>/dev/null; do sleep 0.01; done; rm -f \$p; done; true"
+cat > "$site/start.sh" <<SH
+#!/bin/sh
+nohup node/bin/demo-service --listen 127.0.0.1:$port --release-file node/RELEASE --config node/service.conf > node/service.log 2>&1 &
+echo \$! > node/pid
+nohup python3 node/writer.py node > node/writer.log 2>&1 &
+echo \$! > node/writer.pid
+SH
+# Stops the service and the writer and waits until both are gone (a zombie
+# counts as gone: its parent may reap it late).
+cat > "$site/stop.sh" <<'SH'
+#!/bin/sh
+for f in node/pid node/writer.pid; do [ -f $f ] && kill "$(cat $f)" 2>/dev/null; done
+for f in node/pid node/writer.pid; do
+    [ -f $f ] || continue
+    pid=$(cat $f)
+    while [ -d /proc/$pid ] && ! grep -q '^State:[[:space:]]*Z' /proc/$pid/status 2>/dev/null; do sleep 0.01; done
+    rm -f $f
+done
+SH
+chmod +x "$site/start.sh" "$site/stop.sh"
+start_cmd=./start.sh
+stop_cmd=./stop.sh
 cat > "$site/site.toml" <<TOML
 product = "bench"
 
