@@ -54,7 +54,9 @@ def payload(out, bin_mib, big_mib):
             continue
         # Files keep their name below a folder of their own, so that names
         # from different folders never collide.
-        dst = os.path.join(lib, "d%03d" % (n // 100), "%04d-%s" % (n, os.path.basename(path)))
+        # mender-artifact allows only letters, digits and ".,_-" in names.
+        safe = "".join(c if c.isalnum() or c in ".,_-" else "_" for c in os.path.basename(path))
+        dst = os.path.join(lib, "d%03d" % (n // 100), "%04d-%s" % (n, safe))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         with open(path, "rb") as src, open(dst, "wb") as f:
             data = src.read()
