@@ -224,11 +224,14 @@ for round in $(seq 1 "$rounds"); do
         zstd -dc '$work/peer.tar.zst' | tar -x -C '$work/x' && cd '$work/x' && sha256sum -c --quiet SHA256SUMS && sync -f ."
     rm -rf "$work/x" "$work/peer.mender"
 
-    # Backups by hand, of the live data (the writer runs).
+    # Backups by hand. `cp` copies the live data (the writer runs), as
+    # airlock's pre-copy does. `sqlite3 .backup` gets a quiet copy of the
+    # database: its online backup starts over whenever a writer changes the
+    # source, and with this node's writer it never finishes.
     rm -rf "$work/copy"; mkdir "$work/copy"
     measure "raft backup/cp -a" sh -c "cp -a '$node/raft' '$work/copy/' && sync -f '$work/copy'"
     measure "sqlite backup/cp" sh -c "cp '$node/app.db' '$work/copy/' && sync -f '$work/copy'"
-    measure "sqlite backup/sqlite3 .backup" sqlite3 "$node/app.db" ".backup '$work/copy/backup.db'"
+    measure "sqlite backup/sqlite3 .backup" sqlite3 "$work/copy/app.db" ".backup '$work/copy/backup.db'"
     rm -rf "$work/copy"
 
     # The apply, with its events; then the same node's service stopped and

@@ -50,15 +50,14 @@ pub struct BuildReport {
     pub migrations: Vec<MigrationsSummary>,
 }
 
-/// Hashes what passes through to `inner`.
+/// Hashes what passes through to `inner`, on a thread beside the copy.
 struct HashingWriter<W> {
     inner: W,
-    hasher: sha2::Sha256,
+    hasher: airlock_formats::digest::ParallelSha256,
 }
 
 impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use sha2::Digest as _;
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
@@ -592,7 +591,7 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
         let w = write_bundle_carrying(
             HashingWriter {
                 inner: BufWriter::with_capacity(1 << 20, f),
-                hasher: <sha2::Sha256 as sha2::Digest>::new(),
+                hasher: airlock_formats::digest::ParallelSha256::new(),
             },
             &manifest_bytes,
             trust_update.as_deref(),
@@ -602,10 +601,7 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
             created_at,
         )
         .map_err(std::io::Error::other)?;
-        {
-            use sha2::Digest as _;
-            sha256 = Some(airlock_formats::Sha256Digest(w.hasher.finalize().into()));
-        }
+        sha256 = Some(w.hasher.finish()?.0);
         w.inner.into_inner().map(|_| ()).map_err(|e| e.into_error())
     })?;
     let size = fs_err::metadata(&out).map(|m| m.len()).unwrap_or(0);

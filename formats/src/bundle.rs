@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
-use crate::digest::HashingReader;
+use crate::digest::{HashingReader, ParallelHashingReader, Sha256Digest};
 use crate::error::BundleError;
 use crate::manifest::{FileEntry, Manifest, FORMAT_MARKER};
 use crate::path::BundlePath;
@@ -556,6 +556,44 @@ pub fn read_bundle<R: Read>(
     Ok(header)
 }
 
+/// Files from this size on are hashed on a thread beside the decompression
+/// ([`ParallelHashingReader`]); smaller ones inline, where starting a
+/// thread would cost more than it saves. In bytes.
+const PARALLEL_HASH_FROM: u64 = 4 << 20;
+
+/// Hashes a payload file as it is read: inline, or on a thread of its own
+/// for a large file.
+enum FileHashing<R> {
+    Inline(HashingReader<R>),
+    Parallel(ParallelHashingReader<R>),
+}
+
+impl<R: Read> FileHashing<R> {
+    fn new(inner: R, size: u64) -> Self {
+        if size >= PARALLEL_HASH_FROM {
+            Self::Parallel(ParallelHashingReader::new(inner))
+        } else {
+            Self::Inline(HashingReader::new(inner))
+        }
+    }
+
+    fn finish(self) -> io::Result<(Sha256Digest, u64)> {
+        match self {
+            Self::Inline(r) => Ok(r.finish()),
+            Self::Parallel(r) => r.finish(),
+        }
+    }
+}
+
+impl<R: Read> Read for FileHashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Inline(r) => r.read(buf),
+            Self::Parallel(r) => r.read(buf),
+        }
+    }
+}
+
 /// Streams the payload entry through chunk verification, zstd and the inner tar.
 fn read_payload(
     compressed: &mut dyn Read,
@@ -633,12 +671,14 @@ fn read_payload(
                     format!("is {size} bytes but the manifest says {}", file.size),
                 ));
             }
-            let mut hashing = HashingReader::new((&mut entry).take(size));
+            let mut hashing = FileHashing::new((&mut entry).take(size), size);
             sink.write_file(file, &mut hashing)?;
             // Drain what the sink did not read so the hash covers everything.
             io::copy(&mut hashing, &mut io::sink())
                 .map_err(|e| unwrap_io(&format!("reading payload entry `{shown}`"), e))?;
-            let (digest, count) = hashing.finish();
+            let (digest, count) = hashing
+                .finish()
+                .map_err(|e| unwrap_io(&format!("hashing payload entry `{shown}`"), e))?;
             if count != file.size {
                 return Err(BundleError::entry(shown, "ends early"));
             }

@@ -95,6 +95,153 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Size of the blocks a [`ParallelSha256`] hands to its thread, in bytes.
+const BLOCK: usize = 1 << 20;
+
+/// A SHA-256 computed on a thread of its own, beside the work that produces
+/// the bytes (decompressing, copying): [`ParallelSha256::update`] copies the
+/// bytes into 1 MiB blocks and hands each full one to the thread, at most
+/// four waiting (about 6 MiB in all). Worth it for large inputs only: the
+/// thread is started per hash.
+pub struct ParallelSha256 {
+    block: Vec<u8>,
+    count: u64,
+    how: Parallel,
+}
+
+enum Parallel {
+    Thread {
+        blocks: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+        spare: std::sync::mpsc::Receiver<Vec<u8>>,
+        worker: std::thread::JoinHandle<Sha256Digest>,
+    },
+    /// The thread could not be started: hashed here instead.
+    Inline(Sha256),
+}
+
+impl Default for ParallelSha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ParallelSha256 {
+    /// Starts the hashing thread (or hashes inline when it cannot start).
+    pub fn new() -> Self {
+        let (blocks, queue) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (give_back, spare) = std::sync::mpsc::channel();
+        let how = std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                for mut block in queue {
+                    hasher.update(&block);
+                    block.clear();
+                    let _ = give_back.send(block);
+                }
+                Sha256Digest(hasher.finalize().into())
+            })
+            .map_or_else(
+                |_| Parallel::Inline(Sha256::new()),
+                |worker| Parallel::Thread {
+                    blocks: Some(blocks),
+                    spare,
+                    worker,
+                },
+            );
+        Self {
+            block: Vec::with_capacity(BLOCK),
+            count: 0,
+            how,
+        }
+    }
+
+    /// Adds `data` to the hash.
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.count += data.len() as u64;
+        if let Parallel::Inline(hasher) = &mut self.how {
+            hasher.update(data);
+            return;
+        }
+        while !data.is_empty() {
+            let n = (BLOCK - self.block.len()).min(data.len());
+            self.block.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.block.len() == BLOCK {
+                self.ship();
+            }
+        }
+    }
+
+    fn ship(&mut self) {
+        if let Parallel::Thread { blocks, spare, .. } = &mut self.how {
+            let next = spare
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(BLOCK));
+            let full = std::mem::replace(&mut self.block, next);
+            if let Some(blocks) = blocks {
+                // A send fails only when the thread is gone: finish() tells.
+                let _ = blocks.send(full);
+            }
+        }
+    }
+
+    /// The digest of everything added, and the byte count.
+    ///
+    /// # Errors
+    /// An [`io::Error`] when the hashing thread died.
+    pub fn finish(mut self) -> io::Result<(Sha256Digest, u64)> {
+        if !self.block.is_empty() {
+            self.ship();
+        }
+        let digest = match self.how {
+            Parallel::Inline(hasher) => Sha256Digest(hasher.finalize().into()),
+            Parallel::Thread {
+                mut blocks, worker, ..
+            } => {
+                drop(blocks.take());
+                worker
+                    .join()
+                    .map_err(|_| io::Error::other("the SHA-256 thread died"))?
+            }
+        };
+        Ok((digest, self.count))
+    }
+}
+
+/// A reader that hashes what passes through it on another thread
+/// ([`ParallelSha256`]) and counts the bytes.
+pub struct ParallelHashingReader<R> {
+    inner: R,
+    hasher: ParallelSha256,
+}
+
+impl<R: Read> ParallelHashingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: ParallelSha256::new(),
+        }
+    }
+
+    /// The digest of everything read, and the byte count.
+    ///
+    /// # Errors
+    /// As [`ParallelSha256::finish`].
+    pub fn finish(self) -> io::Result<(Sha256Digest, u64)> {
+        self.hasher.finish()
+    }
+}
+
+impl<R: Read> Read for ParallelHashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Hashes a whole reader.
 ///
 /// # Errors
@@ -120,5 +267,27 @@ mod tests {
         assert!(Sha256Digest::from_hex("abc").is_err());
         let (r, n) = sha256_reader(&b"abc"[..]).unwrap();
         assert_eq!((r, n), (d, 3));
+    }
+
+    #[test]
+    fn the_parallel_hash_equals_the_inline_one_at_every_block_boundary() {
+        let data: Vec<u8> = (0..3 * BLOCK + 5).map(|i| (i % 253) as u8).collect();
+        for len in [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5] {
+            let mut parallel = ParallelSha256::new();
+            // Pieces of odd sizes, as reads return them.
+            for piece in data[..len].chunks(7919) {
+                parallel.update(piece);
+            }
+            assert_eq!(
+                parallel.finish().unwrap(),
+                (Sha256Digest::of(&data[..len]), len as u64)
+            );
+        }
+        let mut reader = ParallelHashingReader::new(&data[..]);
+        io::copy(&mut reader, &mut io::sink()).unwrap();
+        assert_eq!(
+            reader.finish().unwrap(),
+            (Sha256Digest::of(&data), data.len() as u64)
+        );
     }
 }

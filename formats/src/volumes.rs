@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::bundle::{read_bundle, BundleHeader};
-use crate::digest::{HashingReader, Sha256Digest};
+use crate::digest::{ParallelHashingReader, Sha256Digest};
 use crate::durable::{sync_dir, write_atomic};
 use crate::error::BundleError;
 use crate::shown::shown;
@@ -1342,14 +1342,19 @@ impl BundleSource {
         sink: Option<&mut dyn crate::bundle::PayloadSink>,
     ) -> Result<(BundleHeader, Sha256Digest), BundleError> {
         let whole = sink.is_some();
-        let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, self.reader()?));
+        // The bundle's SHA-256 is taken on a thread beside the read.
+        let mut hashing =
+            ParallelHashingReader::new(BufReader::with_capacity(1 << 20, self.reader()?));
         let header = self.read_from(&mut hashing, check, sink)?;
         if whole {
             // Whatever padding follows the container counts too.
             io::copy(&mut hashing, &mut io::sink())
                 .map_err(BundleError::io("reading the end of the bundle"))?;
         }
-        Ok((header, hashing.finish().0))
+        let (digest, _) = hashing
+            .finish()
+            .map_err(BundleError::io("hashing the bundle"))?;
+        Ok((header, digest))
     }
 
     fn read_from(
