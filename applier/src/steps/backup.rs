@@ -235,13 +235,7 @@ pub fn precopy_database(
     name: &str,
     source: &Path,
 ) -> Result<Option<(u64, Option<precopy::Seen>)>, StepError> {
-    if !fs_err::exists(source)? {
-        return Ok(None);
-    }
-    create_private_dir(&backup_dir.join("databases"))?;
-    let dst = backup_dir.join(database_rel(name));
-    let seen = precopy::precopy_file(source, &dst, 0o600)?;
-    Ok(Some((fs_err::metadata(&dst)?.len(), seen)))
+    precopy_to(backup_dir, &database_rel(name), source, 0o600)
 }
 
 /// Backs up database `name` at `source` into `BACKUP/databases/NAME.sqlite`
@@ -437,10 +431,9 @@ pub fn precopy_tree(
         if ft.is_dir() {
             create_private_dir(&dst)?;
         } else if ft.is_file() {
-            if let Some(s) = precopy::precopy_file(entry.path(), &dst, mode_of(entry.path()))? {
-                seen.insert(entry.path().to_owned(), s);
-            }
-            bytes += fs_err::metadata(&dst)?.len();
+            let (size, trusted) = precopy::precopy_file(entry.path(), &dst, mode_of(entry.path()))?;
+            seen.extend(trusted.map(|s| (entry.path().to_owned(), s)));
+            bytes += size;
         } else {
             return Err(StepError::NotRegular {
                 path: entry.path().into(),
@@ -686,6 +679,16 @@ pub fn precopy_single(
     rel: &str,
     source: &Path,
 ) -> Result<Option<(u64, Option<precopy::Seen>)>, StepError> {
+    precopy_to(backup_dir, rel, source, mode_of(source))
+}
+
+/// [`precopy::precopy_file`] of `source`, if it exists, to `BACKUP/REL` with `mode`.
+fn precopy_to(
+    backup_dir: &Path,
+    rel: &str,
+    source: &Path,
+    mode: u32,
+) -> Result<Option<(u64, Option<precopy::Seen>)>, StepError> {
     if !fs_err::exists(source)? {
         return Ok(None);
     }
@@ -693,8 +696,7 @@ pub fn precopy_single(
     if let Some(parent) = dst.parent() {
         create_private_dir(parent)?;
     }
-    let seen = precopy::precopy_file(source, &dst, mode_of(source))?;
-    Ok(Some((fs_err::metadata(&dst)?.len(), seen)))
+    precopy::precopy_file(source, &dst, mode).map(Some)
 }
 
 /// Copies a single file (a config file or a binary about to be replaced) to

@@ -73,12 +73,13 @@ impl Seen {
 pub type PreCopies = HashMap<PathBuf, Seen>;
 
 /// Copies the live file `src` to `dst` (fsynced, with `mode`) while the
-/// service may still write to it, and returns what it saw of `src` when
-/// the copy can be trusted without reading it again (see the module docs).
+/// service may still write to it. Returns the bytes copied and what it saw
+/// of `src` when the copy can be trusted without reading it again (see the
+/// module docs).
 ///
 /// # Errors
 /// [`StepError::Io`] naming the file.
-pub fn precopy_file(src: &Path, dst: &Path, mode: u32) -> Result<Option<Seen>, StepError> {
+pub fn precopy_file(src: &Path, dst: &Path, mode: u32) -> Result<(u64, Option<Seen>), StepError> {
     let began = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
@@ -87,7 +88,8 @@ pub fn precopy_file(src: &Path, dst: &Path, mode: u32) -> Result<Option<Seen>, S
     let after = fs_err::metadata(src)?;
     let seen = Seen::stat(&before, sha256);
     let racy = seen.ctime_ns > began - i128::from(RACY_SECS) * 1_000_000_000;
-    Ok((seen == Seen::stat(&after, sha256) && seen.size == size && !racy).then_some(seen))
+    let trusted = seen == Seen::stat(&after, sha256) && seen.size == size && !racy;
+    Ok((size, trusted.then_some(seen)))
 }
 
 /// How [`sync_file`] made a copy equal to its live file.
@@ -219,7 +221,7 @@ mod tests {
         let data: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
         fs::write(&src, &data).unwrap();
         // A file written just now is racily clean: not remembered.
-        assert_eq!(precopy_file(&src, &dst, 0o644).unwrap(), None);
+        assert_eq!(precopy_file(&src, &dst, 0o644).unwrap().1, None);
         let (sha, size, how) = sync_file(&src, &dst, 0o644, None).unwrap();
         assert_eq!((sha, size), (Sha256Digest::of(&data), data.len() as u64));
         assert_eq!(how, Synced::Compared { written: 0 });
