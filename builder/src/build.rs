@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use airlock_formats::durable::write_atomic;
 use airlock_formats::manifest::{validate_install_path, validate_name, DEFAULT_CHUNK_SIZE};
 use airlock_formats::{
-    write_bundle_carrying, BundlePath, Direction, FileEntry, Hooks, Manifest, MigrationInfo,
+    bundle_head, bundle_tail, BundlePath, Direction, FileEntry, Hooks, Manifest, MigrationInfo,
     MigrationTool, PayloadWriter, Role, SecretKey, Tree, FORMAT_MARKER,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -48,24 +48,6 @@ pub struct BuildReport {
     pub sha256: airlock_formats::Sha256Digest,
     /// Each `[[migrations]]` folder as its tool read it.
     pub migrations: Vec<MigrationsSummary>,
-}
-
-/// Hashes what passes through to `inner`, on a thread beside the copy.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: airlock_formats::digest::ParallelSha256,
-}
-
-impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// One `[[migrations]]` folder as its tool read it: what `build` prints.
@@ -578,31 +560,24 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
         &format!("timestamp:{created_at}\tfile:{file_name}"),
     );
 
-    payload_file
-        .seek(SeekFrom::Start(0))
-        .map_err(|source| BuildError::Io {
-            context: "rewinding the temporary payload".into(),
-            source,
-        })?;
     let out = opts.out_dir.join(&file_name);
-    let payload_size = manifest.payload.size;
+    let head = bundle_head(
+        &manifest_bytes,
+        trust_update.as_deref(),
+        std::slice::from_ref(&signature),
+        manifest.payload.size,
+        created_at,
+    )?;
     let mut sha256 = None;
     write_atomic(&out, 0o644, |f| {
-        let w = write_bundle_carrying(
-            HashingWriter {
-                inner: BufWriter::with_capacity(1 << 20, f),
-                hasher: airlock_formats::digest::ParallelSha256::new(),
-            },
-            &manifest_bytes,
-            trust_update.as_deref(),
-            std::slice::from_ref(&signature),
-            std::io::BufReader::with_capacity(1 << 20, &payload_file),
-            payload_size,
-            created_at,
-        )
-        .map_err(std::io::Error::other)?;
-        sha256 = Some(w.hasher.finish()?.0);
-        w.inner.into_inner().map(|_| ()).map_err(|e| e.into_error())
+        sha256 = Some(copy_into_bundle(
+            &head,
+            &payload_file,
+            manifest.payload.size,
+            f,
+            WRITEBACK_EVERY,
+        )?);
+        Ok(())
     })?;
     let size = fs_err::metadata(&out).map(|m| m.len()).unwrap_or(0);
     Ok(BuildReport {
@@ -612,4 +587,125 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
         sha256: sha256.unwrap_or(airlock_formats::Sha256Digest([0; 32])),
         migrations: migration_summaries,
     })
+}
+
+/// Bytes of the payload copied between two writeback requests (64 MiB).
+const WRITEBACK_EVERY: u64 = 64 << 20;
+
+/// Writes the bundle into `out`: `head`, the `size` bytes of the compressed
+/// `payload` (read from its offset 0), then [`bundle_tail`]. Returns the
+/// SHA-256 of everything written.
+///
+/// The payload goes from file to file inside the kernel (`std::io::copy`
+/// between two files uses `copy_file_range(2)` on Linux, and a reflink where
+/// the filesystem offers one); a thread hashes the same bytes with
+/// positioned reads of `payload` meanwhile, and another writes back what is
+/// copied every `writeback_every` bytes ([`WRITEBACK_EVERY`] in builds;
+/// `fdatasync(2)`), so the caller's final fsync finds little left to write.
+///
+/// # Errors
+/// The first read, write or sync error; `payload` shorter than `size`.
+fn copy_into_bundle(
+    head: &[u8],
+    payload: &std::fs::File,
+    size: u64,
+    out: &mut std::fs::File,
+    writeback_every: u64,
+) -> std::io::Result<airlock_formats::Sha256Digest> {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Read as _;
+    use std::os::unix::fs::FileExt as _;
+
+    let tail = bundle_tail(size);
+    out.write_all(head)?;
+    let mut from = payload;
+    from.seek(SeekFrom::Start(0))?;
+    let out: &std::fs::File = out;
+    let tail = &tail[..];
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(move || -> std::io::Result<_> {
+            let mut hasher = Sha256::new();
+            hasher.update(head);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut offset = 0;
+            while offset < size {
+                let want = (size - offset).min(buf.len() as u64) as usize;
+                payload.read_exact_at(&mut buf[..want], offset)?;
+                hasher.update(&buf[..want]);
+                offset += want as u64;
+            }
+            hasher.update(tail);
+            Ok(airlock_formats::Sha256Digest(hasher.finalize().into()))
+        });
+        let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        let writeback = scope.spawn(move || -> std::io::Result<()> {
+            for () in asked {
+                out.sync_data()?;
+            }
+            Ok(())
+        });
+        let mut copied = 0;
+        let copy = (|| {
+            while copied < size {
+                let piece = (size - copied).min(writeback_every.max(1));
+                let n = std::io::copy(&mut from.take(piece), &mut &*out)?;
+                if n < piece {
+                    return Err(std::io::Error::other(format!(
+                        "the temporary payload holds {} of its {size} bytes",
+                        copied + n
+                    )));
+                }
+                copied += n;
+                // A sync already under way covers this piece too.
+                let _ = ask.try_send(());
+            }
+            (&*out).write_all(tail)
+        })();
+        drop(ask);
+        let synced = joined(writeback.join(), "writeback");
+        let digest = joined(hashing.join(), "SHA-256");
+        copy?;
+        synced?;
+        digest
+    })
+}
+
+/// The result of a scoped thread: its own, or an error when it panicked.
+fn joined<T>(result: std::thread::Result<std::io::Result<T>>, what: &str) -> std::io::Result<T> {
+    result.map_err(|_| std::io::Error::other(format!("the {what} thread died")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundle_is_head_payload_tail_and_its_hash_covers_all_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload: Vec<u8> = (0..3_000_001u32).map(|i| (i % 253) as u8).collect();
+        let mut temp = fs_err::File::create_new(dir.path().join("payload"))
+            .unwrap()
+            .into_file();
+        temp.write_all(&payload).unwrap();
+        let head = b"head bytes".to_vec();
+        for every in [1 << 20, 64 << 20] {
+            let path = dir.path().join(format!("bundle-{every}"));
+            let mut out = fs_err::File::create_new(&path).unwrap().into_file();
+            let sha =
+                copy_into_bundle(&head, &temp, payload.len() as u64, &mut out, every).unwrap();
+            let written = fs_err::read(&path).unwrap();
+            let mut expected = head.clone();
+            expected.extend_from_slice(&payload);
+            expected.extend_from_slice(&bundle_tail(payload.len() as u64));
+            assert_eq!(written, expected, "pieces of {every} bytes");
+            assert_eq!(sha, airlock_formats::Sha256Digest::of(&expected));
+        }
+        // A temporary payload shorter than the manifest says is an error.
+        let mut out = fs_err::File::create_new(dir.path().join("short"))
+            .unwrap()
+            .into_file();
+        let e = copy_into_bundle(&head, &temp, payload.len() as u64 + 1, &mut out, 1 << 20)
+            .unwrap_err();
+        assert!(e.to_string().contains("holds"), "{e}");
+    }
 }

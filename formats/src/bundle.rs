@@ -31,6 +31,9 @@ pub const MAX_MANIFEST_SIZE: u64 = 16 * 1024 * 1024;
 pub const MAX_SIGNATURE_SIZE: u64 = 4096;
 /// Most signatures accepted on one bundle.
 pub const MAX_SIGNATURES: usize = 64;
+/// Size of a tar block: headers and padded entry data (POSIX.1-2017, pax,
+/// "ustar Interchange Format").
+const BLOCK_SIZE: usize = 512;
 /// Most zero padding accepted after the container's end-of-archive block, in bytes.
 const MAX_TRAILING_ZEROS: u64 = 20 * 512;
 
@@ -274,7 +277,7 @@ pub fn write_bundle<W: Write>(
 /// # Errors
 /// As [`write_bundle`].
 pub fn write_bundle_carrying<W: Write>(
-    out: W,
+    mut out: W,
     manifest_bytes: &[u8],
     trust_update: Option<&[u8]>,
     signatures: &[Signature],
@@ -282,8 +285,47 @@ pub fn write_bundle_carrying<W: Write>(
     payload_size: u64,
     mtime: u64,
 ) -> Result<W, BundleError> {
-    let mut tar = tar::Builder::new(out);
-    let mut append = |name: &str, size: u64, data: &mut dyn Read| {
+    let head = bundle_head(
+        manifest_bytes,
+        trust_update,
+        signatures,
+        payload_size,
+        mtime,
+    )?;
+    out.write_all(&head)
+        .map_err(BundleError::io("writing the bundle's entries"))?;
+    let copied = std::io::copy(&mut payload.take(payload_size), &mut out).map_err(
+        BundleError::io(format!("writing bundle entry `{PAYLOAD_ENTRY}`")),
+    )?;
+    if copied != payload_size {
+        return Err(BundleError::Malformed(format!(
+            "the payload source holds fewer than {payload_size} bytes"
+        )));
+    }
+    out.write_all(&bundle_tail(payload_size))
+        .map_err(BundleError::io("ending the bundle"))?;
+    Ok(out)
+}
+
+/// The bytes of a bundle before its payload's data: the format marker, the
+/// manifest, the trust update when given, the signatures (sorted by key id)
+/// and the payload entry's tar header, each entry with mode 0644, owner 0
+/// and time `mtime` (docs/FORMAT.md, "Container"). A writer that copies the
+/// payload by other means (`copy_file_range`) writes these bytes, then
+/// exactly `payload_size` payload bytes, then [`bundle_tail`].
+///
+/// # Errors
+/// [`BundleError::Io`] when an entry name does not fit a tar header (never
+/// for the names airlock writes).
+pub fn bundle_head(
+    manifest_bytes: &[u8],
+    trust_update: Option<&[u8]>,
+    signatures: &[Signature],
+    payload_size: u64,
+    mtime: u64,
+) -> Result<Vec<u8>, BundleError> {
+    let mut head = Vec::with_capacity(manifest_bytes.len() + 8 * BLOCK_SIZE);
+    let mut entry = |name: &str, data: Option<&[u8]>, size: u64| {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(size);
@@ -291,38 +333,55 @@ pub fn write_bundle_carrying<W: Write>(
         header.set_mtime(mtime);
         header.set_uid(0);
         header.set_gid(0);
-        tar.append_data(&mut header, name, data)
-            .map_err(BundleError::io(format!("writing bundle entry `{name}`")))
+        header
+            .set_path(name)
+            .map_err(BundleError::io(format!("writing bundle entry `{name}`")))?;
+        header.set_cksum();
+        head.extend_from_slice(header.as_bytes());
+        if let Some(data) = data {
+            head.extend_from_slice(data);
+            head.resize(head.len() + padding(data.len() as u64), 0);
+        }
+        Ok::<(), BundleError>(())
     };
     let marker = format!("{FORMAT_MARKER}\n");
-    append(FORMAT_ENTRY, marker.len() as u64, &mut marker.as_bytes())?;
-    append(
+    entry(FORMAT_ENTRY, Some(marker.as_bytes()), marker.len() as u64)?;
+    entry(
         MANIFEST_ENTRY,
+        Some(manifest_bytes),
         manifest_bytes.len() as u64,
-        &mut &manifest_bytes[..],
     )?;
     if let Some(update) = trust_update {
-        append(TRUST_UPDATE_ENTRY, update.len() as u64, &mut &update[..])?;
+        entry(TRUST_UPDATE_ENTRY, Some(update), update.len() as u64)?;
     }
     let mut sorted: Vec<&Signature> = signatures.iter().collect();
     sorted.sort_by_key(|s| s.key_id().to_string());
     for sig in sorted {
         let text = sig.to_minisign();
-        append(
+        entry(
             &signature_entry_name(sig),
+            Some(text.as_bytes()),
             text.len() as u64,
-            &mut text.as_bytes(),
         )?;
     }
-    let mut counted = HashingReader::new(payload).take(payload_size);
-    append(PAYLOAD_ENTRY, payload_size, &mut counted)?;
-    if counted.into_inner().count() != payload_size {
-        return Err(BundleError::Malformed(format!(
-            "the payload source holds fewer than {payload_size} bytes"
-        )));
+    entry(PAYLOAD_ENTRY, None, payload_size)?;
+    Ok(head)
+}
+
+/// The bytes of a bundle after `payload_size` payload bytes: zeros up to the
+/// next 512-byte block, then the tar end-of-archive (two zero blocks).
+pub fn bundle_tail(payload_size: u64) -> Vec<u8> {
+    vec![0; padding(payload_size) + 2 * BLOCK_SIZE]
+}
+
+/// Zero bytes that pad `len` bytes of entry data to a whole tar block.
+fn padding(len: u64) -> usize {
+    let rest = (len % BLOCK_SIZE as u64) as usize;
+    if rest == 0 {
+        0
+    } else {
+        BLOCK_SIZE - rest
     }
-    tar.into_inner()
-        .map_err(BundleError::io("ending the bundle"))
 }
 
 /// Copies a bundle from `reader` to `out` with `signatures` in place of the
@@ -851,6 +910,62 @@ pub(crate) mod tests {
             Some(&mut sink),
         )?;
         Ok(sink)
+    }
+
+    #[test]
+    fn the_head_and_tail_are_the_bytes_the_tar_crate_writes_around_the_payload() {
+        let key = SecretKey::from_minisign(&SecretKey::generate(None).unwrap().secret_text, None)
+            .unwrap();
+        let other = SecretKey::from_minisign(&SecretKey::generate(None).unwrap().secret_text, None)
+            .unwrap();
+        let manifest = b"{\"manifest\": 1}";
+        let update = b"{\"update\": 2}";
+        let sigs = [other.sign(manifest, "t"), key.sign(manifest, "t")];
+        for size in [0u64, 1, 511, 512, 513, 70_000] {
+            let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let mut tar = tar::Builder::new(Vec::new());
+            let mut append = |name: &str, data: &[u8]| {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(data.len() as u64);
+                header.set_mode(0o644);
+                header.set_mtime(1_700_000_000);
+                header.set_uid(0);
+                header.set_gid(0);
+                tar.append_data(&mut header, name, data).unwrap();
+            };
+            append(FORMAT_ENTRY, format!("{FORMAT_MARKER}\n").as_bytes());
+            append(MANIFEST_ENTRY, manifest);
+            append(TRUST_UPDATE_ENTRY, update);
+            let mut sorted: Vec<&Signature> = sigs.iter().collect();
+            sorted.sort_by_key(|s| s.key_id().to_string());
+            for sig in sorted {
+                append(&signature_entry_name(sig), sig.to_minisign().as_bytes());
+            }
+            append(PAYLOAD_ENTRY, &payload);
+            let expected = tar.into_inner().unwrap();
+
+            let mut written =
+                bundle_head(manifest, Some(update), &sigs, size, 1_700_000_000).unwrap();
+            written.extend_from_slice(&payload);
+            written.extend_from_slice(&bundle_tail(size));
+            assert_eq!(written, expected, "payload of {size} bytes");
+            let streamed = write_bundle_carrying(
+                Vec::new(),
+                manifest,
+                Some(update),
+                &sigs,
+                &payload[..],
+                size,
+                1_700_000_000,
+            )
+            .unwrap();
+            assert_eq!(streamed, expected, "payload of {size} bytes, streamed");
+        }
+        let short = write_bundle(Vec::new(), manifest, &sigs, &b"abc"[..], 4, 0);
+        assert!(
+            matches!(short, Err(BundleError::Malformed(m)) if m.contains("fewer than 4 bytes"))
+        );
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub mod trust;
 pub mod volumes;
 
 pub use bundle::{
-    read_bundle, rewrite_signatures, write_bundle, write_bundle_carrying, BundleHeader,
-    DiscardSink, PayloadSink,
+    bundle_head, bundle_tail, read_bundle, rewrite_signatures, write_bundle, write_bundle_carrying,
+    BundleHeader, DiscardSink, PayloadSink,
 };
 pub use digest::Sha256Digest;
 pub use error::{BundleError, ManifestError, PathError, SignatureError};
