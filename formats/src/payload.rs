@@ -165,13 +165,58 @@ impl<W: Write> PayloadWriter<W> {
 /// A reader over the compressed payload that hands out a chunk only after its
 /// SHA-256 matched the manifest, and fails at the end unless exactly
 /// `payload.size` bytes came.
+///
+/// It reads one chunk ahead: while the caller (the zstd decoder) consumes
+/// chunk N, chunk N+1 is already read and its SHA-256 computed on a thread
+/// beside it. A chunk still reaches the caller only once its hash matched;
+/// an error reading ahead is kept and returned when the caller reaches that
+/// chunk, so errors come in the order a plain sequential read gives them.
 pub(crate) struct ChunkVerifier<'a, R> {
     inner: R,
     info: &'a PayloadInfo,
     buf: Vec<u8>,
     pos: usize,
+    /// Index and byte range of the next chunk to read from `inner`.
     next_chunk: usize,
     offset: u64,
+    /// The chunk read ahead: its index and range, and its bytes and hash
+    /// (or the error reading it), once the hashing thread is done.
+    ahead: Option<Ahead>,
+    hashing: Option<Hashing>,
+}
+
+struct Ahead {
+    index: usize,
+    start: u64,
+    end: u64,
+    /// Bytes hashed inline, or a read error, when no thread is running.
+    ready: Option<Result<(Vec<u8>, Sha256Digest), BundleError>>,
+}
+
+/// The thread that hashes chunks read ahead: bytes go one way, bytes and
+/// their SHA-256 come back.
+struct Hashing {
+    to: std::sync::mpsc::SyncSender<Vec<u8>>,
+    from: std::sync::mpsc::Receiver<(Vec<u8>, Sha256Digest)>,
+}
+
+impl Hashing {
+    fn start() -> Option<Self> {
+        let (to, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+        let (done, from) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("chunk-sha256".into())
+            .spawn(move || {
+                for chunk in chunks {
+                    let digest = Sha256Digest::of(&chunk);
+                    if done.send((chunk, digest)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self { to, from })
+    }
 }
 
 impl<'a, R: Read> ChunkVerifier<'a, R> {
@@ -183,12 +228,61 @@ impl<'a, R: Read> ChunkVerifier<'a, R> {
             pos: 0,
             next_chunk: 0,
             offset: 0,
+            ahead: None,
+            hashing: Hashing::start(),
         }
     }
 
-    fn fill(&mut self) -> Result<(), BundleError> {
+    /// Reads the next chunk from `inner` into `spare` and starts its hash;
+    /// does nothing when every chunk was read.
+    fn read_ahead(&mut self, mut spare: Vec<u8>) {
         let index = self.next_chunk;
-        let Some(expected) = self.info.chunks.get(index) else {
+        if index >= self.info.chunks.len() {
+            return;
+        }
+        let start = self.offset;
+        let end = (start + self.info.chunk_size).min(self.info.size);
+        spare.resize((end - start) as usize, 0);
+        self.next_chunk += 1;
+        self.offset = end;
+        let ready = match self.inner.read_exact(&mut spare) {
+            Err(e) => Some(Err(if e.kind() == io::ErrorKind::UnexpectedEof {
+                BundleError::Malformed(format!(
+                    "the payload ends before the {} bytes the manifest signs",
+                    self.info.size
+                ))
+            } else {
+                BundleError::io("reading the payload")(e)
+            })),
+            Ok(()) => match &self.hashing {
+                Some(hashing) => match hashing.to.send(spare) {
+                    Ok(()) => None,
+                    // The thread is gone: hash here.
+                    Err(back) => {
+                        self.hashing = None;
+                        let digest = Sha256Digest::of(&back.0);
+                        Some(Ok((back.0, digest)))
+                    }
+                },
+                None => {
+                    let digest = Sha256Digest::of(&spare);
+                    Some(Ok((spare, digest)))
+                }
+            },
+        };
+        self.ahead = Some(Ahead {
+            index,
+            start,
+            end,
+            ready,
+        });
+    }
+
+    fn fill(&mut self) -> Result<(), BundleError> {
+        if self.ahead.is_none() {
+            self.read_ahead(Vec::new());
+        }
+        let Some(ahead) = self.ahead.take() else {
             // All chunks consumed: anything more is data the signatures do not cover.
             let mut probe = [0u8; 1];
             let n = self
@@ -205,26 +299,27 @@ impl<'a, R: Read> ChunkVerifier<'a, R> {
             self.pos = 0;
             return Ok(());
         };
-        let start = self.offset;
-        let end = (start + self.info.chunk_size).min(self.info.size);
-        let len = (end - start) as usize;
-        self.buf.resize(len, 0);
-        self.inner.read_exact(&mut self.buf).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                BundleError::Malformed(format!(
-                    "the payload ends before the {} bytes the manifest signs",
-                    self.info.size
-                ))
-            } else {
-                BundleError::io("reading the payload")(e)
-            }
-        })?;
-        if Sha256Digest::of(&self.buf) != *expected {
-            return Err(BundleError::ChunkMismatch { index, start, end });
+        let (bytes, digest) = match ahead.ready {
+            Some(ready) => ready?,
+            None => match self.hashing.as_ref().map(|h| h.from.recv()) {
+                Some(Ok(done)) => done,
+                _ => {
+                    return Err(BundleError::io("hashing the payload")(io::Error::other(
+                        "the chunk hashing thread stopped",
+                    )))
+                }
+            },
+        };
+        if self.info.chunks.get(ahead.index) != Some(&digest) {
+            return Err(BundleError::ChunkMismatch {
+                index: ahead.index,
+                start: ahead.start,
+                end: ahead.end,
+            });
         }
+        let spare = std::mem::replace(&mut self.buf, bytes);
         self.pos = 0;
-        self.next_chunk += 1;
-        self.offset = end;
+        self.read_ahead(spare);
         Ok(())
     }
 }
