@@ -1,6 +1,7 @@
 """The benchmark's arithmetic (bench/README.md).
 
     python3 report.py events EVENTS.jsonl   # an apply's --json events -> result lines
+    python3 report.py rolling EVENTS.jsonl  # a rolling upgrade's --json events -> result lines
     python3 report.py table RESULTS BIN_MIB BIG_MIB RAFT_MIB DB_MIB ROUNDS
 
 A result line is `NAME SECONDS PEAK_KIB`; the table gives the median of each
@@ -46,6 +47,23 @@ def events(path):
     print("down/airlock %.3f 0" % ((down_to - down_from) / 1000))
 
 
+def rolling(path):
+    """Each member's service downtime in a rolling upgrade, from the `node`
+    events the coordinator prints (`service down 0.3s`)."""
+    import re
+
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            e = json.loads(line)
+            if e.get("step") == "node" and e.get("status") == "ok":
+                m = re.search(r"service down ([0-9.]+)s", e.get("detail", ""))
+                if m:
+                    print("rolling member down/airlock %s 0" % m.group(1))
+
+
 def table(path, bin_mib, big_mib, raft_mib, db_mib, rounds):
     secs, kib = defaultdict(list), defaultdict(list)
     with open(path) as f:
@@ -64,6 +82,7 @@ def table(path, bin_mib, big_mib, raft_mib, db_mib, rounds):
     db_copy = steps("pre-copy database") or steps("backup database")
     rows = [
         ("build", med["build/airlock"], "`tar | zstd -3 -T0`", med["build/tar|zstd"], "<= 1.05x"),
+        ("build", med["build/airlock"], "`tar | zstd -3 -T0` + fsync of the file", med["build/tar|zstd+fsync"], ""),
         ("build", med["build/airlock"], "sha256sum + minisign + `tar | zstd`", med["build/shell"], "<= 0.5x"),
         ("build", med["build/airlock"], "`mender-artifact write` (signed)", med["build/mender-artifact"], ""),
         ("verify", med["verify/airlock"], "`zstd -dc`", med["verify/zstd -dc"], "<= 1.3x"),
@@ -74,6 +93,8 @@ def table(path, bin_mib, big_mib, raft_mib, db_mib, rounds):
         ("SQLite backup (full copy)", db_copy, "`cp` + sync", med["sqlite backup/cp"], "<= 1.25x (>= 0.8x the speed)"),
         ("SQLite backup (full copy)", db_copy, "`sqlite3 .backup`", med["sqlite backup/sqlite3 .backup"], ""),
         ("**service down**", med["down/airlock"], "stop + rsync of what changed + start, by hand", med["down/by hand"], "<= 1.3x"),
+        ("rolling, 3-member etcd", med["rolling/airlock"], "the same restarts by hand, same probe commands", med["rolling/by hand"], "<= 1.5x"),
+        ("rolling: one member down", med.get("rolling member down/airlock"), "by hand: stop, copy, start, /health", med["rolling member down/by hand"], ""),
     ]
     print()
     print(
@@ -90,13 +111,18 @@ def table(path, bin_mib, big_mib, raft_mib, db_mib, rounds):
         ratio = "%.2fx" % (ours / theirs) if theirs > 0 else "n/a"
         print("| %s | %.3f s | %s %.3f s | %s | %s |" % (work, ours, peer, theirs, ratio, target))
     print()
+    print(
+        "Failed writes during the rolling upgrades (etcd, one write every 20 ms; largest of the rounds): airlock %d, by hand %d"
+        % (max(secs["rolling writes failed/airlock"]), max(secs["rolling writes failed/by hand"]))
+    )
+    print()
     print("Where the service's downtime went (airlock, medians):")
     for name in sorted(med):
         if name.startswith("step/"):
             print("  %-22s %7.3f s" % (name[5:], med[name]))
     print()
     print("Peak memory (resident, medians):")
-    for name in ["build/airlock", "verify/airlock", "apply/airlock", "build/tar|zstd", "build/mender-artifact", "verify/mender-artifact"]:
+    for name in ["build/airlock", "verify/airlock", "apply/airlock", "rolling/airlock", "build/tar|zstd", "build/mender-artifact", "verify/mender-artifact"]:
         if name in kib:
             print("  %-24s %7.1f MiB" % (name, statistics.median(kib[name]) / 1024))
 
@@ -104,6 +130,8 @@ def table(path, bin_mib, big_mib, raft_mib, db_mib, rounds):
 if __name__ == "__main__":
     if sys.argv[1] == "events":
         events(sys.argv[2])
+    elif sys.argv[1] == "rolling":
+        rolling(sys.argv[2])
     elif sys.argv[1] == "table":
         table(sys.argv[2], *(int(a) for a in sys.argv[3:8]))
     else:
