@@ -597,10 +597,9 @@ const WRITEBACK_EVERY: u64 = 64 << 20;
 /// SHA-256 of everything written.
 ///
 /// The payload goes from file to file inside the kernel (`std::io::copy`
-/// between two files uses `copy_file_range(2)` on Linux, and a reflink where
-/// the filesystem offers one); a thread hashes the same bytes with
-/// positioned reads of `payload` meanwhile, and another writes back what is
-/// copied every `writeback_every` bytes ([`WRITEBACK_EVERY`] in builds;
+/// between two files uses `copy_file_range(2)` on Linux); a thread hashes
+/// the same bytes with positioned reads of `payload` meanwhile, and another
+/// writes back what is copied every `writeback_every` bytes ([`WRITEBACK_EVERY`] in builds;
 /// `fdatasync(2)`), so the caller's final fsync finds little left to write.
 ///
 /// # Errors
