@@ -157,6 +157,12 @@ pub enum StepError {
     /// SIGINT or SIGTERM arrived; no new step begins.
     #[error("interrupted by a signal (SIGINT or SIGTERM)")]
     Interrupted,
+    /// `apply --wait-for-go` heard something other than `go` before the stop.
+    #[error("the rolling upgrade's coordinator did not say go (it sent {heard}): the service was not stopped")]
+    NoGo {
+        /// What came instead, e.g. `` `stop` `` or `the end of its input`.
+        heard: String,
+    },
     /// The bundle migrates a database the site profile does not list.
     #[error("database `{database}` is not in site.toml")]
     UnknownDatabase {

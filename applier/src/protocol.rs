@@ -24,6 +24,9 @@ pub mod label {
     /// The rollback as a whole: `start` when it begins, `ok` or `failed` when
     /// it ends (the old version runs again, or not).
     pub const ROLLBACK: &str = "rollback";
+    /// `apply --wait-for-go` waits for the coordinator before the service
+    /// stops: `start` when it waits, `ok` when it heard `go`.
+    pub const WAIT_FOR_GO: &str = "wait for go";
 }
 
 /// How far an event's step got.

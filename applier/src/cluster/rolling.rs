@@ -3,7 +3,10 @@
 //! first, the leader last after leadership moved to an upgraded, caught-up
 //! follower; before a node goes down every other node must be healthy, so
 //! the cluster never has more than one member down; after a node's apply,
-//! wait until it is healthy and caught up. On a failure the rollout stops:
+//! wait until it is healthy and caught up. While it catches up, the next
+//! node's apply already runs with `--wait-for-go`: it verifies, stages and
+//! pre-copies, then waits, and stops its service only when the checks
+//! before its turn passed and the coordinator says go. On a failure the rollout stops:
 //! the failed node rolled itself back, the others stay as they are, and
 //! `resume` continues after the cause is fixed. Every node verifies the
 //! bundle itself, and the coordinator reads each node only through the
@@ -205,6 +208,34 @@ fn verify_here(
             "upgrade this release in a maintenance window instead: stop every member, run `airlock-apply apply` on each node's own site profile, then start them; or ask for a bundle that allows mixed versions",
         )),
         Err(e) => Err(refused(e.to_string(), "check the bundle and the keys in the cluster profile's [trust]; copy the bundle again if it is damaged")),
+    }
+}
+
+/// A node's apply started before its turn with `--wait-for-go`: it
+/// verifies, stages and pre-copies while the node before it catches up,
+/// then waits; it stops nothing before the coordinator says go.
+struct Ahead {
+    node: NodeProfile,
+    go: std::sync::mpsc::Sender<bool>,
+    events: std::sync::mpsc::Receiver<Event>,
+    run: std::thread::JoinHandle<Result<NodeRun, NodeError>>,
+}
+
+impl Ahead {
+    /// Says go or stop, then relays the events until the apply ends;
+    /// returns its run.
+    fn release(self, go: bool, mut on_event: impl FnMut(&Event)) -> Result<NodeRun, NodeError> {
+        // A node that ended already (it runs this version) no longer listens.
+        let _ = self.go.send(go);
+        for event in self.events.iter() {
+            on_event(&event);
+        }
+        self.run.join().unwrap_or_else(|_| {
+            Err(NodeError::Wait {
+                node: self.node.name.clone(),
+                source: std::io::Error::other("the coordinator's thread running its apply failed"),
+            })
+        })
     }
 }
 
@@ -517,8 +548,101 @@ impl Rollout<'_> {
         }
     }
 
+    /// Starts `node`'s apply with `--wait-for-go` on a thread of its own;
+    /// `None` when no thread can start (the node then runs at its turn).
+    fn start_ahead(&self, node: &NodeProfile) -> Option<Ahead> {
+        let (go, gate) = std::sync::mpsc::channel();
+        let (sent, events) = std::sync::mpsc::channel();
+        let args = [
+            "apply".to_owned(),
+            self.remote_path(&node.name),
+            "--site".to_owned(),
+            node.site.clone(),
+            "--wait-for-go".to_owned(),
+        ];
+        let options = self.options().to_vec();
+        let profile = node.clone();
+        let run = std::thread::Builder::new()
+            .name(format!("ahead {}", node.name))
+            .spawn(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                profile.airlock_apply_gated(&args, &options, Some(gate), |e| {
+                    let _ = sent.send(e.clone());
+                })
+            })
+            .ok()?;
+        self.reporter.event(
+            "prepare",
+            Status::Start,
+            &format!(
+                "{}: verify, stage and pre-copy now; its service stops at its turn",
+                node.name
+            ),
+        );
+        Some(Ahead {
+            node: node.clone(),
+            go,
+            events,
+            run,
+        })
+    }
+
+    /// Tells a node started ahead that its turn does not come now: its
+    /// apply ends before the stop and leaves it unchanged. An apply that
+    /// ended otherwise is recorded on the node's row.
+    fn cancel(&self, ahead: Ahead) {
+        let name = ahead.node.name.clone();
+        let run = ahead.release(false, |_| {});
+        let unchanged = |code: i32| {
+            u8::try_from(code).is_ok_and(|c| {
+                [
+                    exit::OK,
+                    exit::FAILED,
+                    exit::REFUSED,
+                    exit::BUSY,
+                    exit::INTERRUPTED,
+                ]
+                .contains(&c)
+            })
+        };
+        match run {
+            Ok(run) if unchanged(run.code) => self.reporter.event(
+                "prepare",
+                Status::Info,
+                &format!("{name}: not its turn now; its apply ended before the stop, the node is unchanged"),
+            ),
+            other => {
+                let error = match other {
+                    Ok(run) => run.failure(),
+                    Err(e) => e.to_string(),
+                };
+                self.update(
+                    &name,
+                    NodeUpdate {
+                        state: Some(NodeState::Failed),
+                        error: Some(&error),
+                        ..NodeUpdate::default()
+                    },
+                );
+                self.reporter.event(
+                    "prepare",
+                    Status::Failed,
+                    &format!("{name}: its apply, started ahead, ended with: {error}; check the node with `airlock-apply status` there"),
+                );
+            }
+        }
+    }
+
     /// Upgrades one node: its own single-node apply, then healthy and caught up.
-    fn upgrade(&self, node: &NodeProfile) -> Result<(), ApplyError> {
+    /// `ahead` is its apply started ahead, if any; once the node is healthy,
+    /// the apply of `next` starts ahead into `slot`.
+    fn upgrade(
+        &self,
+        node: &NodeProfile,
+        ahead: Option<Ahead>,
+        next: Option<&NodeProfile>,
+        slot: &mut Option<Ahead>,
+    ) -> Result<(), ApplyError> {
         let version = self.manifest.version.to_string();
         let remote = self.remote_path(&node.name);
         self.update(
@@ -537,22 +661,34 @@ impl Rollout<'_> {
         let started = Instant::now();
         let mut stop_at: Option<u64> = None;
         let mut up_at: Option<u64> = None;
-        let run = node
-            .airlock_apply(
-                &["apply", &remote, "--site", &node.site],
-                self.options(),
-                |e| self.relay(&node.name, e, &mut stop_at, &mut up_at),
-            )
-            .map_err(|e| {
-                // Not started: nothing on the node changed. Its output
-                // unreadable halfway: where it stands is unknown.
-                let outcome = if matches!(e, NodeError::Spawn { .. }) {
-                    NodeOutcome::Unchanged
-                } else {
-                    NodeOutcome::NeedsOperator
-                };
-                self.stop(&at_node(&node.name), e.into(), outcome)
-            })?;
+        let mut on_event = |e: &Event| {
+            self.relay(&node.name, e, &mut stop_at, &mut up_at);
+            let back = matches!(e.apply_step, Some(Step::Health { .. })) && e.status == Status::Ok;
+            if let (true, None, Some(next)) = (back, slot.as_ref(), next) {
+                *slot = self.start_ahead(next);
+            }
+        };
+        let args = ["apply", &remote, "--site", &node.site];
+        let run = match ahead {
+            Some(ahead) => match ahead.release(true, &mut on_event) {
+                // An airlock-apply without --wait-for-go: run it plainly.
+                Ok(run) if run.code == i32::from(exit::USAGE) => {
+                    node.airlock_apply(&args, self.options(), &mut on_event)
+                }
+                other => other,
+            },
+            None => node.airlock_apply(&args, self.options(), &mut on_event),
+        };
+        let run = run.map_err(|e| {
+            // Not started: nothing on the node changed. Its output
+            // unreadable halfway: where it stands is unknown.
+            let outcome = if matches!(e, NodeError::Spawn { .. }) {
+                NodeOutcome::Unchanged
+            } else {
+                NodeOutcome::NeedsOperator
+            };
+            self.stop(&at_node(&node.name), e.into(), outcome)
+        })?;
         let stopped_ms = match (stop_at, up_at) {
             (Some(a), Some(b)) if b >= a => i64::try_from(b - a).ok(),
             _ => None,
@@ -662,6 +798,27 @@ impl Rollout<'_> {
         if let Err(e) = self.distribute() {
             return Err(self.stop("before any node stopped", e, unchanged));
         }
+        let mut ahead = None;
+        let rolled = self.roll(&mut ahead);
+        // A node started ahead whose turn did not come.
+        if let Some(ahead) = ahead.take() {
+            self.cancel(ahead);
+        }
+        rolled?;
+        self.state
+            .finish_rollout(self.id, RolloutOutcome::Ok, None)?;
+        self.reporter.event(
+            "rollout",
+            Status::Ok,
+            &format!("every member runs {}", self.manifest.version),
+        );
+        Ok(())
+    }
+
+    /// Upgrades the pending nodes one at a time; `ahead` holds the apply
+    /// started ahead for the next one, if any.
+    fn roll(&self, ahead: &mut Option<Ahead>) -> Result<(), ApplyError> {
+        let unchanged = NodeOutcome::Unchanged;
         loop {
             let pending = self
                 .pending()
@@ -692,6 +849,16 @@ impl Rollout<'_> {
             let node = self.node(&next).cloned().ok_or_else(|| {
                 self.stop(&at_node(&next), ClusterError::Gone(next.clone()), unchanged)
             })?;
+            // The apply started ahead is this node's, or no longer fits.
+            let prepared = match ahead.take() {
+                Some(a) if a.node.name == node.name => Some(a),
+                Some(a) => {
+                    self.cancel(a);
+                    None
+                }
+                None => None,
+            };
+            *ahead = prepared;
             // Quorum first: leadership is never moved in a cluster that
             // could not spare this node.
             self.quorum_check(Some(&node.name))
@@ -700,15 +867,18 @@ impl Rollout<'_> {
                 self.move_leadership(&leader)
                     .map_err(|reason| self.stop(&at_node(&node.name), reason, unchanged))?;
             }
-            self.upgrade(&node)?;
+            // The node after this one, as things stand: another follower,
+            // else the leader.
+            let after = pending
+                .iter()
+                .filter(|n| n.node != node.name)
+                .find(|n| n.node != leader.name)
+                .or_else(|| pending.iter().find(|n| n.node != node.name))
+                .and_then(|n| self.node(&n.node))
+                .cloned();
+            let prepared = ahead.take();
+            self.upgrade(&node, prepared, after.as_ref(), ahead)?;
         }
-        self.state
-            .finish_rollout(self.id, RolloutOutcome::Ok, None)?;
-        self.reporter.event(
-            "rollout",
-            Status::Ok,
-            &format!("every member runs {}", self.manifest.version),
-        );
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 //! [`crate::protocol`] messages; a node speaking another protocol version is
 //! refused before it is asked to change anything.
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -208,6 +208,24 @@ impl NodeProfile {
         &self,
         args: &[&str],
         ssh_options: &[String],
+        on_event: impl FnMut(&Event),
+    ) -> Result<NodeRun, NodeError> {
+        self.airlock_apply_gated(args, ssh_options, None, on_event)
+    }
+
+    /// [`Self::airlock_apply`] for `apply --wait-for-go`: the word `go`
+    /// goes to the command's standard input when `gate` receives `true`,
+    /// `stop` when it receives `false`, and the input closes right after
+    /// (or at once when the sender is dropped), so the node never waits for
+    /// a coordinator that is gone.
+    ///
+    /// # Errors
+    /// As [`Self::airlock_apply`].
+    pub fn airlock_apply_gated(
+        &self,
+        args: &[&str],
+        ssh_options: &[String],
+        gate: Option<std::sync::mpsc::Receiver<bool>>,
         mut on_event: impl FnMut(&Event),
     ) -> Result<NodeRun, NodeError> {
         let mut cmd = match self.transport {
@@ -230,11 +248,23 @@ impl NodeProfile {
             }
         };
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(if gate.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(self.spawn_error("airlock-apply"))?;
+        if let (Some(gate), Some(mut stdin)) = (gate, child.stdin.take()) {
+            std::thread::spawn(move || {
+                if let Ok(go) = gate.recv() {
+                    // A node that ended already has closed its input.
+                    let _ = stdin.write_all(if go { b"go\n" } else { b"stop\n" });
+                }
+            });
+        }
         let mut stderr_pipe = child.stderr.take();
         let stderr_thread = std::thread::spawn(move || {
             let mut s = String::new();

@@ -229,12 +229,16 @@ pub enum Applied {
 /// [`ApplyError::RolledBack`] when a step failed and the old version runs again;
 /// [`ApplyError::NeedsOperator`] when the rollback did not complete;
 /// [`ApplyError::Busy`] or [`ApplyError::Interrupted`] when it cannot begin.
+///
+/// With `gate`, the apply waits for the word `go` on it before the service
+/// stops ([`Transaction::with_gate`]; `apply --wait-for-go`).
 pub fn apply(
     site: &Site,
     bundle: &Path,
     opts: VerifyOptions,
     reporter: &Reporter,
     interrupt: &Interrupt,
+    gate: Option<Box<dyn std::io::BufRead>>,
 ) -> Result<Applied, ApplyError> {
     let _lock = lock(site)?;
     reporter.event(
@@ -345,5 +349,9 @@ pub fn apply(
             bundle: bundle.to_owned(),
             opts,
         });
+    let txn = match gate {
+        Some(gate) => txn.with_gate(gate),
+        None => txn,
+    };
     txn.run(&steps).map(Applied::Installed)
 }

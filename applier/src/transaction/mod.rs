@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_formats::durable::{create_private_dir, remove_temps_beside};
-use airlock_formats::{BundlePath, Direction, FileEntry, Manifest};
+use airlock_formats::{shown, BundlePath, Direction, FileEntry, Manifest};
 use semver::Version;
 
 use crate::error::{ApplyError, StepError};
@@ -100,6 +100,9 @@ pub struct Transaction<'a> {
     /// `PRAGMA integrity_check` of each database's backup, running beside
     /// the steps after its backup step; joined before the backup completes.
     checks: Vec<std::thread::JoinHandle<Result<(), StepError>>>,
+    /// Where the word `go` comes from before the service stops
+    /// (`apply --wait-for-go`); taken when the transaction waits for it.
+    gate: Option<Box<dyn std::io::BufRead + 'a>>,
 }
 
 /// Why an apply record cannot be picked up: its stored manifest or versions
@@ -216,7 +219,46 @@ impl<'a> Transaction<'a> {
             healthy_at: None,
             precopies: PreCopies::new(),
             checks: Vec::new(),
+            gate: None,
         })
+    }
+
+    /// Before its first step that stops the service or runs the pre_stop
+    /// hook, the transaction reads one line from `gate` and goes on only
+    /// when it is `go` (`apply --wait-for-go`, which a rolling upgrade's
+    /// coordinator uses to stage and pre-copy the next node while the one
+    /// before it upgrades; docs/OPERATIONS.md, "Rolling upgrades"). Any
+    /// other line, or the end of the input, ends the apply there: its
+    /// staging folder and pre-copies are removed and the node is unchanged.
+    pub fn with_gate(mut self, gate: Box<dyn std::io::BufRead + 'a>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Waits at the gate, if any, before `step`: `Ok` to go on.
+    fn pass_gate(&mut self, step: &Step) -> Result<(), StepError> {
+        if !matches!(step, Step::PreStopHook { .. } | Step::Stop { .. }) {
+            return Ok(());
+        }
+        let Some(mut gate) = self.gate.take() else {
+            return Ok(());
+        };
+        self.reporter.event(
+            label::WAIT_FOR_GO,
+            Status::Start,
+            "verified, staged and pre-copied; the service runs until the coordinator says go",
+        );
+        let mut line = String::new();
+        let heard = match gate.read_line(&mut line) {
+            Ok(0) => "the end of its input".to_owned(),
+            Ok(_) if line.trim() == "go" => {
+                self.reporter.event(label::WAIT_FOR_GO, Status::Ok, "go");
+                return Ok(());
+            }
+            Ok(_) => format!("`{}`", shown(line.trim())),
+            Err(e) => format!("an unreadable input ({e})"),
+        };
+        Err(StepError::NoGo { heard })
     }
 
     /// Carries on an interrupted apply whose journal left these undo records
@@ -331,6 +373,10 @@ impl<'a> Transaction<'a> {
         if step.stops_on_signal() && self.interrupt.requested() {
             return Err(StepError::Interrupted);
         }
+        self.pass_gate(step)?;
+        if step.stops_on_signal() && self.interrupt.requested() {
+            return Err(StepError::Interrupted);
+        }
         let undo = self.undo_before(step)?;
         let entry = Entry::Step { step: step.clone() };
         let seq = self
@@ -413,6 +459,14 @@ impl<'a> Transaction<'a> {
                     backup: self.backup_dir.clone(),
                     records,
                 })
+            }
+            Step::PreCopyDatabase { .. } | Step::PreCopyRaft { .. } | Step::PreCopyFiles { .. } => {
+                let backup = self.backup_dir.clone();
+                let first = !self
+                    .undo
+                    .iter()
+                    .any(|u| matches!(u, Undo::RemovePreCopies { .. }));
+                first.then_some(Undo::RemovePreCopies { backup })
             }
             Step::Stop { .. } => Some(Undo::StartOld {
                 version: self.old.clone(),
@@ -880,6 +934,7 @@ impl<'a> Transaction<'a> {
         for u in undo.iter().rev() {
             let skip = match u {
                 Undo::RemoveStaging { .. } => false,
+                Undo::RemovePreCopies { .. } => abandoned || !problems.is_empty(),
                 Undo::StartOld { .. } => abandoned || !problems.is_empty(),
                 _ => abandoned,
             };
@@ -988,6 +1043,15 @@ impl<'a> Transaction<'a> {
                 } else {
                     format!("removed, and {removed} staged beside their targets")
                 })
+            }
+            Undo::RemovePreCopies { backup } => {
+                if fs_err::exists(backup.join(backup::BACKUP_MANIFEST))? {
+                    return done("kept: the backup is complete".into());
+                }
+                if fs_err::exists(backup)? {
+                    fs_err::remove_dir_all(backup)?;
+                }
+                done("removed".into())
             }
             Undo::RestoreTree { install, backup } => {
                 let kept = backup::load(backup)

@@ -26,6 +26,13 @@ pub enum Undo {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         beside: Vec<PathBuf>,
     },
+    /// Remove this apply's backup folder while it holds only pre-copies:
+    /// when `backup.json` is not in it, it is no backup yet (left by the
+    /// first `pre-copy` step; a complete backup is kept).
+    RemovePreCopies {
+        /// The backup folder.
+        backup: PathBuf,
+    },
     /// The service was stopped: start the old version and wait until it is
     /// healthy and reports `version` (left by `stop`).
     StartOld {
@@ -94,6 +101,7 @@ impl Undo {
     pub fn label(&self) -> &'static str {
         match self {
             Self::RemoveStaging { .. } => "remove staging",
+            Self::RemovePreCopies { .. } => "remove pre-copies",
             Self::StartOld { .. } => "start old version",
             Self::SettleRaft { .. } => "raft data",
             Self::RestoreFile { .. } => "restore",
@@ -123,6 +131,7 @@ impl Undo {
                 dir.display(),
                 beside.len()
             ),
+            Self::RemovePreCopies { backup } => format!("`{}`", backup.display()),
             Self::RestoreTree { install, .. } => {
                 format!("{} (`{}`)", install.name, install.target.display())
             }
@@ -145,9 +154,13 @@ impl Undo {
         }
     }
 
-    /// Whether the action changes the node (removing the staging folder does not).
+    /// Whether the action changes the node (removing the staging folder
+    /// or the pre-copies does not).
     pub fn changes_node(&self) -> bool {
-        !matches!(self, Self::RemoveStaging { .. })
+        !matches!(
+            self,
+            Self::RemoveStaging { .. } | Self::RemovePreCopies { .. }
+        )
     }
 
     /// The databases this action restores.

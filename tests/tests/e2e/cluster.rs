@@ -475,6 +475,22 @@ fn rollout_upgrades_every_member(transport: Transport) {
             .any(|e| e["step"] == "move leader" && e["status"] == "ok"),
         "leadership was not moved"
     );
+    // The second and third nodes verified, staged and pre-copied while the
+    // node before them caught up, then waited for their turn.
+    let prepared = events
+        .iter()
+        .filter(|e| e["step"] == "prepare" && e["status"] == "start")
+        .count();
+    assert_eq!(prepared, 2, "not every later node was prepared ahead");
+    let waited = events
+        .iter()
+        .filter(|e| {
+            e["step"]
+                .as_str()
+                .is_some_and(|s| s.ends_with(": wait for go"))
+        })
+        .count();
+    assert_eq!(waited, 2, "not every prepared node waited for go");
     for m in ["n1", "n2", "n3"] {
         assert_eq!(cluster.release(m), "1.1.0", "{m} was not upgraded");
         assert!(cluster.node(m).healthy());
@@ -640,6 +656,115 @@ fn a_failure_on_the_second_node_stops_the_rollout_and_resume_finishes_it() {
     }
     for endpoint in cluster.endpoints() {
         assert_eq!(count_prefix(&endpoint, "key/", "key0"), KEY_COUNT);
+    }
+}
+
+#[test]
+fn a_node_prepared_ahead_is_left_unchanged_when_the_node_before_it_fails() {
+    let keys = Keys::new(&["release"]);
+    let cluster = Cluster::start(&[&keys.public("release")], Transport::Local);
+    let work = tempfile::tempdir().unwrap();
+    // The release's post_start hook fails on a node holding a marker: after
+    // that node's health check passed, so the next node is prepared already.
+    let spec = release_spec(work.path(), true);
+    let hook = work.path().join("release/post_start.sh");
+    fs::write(
+        &hook,
+        "#!/bin/sh\n[ ! -e \"$AIRLOCK_RAFT_DIR/../FAIL_POST_START\" ] || { echo 'marked to fail' >&2; exit 1; }\n",
+    )
+    .unwrap();
+    let text = fs::read_to_string(&spec).unwrap();
+    fs::write(
+        &spec,
+        format!("{text}\n[hooks]\npost_start = \"post_start.sh\"\n"),
+    )
+    .unwrap();
+    let bundle = build_bundle(&spec, &keys.secret("release"), &work.path().join("out"));
+    let leader = cluster.leader();
+    let followers: Vec<String> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != leader)
+        .map(str::to_owned)
+        .collect();
+    let (first, second) = (&followers[0], &followers[1]);
+    let marker = cluster.node(first).root.join("node/FAIL_POST_START");
+    fs::write(&marker, "").unwrap();
+    let second_node = cluster.node(second);
+    let before = second_node.snapshot();
+    let backups = || {
+        fs::read_dir(second_node.root.join("backups"))
+            .unwrap()
+            .count()
+    };
+    let backups_before = backups();
+
+    let load = Load::start(cluster.endpoints());
+    let (code, events, stderr) = rolling(&[
+        "apply",
+        &bundle.display().to_string(),
+        "--site",
+        &cluster.profile(),
+        "--mode",
+        "rolling",
+    ]);
+    let (writes, failed, _, _, min_healthy) = load.finish();
+    eprintln!("{stderr}\nwriter {writes} ok, {failed} failed; minimum healthy {min_healthy}");
+    assert_eq!(
+        code, 4,
+        "the rollout did not stop with {first} rolled back:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("stopped at node {first}")),
+        "{stderr}"
+    );
+    let prepare = |status: &str| {
+        events
+            .iter()
+            .filter(|e| e["step"] == "prepare" && e["status"] == status)
+            .filter_map(|e| e["detail"].as_str())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(prepare("start").len(), 1, "{events:#?}");
+    assert!(prepare("start")[0].starts_with(&format!("{second}: ")));
+    let cancelled = prepare("info");
+    assert_eq!(cancelled.len(), 1, "{events:#?}");
+    assert!(
+        cancelled[0].contains(&format!(
+            "{second}: not its turn now; its apply ended before the stop, the node is unchanged"
+        )),
+        "{cancelled:?}"
+    );
+    // The prepared node staged and pre-copied, and left nothing behind.
+    assert_eq!(second_node.snapshot(), before);
+    assert!(second_node.healthy());
+    assert_eq!(backups(), backups_before, "a pre-copy was left on {second}");
+    let staged = fs::read_dir(second_node.root.join("state/staging"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(staged, 0, "the staging folder was left on {second}");
+    assert_eq!(failed, 0);
+    assert!(min_healthy >= 2);
+    let status = airlock_apply(&["--json", "rollout", "status", "--site", &cluster.profile()]).ok();
+    let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    let state_of = |n: &str| {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["node"] == n)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state_of(first), "rolled-back");
+    assert_eq!(state_of(second), "verified");
+
+    // Without the marker, resume upgrades every member.
+    fs::remove_file(&marker).unwrap();
+    let resumed = airlock_apply(&["resume", "--site", &cluster.profile()]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    for m in ["n1", "n2", "n3"] {
+        assert_eq!(cluster.release(m), "1.1.0", "{m} was not upgraded");
     }
 }
 

@@ -368,3 +368,152 @@ fn member_that_ran_a_version_that_cannot_mix_is_left_to_the_operator() {
     let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
     assert_eq!(status["applies"][0]["outcome"], "needs-operator");
 }
+
+/// Reads the rest of a command's output; returns its exit code and its
+/// standard output and error together.
+fn finish(
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) -> (Option<i32>, String) {
+    let stdout: Vec<String> = lines.map(Result::unwrap).collect();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}\n{}",
+            stdout.join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Starts `apply --wait-for-go` and reads its events until it waits; returns
+/// the running command and the rest of its output.
+fn apply_until_it_waits(
+    bundle: &std::path::Path,
+    node: &EtcdNode,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(bin("airlock-apply"))
+        .args(["--json", "apply"])
+        .arg(bundle)
+        .args(["--site", &node.site(), "--wait-for-go"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("it ended without waiting: {seen:#?}"))
+            .unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["step"] == "wait for go" && event["status"] == "start" {
+            break;
+        }
+        seen.push(event);
+    }
+    let steps: Vec<&str> = seen.iter().filter_map(|e| e["step"].as_str()).collect();
+    for step in ["stage", "pre-copy database", "pre-copy raft"] {
+        assert!(
+            steps.contains(&step),
+            "{step} did not run before the wait: {steps:?}"
+        );
+    }
+    assert!(
+        !steps.contains(&"stop"),
+        "the service stopped before go: {steps:?}"
+    );
+    (child, lines)
+}
+
+#[test]
+fn wait_for_go_stages_and_pre_copies_then_stops_only_on_go() {
+    use std::io::Write as _;
+    let keys = Keys::new(&["release"]);
+    let node = EtcdNode::start(&[&keys.public("release")], 1);
+    let work = tempfile::tempdir().unwrap();
+    let spec = write_release(&work.path().join("release"), "1.1.0", "^1.0.0", false);
+    let bundle = build_bundle(&spec, &keys.secret("release"), &work.path().join("out"));
+    let before = node.snapshot();
+    let backups = || {
+        std::fs::read_dir(node.root.join("backups"))
+            .unwrap()
+            .count()
+    };
+    let staged = || {
+        std::fs::read_dir(node.root.join("state/staging"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let backups_before = backups();
+
+    // While it waits, the service runs the old version, untouched.
+    let (mut child, lines) = apply_until_it_waits(&bundle, &node);
+    assert!(node.healthy());
+    assert_eq!(node.snapshot(), before);
+    assert_eq!(
+        staged(),
+        1,
+        "the staging folder is not there while it waits"
+    );
+    // Anything but `go`: the apply ends before the stop, the node unchanged.
+    child.stdin.take().unwrap().write_all(b"stop\n").unwrap();
+    let (code, output) = finish(child, lines);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("the rolling upgrade's coordinator did not say go (it sent `stop`): the service was not stopped"),
+        "{output}"
+    );
+    assert!(node.healthy());
+    assert_eq!(node.snapshot(), before);
+    assert_eq!(staged(), 0, "the staging folder was left behind");
+    assert_eq!(backups(), backups_before, "a pre-copy was left behind");
+
+    // The end of the input (a coordinator that is gone) is no go either.
+    let (mut child, lines) = apply_until_it_waits(&bundle, &node);
+    drop(child.stdin.take());
+    let (code, output) = finish(child, lines);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("(it sent the end of its input)"),
+        "{output}"
+    );
+    assert_eq!(node.snapshot(), before);
+
+    // `go`: the apply goes on from where it waited and installs 1.1.0.
+    let (mut child, lines) = apply_until_it_waits(&bundle, &node);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let rest: Vec<serde_json::Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let steps: Vec<&str> = rest.iter().filter_map(|e| e["step"].as_str()).collect();
+    assert_eq!(steps.first(), Some(&"wait for go"), "{steps:?}");
+    assert!(
+        !steps.contains(&"stage"),
+        "it staged again after go: {steps:?}"
+    );
+    assert!(
+        steps.contains(&"stop") && steps.contains(&"health"),
+        "{steps:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.root.join("node/RELEASE")).unwrap(),
+        "1.1.0\n"
+    );
+    assert!(node.healthy());
+    assert_eq!(node.count_keys(), KEY_COUNT);
+}

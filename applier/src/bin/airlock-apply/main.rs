@@ -111,6 +111,13 @@ enum Command {
         /// recorded in the audit log.
         #[arg(long)]
         trust_bundle_time: bool,
+        /// Verify, stage and pre-copy, then wait for a line `go` on standard
+        /// input before the service stops; anything else, or the end of the
+        /// input, ends the apply there with the node unchanged (exit 1). A
+        /// rolling upgrade's coordinator prepares the next node this way
+        /// (docs/OPERATIONS.md, "Rolling upgrades").
+        #[arg(long)]
+        wait_for_go: bool,
     },
     /// Finish or undo an interrupted apply (killed, power cut): roll it back,
     /// or complete it when the new version was already healthy. With a cluster
@@ -372,12 +379,14 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             allow_expired,
             trust_bundle_time,
             mode,
+            wait_for_go,
         } => {
             if mode == Mode::Rolling {
-                if allow_downgrade || reinstall || allow_expired || trust_bundle_time {
+                if allow_downgrade || reinstall || allow_expired || trust_bundle_time || wait_for_go
+                {
                     return Err(ApplyError::Site {
                         path: site,
-                        reason: "--allow-downgrade, --reinstall, --allow-expired and --trust-bundle-time are for one node at a time; a rolling upgrade does not pass them on: apply the bundle on each node's own site profile".into(),
+                        reason: "--allow-downgrade, --reinstall, --allow-expired, --trust-bundle-time and --wait-for-go are for one node at a time; a rolling upgrade does not pass them on: apply the bundle on each node's own site profile".into(),
                     });
                 }
                 let cluster = ClusterSite::load(&site)?;
@@ -397,7 +406,10 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                 allow_expired,
                 trust_bundle_time,
             };
-            let report = match apply::apply(&site, &bundle, opts, reporter, &interrupt()?)? {
+            let gate = wait_for_go.then(|| {
+                Box::new(std::io::BufReader::new(std::io::stdin())) as Box<dyn std::io::BufRead>
+            });
+            let report = match apply::apply(&site, &bundle, opts, reporter, &interrupt()?, gate)? {
                 apply::Applied::Installed(report) => report,
                 apply::Applied::AlreadyInstalled { name, version } => {
                     reporter.event(
