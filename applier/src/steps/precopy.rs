@@ -25,7 +25,7 @@ use std::os::unix::fs::{FileExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use airlock_formats::digest::HashingReader;
+use airlock_formats::digest::{HashingReader, ParallelHashingReader};
 use airlock_formats::Sha256Digest;
 use fs_err::File;
 
@@ -148,7 +148,14 @@ pub fn sync_file(
         }
         return Ok((seen.sha256, seen.size, Synced::Unchanged));
     }
-    let mut input = HashingReader::new(File::open(src)?);
+    // A large file is hashed on a thread beside the comparison: this runs
+    // while the service is down.
+    let source = File::open(src)?;
+    let mut input = if meta.len() >= PARALLEL_HASH_FROM {
+        Hashing::Parallel(ParallelHashingReader::new(source))
+    } else {
+        Hashing::Inline(HashingReader::new(source))
+    };
     let out = fs_err::OpenOptions::new()
         .read(true)
         .write(true)
@@ -175,8 +182,30 @@ pub fn sync_file(
     }
     out.set_permissions(std::fs::Permissions::from_mode(mode))?;
     out.sync_all()?;
-    let (sha256, _) = input.finish();
+    let sha256 = match input {
+        Hashing::Inline(r) => r.finish().0,
+        Hashing::Parallel(r) => r.finish()?.0,
+    };
     Ok((sha256, offset, Synced::Compared { written }))
+}
+
+/// Files from this size on are hashed on a thread while they are compared
+/// ([`ParallelHashingReader`]); smaller ones inline. In bytes (4 MiB).
+const PARALLEL_HASH_FROM: u64 = 4 << 20;
+
+/// The live file as [`sync_file`] reads it, hashed inline or on a thread.
+enum Hashing<R> {
+    Inline(HashingReader<R>),
+    Parallel(ParallelHashingReader<R>),
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Inline(r) => r.read(buf),
+            Self::Parallel(r) => r.read(buf),
+        }
+    }
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
@@ -218,7 +247,9 @@ mod tests {
     fn an_unchanged_file_is_not_read_and_a_changed_one_is_rewritten_where_it_differs() {
         let dir = tempfile::tempdir().unwrap();
         let (src, dst) = (dir.path().join("live"), dir.path().join("copy"));
-        let data: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        // Over PARALLEL_HASH_FROM: hashed on a thread (b"short" below: inline).
+        let data: Vec<u8> = (0..5 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        assert!(data.len() as u64 >= PARALLEL_HASH_FROM);
         fs::write(&src, &data).unwrap();
         // A file written just now is racily clean: not remembered.
         assert_eq!(precopy_file(&src, &dst, 0o644).unwrap().1, None);
