@@ -145,6 +145,34 @@ pub enum ClusterError {
 }
 
 /// `at node NAME`, for where a rollout stopped.
+/// Runs `work` for every node at once, one thread each, and returns the
+/// results in the nodes' order. A thread that fails is reported as that
+/// node's error.
+fn on_every_node<T: Send>(
+    nodes: &[NodeProfile],
+    work: impl Fn(&NodeProfile) -> Result<T, NodeError> + Sync,
+) -> Vec<Result<T, NodeError>> {
+    std::thread::scope(|scope| {
+        let work = &work;
+        let running: Vec<_> = nodes
+            .iter()
+            .map(|node| scope.spawn(move || work(node)))
+            .collect();
+        running
+            .into_iter()
+            .zip(nodes)
+            .map(|(thread, node)| {
+                thread.join().unwrap_or_else(|_| {
+                    Err(NodeError::Wait {
+                        node: node.name.clone(),
+                        source: std::io::Error::other("the coordinator's thread for it failed"),
+                    })
+                })
+            })
+            .collect()
+    })
+}
+
 fn at_node(name: &str) -> String {
     format!("at node {name}")
 }
@@ -349,12 +377,22 @@ impl Rollout<'_> {
         ))
     }
 
-    /// Copies the bundle to every node and has each verify it, before any node stops.
+    /// Copies the bundle to every node and has each verify it, before any
+    /// node stops. The copies run at once, one per node, and so do the
+    /// verifications; a failure is reported for the first node, in profile
+    /// order, that had one.
     fn distribute(&mut self) -> Result<(), ClusterError> {
         let version = self.manifest.version.to_string();
-        for node in self.site.nodes() {
+        let nodes = self.site.nodes();
+        for node in nodes {
             self.reporter.event("copy", Status::Start, &node.name);
-            let remote = node.copy_bundle(&self.bundle, self.options())?;
+        }
+        let options = &self.site.profile.cluster.ssh_options;
+        let bundle = self.bundle.clone();
+        let copies = on_every_node(nodes, |node| node.copy_bundle(&bundle, options));
+        let mut to_verify = Vec::new();
+        for (node, copied) in nodes.iter().zip(copies) {
+            let remote = copied?;
             self.remote.push((node.name.clone(), remote.clone()));
             let (mut installed, interrupted) = self.node_status(node)?;
             if interrupted {
@@ -397,11 +435,20 @@ impl Rollout<'_> {
                 Status::Start,
                 &format!("{}: the node checks the bundle itself", node.name),
             );
-            let run = node.airlock_apply(
-                &["verify", &remote, "--site", &node.site],
-                self.options(),
-                |_| {},
-            )?;
+            to_verify.push((node.clone(), remote, installed));
+        }
+        let profiles: Vec<NodeProfile> = to_verify.iter().map(|(n, _, _)| n.clone()).collect();
+        let remote = &self.remote;
+        let runs = on_every_node(&profiles, |node| {
+            let path = remote
+                .iter()
+                .find(|(n, _)| *n == node.name)
+                .map(|(_, p)| p.as_str())
+                .unwrap_or_default();
+            node.airlock_apply(&["verify", path, "--site", &node.site], options, |_| {})
+        });
+        for ((node, _, installed), run) in to_verify.iter().zip(runs) {
+            let run = run?;
             if run.code != 0 {
                 let error = ClusterError::Refused {
                     node: node.name.clone(),
