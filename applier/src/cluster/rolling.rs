@@ -145,6 +145,19 @@ pub enum ClusterError {
 }
 
 /// `at node NAME`, for where a rollout stopped.
+/// `node` passes the cluster's health probe.
+fn healthy(site: &ClusterSite, node: &NodeProfile) -> Result<(), ClusterError> {
+    let r = site.probe(&site.profile.cluster.healthy, node, None);
+    if r.ok {
+        Ok(())
+    } else {
+        Err(ClusterError::Unhealthy {
+            node: node.name.clone(),
+            output: r.output.lines().last().unwrap_or("").trim().to_owned(),
+        })
+    }
+}
+
 /// Runs `work` for every node at once, one thread each, and returns the
 /// results in the nodes' order. A thread that fails is reported as that
 /// node's error.
@@ -290,30 +303,30 @@ impl Rollout<'_> {
 
     /// `node` passes the cluster's health probe.
     fn healthy(&self, node: &NodeProfile) -> Result<(), ClusterError> {
-        let r = self
-            .site
-            .probe(&self.site.profile.cluster.healthy, node, None);
-        if r.ok {
-            Ok(())
-        } else {
-            Err(ClusterError::Unhealthy {
-                node: node.name.clone(),
-                output: r.output.lines().last().unwrap_or("").trim().to_owned(),
-            })
-        }
+        healthy(self.site, node)
     }
 
-    /// The current leader; exactly one member must say so.
+    /// The current leader; exactly one member must say so. The members are
+    /// asked at once.
     fn leader(&self) -> Result<&NodeProfile, ClusterError> {
-        let leaders: Vec<&NodeProfile> = self
-            .site
+        let site = self.site;
+        let answers: Vec<bool> = std::thread::scope(|scope| {
+            let asking: Vec<_> = site
+                .nodes()
+                .iter()
+                .map(|n| scope.spawn(move || site.probe(&site.profile.cluster.leader, n, None).ok))
+                .collect();
+            // A probe thread that failed counts as a member that did not say so.
+            asking
+                .into_iter()
+                .map(|t| t.join().unwrap_or(false))
+                .collect()
+        });
+        let leaders: Vec<&NodeProfile> = site
             .nodes()
             .iter()
-            .filter(|n| {
-                self.site
-                    .probe(&self.site.profile.cluster.leader, n, None)
-                    .ok
-            })
+            .zip(answers)
+            .filter_map(|(n, leads)| leads.then_some(n))
             .collect();
         match leaders.as_slice() {
             [one] => Ok(one),
@@ -324,15 +337,31 @@ impl Rollout<'_> {
         }
     }
 
-    /// Every member other than `except` passes the health probe.
+    /// Every member other than `except` passes the health probe. The
+    /// members are probed at once; the first failure in profile order is
+    /// the error.
     fn quorum_check(&self, except: Option<&str>) -> Result<(), ClusterError> {
-        for node in self.site.nodes() {
-            if Some(node.name.as_str()) == except {
-                continue;
-            }
-            self.healthy(node)?;
-        }
-        Ok(())
+        let others: Vec<&NodeProfile> = self
+            .site
+            .nodes()
+            .iter()
+            .filter(|n| Some(n.name.as_str()) != except)
+            .collect();
+        let site = self.site;
+        std::thread::scope(|scope| {
+            let probing: Vec<_> = others
+                .iter()
+                .map(|n| scope.spawn(move || healthy(site, n)))
+                .collect();
+            probing.into_iter().zip(&others).try_for_each(|(t, n)| {
+                t.join().unwrap_or_else(|_| {
+                    Err(ClusterError::Unhealthy {
+                        node: n.name.clone(),
+                        output: "the coordinator's probe thread failed".into(),
+                    })
+                })
+            })
+        })
     }
 
     fn remote_path(&self, node: &str) -> String {
