@@ -144,7 +144,6 @@ pub enum ClusterError {
     State(#[from] StateError),
 }
 
-/// `at node NAME`, for where a rollout stopped.
 /// `node` passes the cluster's health probe.
 fn healthy(site: &ClusterSite, node: &NodeProfile) -> Result<(), ClusterError> {
     let r = site.probe(&site.profile.cluster.healthy, node, None);
@@ -186,6 +185,7 @@ fn on_every_node<T: Send>(
     })
 }
 
+/// `at node NAME`, for where a rollout stopped.
 fn at_node(name: &str) -> String {
     format!("at node {name}")
 }
