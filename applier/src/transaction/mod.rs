@@ -227,7 +227,7 @@ impl<'a> Transaction<'a> {
     /// hook, the transaction reads one line from `gate` and goes on only
     /// when it is `go` (`apply --wait-for-go`, which a rolling upgrade's
     /// coordinator uses to stage and pre-copy the next node while the one
-    /// before it upgrades; docs/OPERATIONS.md, "Rolling upgrades"). Any
+    /// before it upgrades; docs/OPERATIONS.md, "Rolling upgrade"). Any
     /// other line, or the end of the input, ends the apply there: its
     /// staging folder and pre-copies are removed and the node is unchanged.
     pub fn with_gate(mut self, gate: Box<dyn std::io::BufRead + 'a>) -> Self {

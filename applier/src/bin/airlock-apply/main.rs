@@ -115,7 +115,7 @@ enum Command {
         /// input before the service stops; anything else, or the end of the
         /// input, ends the apply there with the node unchanged (exit 1). A
         /// rolling upgrade's coordinator prepares the next node this way
-        /// (docs/OPERATIONS.md, "Rolling upgrades").
+        /// (docs/OPERATIONS.md, "Rolling upgrade").
         #[arg(long)]
         wait_for_go: bool,
     },
