@@ -120,20 +120,104 @@ pub struct TreeFile {
     pub mode: u32,
 }
 
-/// Copies `src` to `dst` reading it once, hashing as it goes; fsyncs `dst`.
+/// Copies `src` to `dst` and returns the SHA-256 and size of what it
+/// wrote; fsyncs `dst`.
+///
+/// A file under [`COPY_IN_KERNEL_FROM`] is read once through a buffer and
+/// hashed as it goes. A larger one is copied inside the kernel
+/// (`std::io::copy` between files is `copy_file_range(2)` on Linux), one
+/// piece at a time, while a thread hashes each piece read back from `dst`:
+/// the hash is of the copy, never of a live file that may change between
+/// two reads.
 ///
 /// # Errors
 /// [`StepError::Io`] naming the file.
 pub fn copy_file(src: &Path, dst: &Path, mode: u32) -> Result<(Sha256Digest, u64), StepError> {
     let input = File::open(src)?;
-    let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, input));
-    let out = File::create(dst)?;
-    let mut writer = BufWriter::with_capacity(1 << 20, out);
-    io::copy(&mut hashing, &mut writer)?;
-    let out = writer.into_inner().map_err(|e| e.into_error())?;
+    let large = input.metadata()?.len() >= COPY_IN_KERNEL_FROM;
+    let (digest, out) = if large {
+        let out = fs_err::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dst)?;
+        let digest = copy_in_kernel(&input, &out).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{e}: copying `{}` to `{}`", src.display(), dst.display()),
+            )
+        })?;
+        (digest, out)
+    } else {
+        let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, input));
+        let out = File::create(dst)?;
+        let mut writer = BufWriter::with_capacity(1 << 20, out);
+        io::copy(&mut hashing, &mut writer)?;
+        (
+            hashing.finish(),
+            writer.into_inner().map_err(|e| e.into_error())?,
+        )
+    };
     out.set_permissions(std::fs::Permissions::from_mode(mode))?;
     out.sync_all()?;
-    Ok(hashing.finish())
+    Ok(digest)
+}
+
+/// Files from this size on are copied inside the kernel by [`copy_file`]
+/// (4 MiB).
+const COPY_IN_KERNEL_FROM: u64 = 4 << 20;
+
+/// Bytes [`copy_in_kernel`] copies before the hash thread reads them back
+/// (8 MiB).
+const COPY_PIECE: u64 = 8 << 20;
+
+/// Copies all of `input` from its start to `out` (empty, opened for reading
+/// too) piece by piece inside the kernel; a thread hashes each piece read
+/// back from `out`. Returns the SHA-256 and size of `out`.
+fn copy_in_kernel(input: &File, out: &File) -> io::Result<(Sha256Digest, u64)> {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Read as _;
+    use std::os::unix::fs::FileExt as _;
+
+    let copy = out.file();
+    std::thread::scope(|scope| {
+        let (copied, pieces) = std::sync::mpsc::channel::<u64>();
+        let hashing = scope.spawn(move || -> io::Result<(Sha256Digest, u64)> {
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut offset = 0u64;
+            for end in pieces {
+                while offset < end {
+                    let want = (end - offset).min(buf.len() as u64) as usize;
+                    copy.read_exact_at(&mut buf[..want], offset)?;
+                    hasher.update(&buf[..want]);
+                    offset += want as u64;
+                }
+            }
+            Ok((Sha256Digest(hasher.finalize().into()), offset))
+        });
+        let from = input.file();
+        let mut to = out.file();
+        let mut end = 0u64;
+        let copying = loop {
+            match io::copy(&mut from.take(COPY_PIECE), &mut to) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    end += n;
+                    // The hash thread stops only after the channel closes.
+                    let _ = copied.send(end);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        drop(copied);
+        let hashed = hashing
+            .join()
+            .map_err(|_| io::Error::other("the SHA-256 thread died"))?;
+        copying?;
+        hashed
+    })
 }
 
 /// SHA-256 and size of a file.
@@ -910,6 +994,37 @@ mod tests {
     use std::fs;
 
     use super::*;
+
+    #[test]
+    fn a_copy_in_the_kernel_or_through_a_buffer_is_the_file_and_its_hash_is_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        // Under COPY_IN_KERNEL_FROM, at it, and across several COPY_PIECEs
+        // with a short last one.
+        for size in [
+            0usize,
+            5,
+            (4 << 20) - 1,
+            4 << 20,
+            (2 * COPY_PIECE as usize) + 12_345,
+        ] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 241) as u8).collect();
+            let (src, dst) = (dir.path().join("live"), dir.path().join("copy"));
+            fs::write(&src, &data).unwrap();
+            // An old, longer copy is replaced whole.
+            fs::write(&dst, vec![7u8; size + 100]).unwrap();
+            let (sha, copied) = copy_file(&src, &dst, 0o600).unwrap();
+            assert_eq!(
+                (sha, copied),
+                (Sha256Digest::of(&data), size as u64),
+                "{size}"
+            );
+            assert_eq!(fs::read(&dst).unwrap(), data, "{size}");
+            assert_eq!(
+                fs::metadata(&dst).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
 
     #[test]
     fn database_backup_and_restore_round_trip() {
