@@ -15,31 +15,36 @@ import sys
 from collections import defaultdict
 
 
+def read_events(path):
+    """The events of a `--json` run: every line that is a JSON object with a
+    step and a status."""
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                e = json.loads(line)
+                if "step" in e and "status" in e:
+                    yield e
+
+
 def events(path):
     """Seconds each apply step took (steps of one label summed), and the
     service's downtime: from the `stop` step's start to the `health` step's
     end."""
     started, spent = {}, defaultdict(float)
     down_from = down_to = None
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            e = json.loads(line)
-            if "step" not in e or "status" not in e:
-                continue
-            step, status, ms = e["step"], e["status"], e["elapsed_ms"]
-            if status == "start":
-                started[step] = ms
-                if step == "stop" and down_from is None:
-                    down_from = ms
-            elif status == "ok" and step in started:
-                spent[step] += (ms - started.pop(step)) / 1000
-                if step == "health":
-                    down_to = ms
-            elif status == "failed":
-                sys.exit("bench: the apply failed at %s: %s" % (step, e.get("detail")))
+    for e in read_events(path):
+        step, status, ms = e["step"], e["status"], e["elapsed_ms"]
+        if status == "start":
+            started[step] = ms
+            if step == "stop" and down_from is None:
+                down_from = ms
+        elif status == "ok" and step in started:
+            spent[step] += (ms - started.pop(step)) / 1000
+            if step == "health":
+                down_to = ms
+        elif status == "failed":
+            sys.exit("bench: the apply failed at %s: %s" % (step, e.get("detail")))
     for step, secs in spent.items():
         print("step/%s %.3f 0" % (step, secs))
     if down_from is None or down_to is None:
@@ -52,16 +57,11 @@ def rolling(path):
     events the coordinator prints (`service down 0.3s`)."""
     import re
 
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            e = json.loads(line)
-            if e.get("step") == "node" and e.get("status") == "ok":
-                m = re.search(r"service down ([0-9.]+)s", e.get("detail", ""))
-                if m:
-                    print("rolling member down/airlock %s 0" % m.group(1))
+    for e in read_events(path):
+        if e["step"] == "node" and e["status"] == "ok":
+            m = re.search(r"service down ([0-9.]+)s", e.get("detail", ""))
+            if m:
+                print("rolling member down/airlock %s 0" % m.group(1))
 
 
 def table(path, bin_mib, big_mib, raft_mib, db_mib, rounds):

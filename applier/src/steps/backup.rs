@@ -133,6 +133,22 @@ pub struct TreeFile {
 /// # Errors
 /// [`StepError::Io`] naming the file.
 pub fn copy_file(src: &Path, dst: &Path, mode: u32) -> Result<(Sha256Digest, u64), StepError> {
+    let digest = copy_file_unsynced(src, dst, mode)?;
+    File::open(dst)?.sync_all()?;
+    Ok(digest)
+}
+
+/// [`copy_file`] without its fsync: for a caller that copies many files and
+/// fsyncs them all at the end ([`sync_files`]), so the disk writes the
+/// first while the next ones are copied.
+///
+/// # Errors
+/// [`StepError::Io`] naming the file.
+pub fn copy_file_unsynced(
+    src: &Path,
+    dst: &Path,
+    mode: u32,
+) -> Result<(Sha256Digest, u64), StepError> {
     let input = File::open(src)?;
     let large = input.metadata()?.len() >= COPY_IN_KERNEL_FROM;
     let (digest, out) = if large {
@@ -160,8 +176,21 @@ pub fn copy_file(src: &Path, dst: &Path, mode: u32) -> Result<(Sha256Digest, u64
         )
     };
     out.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    out.sync_all()?;
     Ok(digest)
+}
+
+/// Fsyncs each of `files`, then each of `dirs` (their folders).
+///
+/// # Errors
+/// [`StepError::Io`] naming the first file or folder that fails.
+pub fn sync_files(files: &[PathBuf], dirs: &[PathBuf]) -> Result<(), StepError> {
+    for file in files {
+        File::open(file)?.sync_all()?;
+    }
+    for dir in dirs {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Files from this size on are copied inside the kernel by [`copy_file`]
@@ -504,6 +533,9 @@ pub fn precopy_tree(
     create_private_dir(&root)?;
     let mut seen = PreCopies::new();
     let mut bytes = 0;
+    // Every copy is fsynced at the end, at once: the disk writes each
+    // while the next ones are copied, as `cp -a` and one `sync` do.
+    let (mut copied, mut dirs) = (Vec::new(), vec![root.clone()]);
     for entry in walkdir::WalkDir::new(source)
         .min_depth(1)
         .sort_by_file_name()
@@ -514,16 +546,24 @@ pub fn precopy_tree(
         let dst = root.join(&rel);
         if ft.is_dir() {
             create_private_dir(&dst)?;
+            dirs.push(dst);
         } else if ft.is_file() {
-            let (size, trusted) = precopy::precopy_file(entry.path(), &dst, mode_of(entry.path()))?;
+            let (size, trusted) = precopy::precopy_file(
+                entry.path(),
+                &dst,
+                mode_of(entry.path()),
+                precopy::Durable::Later,
+            )?;
             seen.extend(trusted.map(|s| (entry.path().to_owned(), s)));
             bytes += size;
+            copied.push(dst);
         } else {
             return Err(StepError::NotRegular {
                 path: entry.path().into(),
             });
         }
     }
+    sync_files(&copied, &dirs)?;
     Ok((seen, bytes))
 }
 
@@ -780,7 +820,7 @@ fn precopy_to(
     if let Some(parent) = dst.parent() {
         create_private_dir(parent)?;
     }
-    precopy::precopy_file(source, &dst, mode).map(Some)
+    precopy::precopy_file(source, &dst, mode, precopy::Durable::Now).map(Some)
 }
 
 /// Copies a single file (a config file or a binary about to be replaced) to

@@ -30,7 +30,7 @@ use airlock_formats::Sha256Digest;
 use fs_err::File;
 
 use crate::error::StepError;
-use crate::steps::backup::copy_file;
+use crate::steps::backup::{copy_file, copy_file_unsynced};
 
 /// How much older than the start of its copy a file's change time must be
 /// for the pre-copy to remember it (see the module docs), in seconds.
@@ -79,17 +79,34 @@ pub type PreCopies = HashMap<PathBuf, Seen>;
 ///
 /// # Errors
 /// [`StepError::Io`] naming the file.
-pub fn precopy_file(src: &Path, dst: &Path, mode: u32) -> Result<(u64, Option<Seen>), StepError> {
+pub fn precopy_file(
+    src: &Path,
+    dst: &Path,
+    mode: u32,
+    durable: Durable,
+) -> Result<(u64, Option<Seen>), StepError> {
     let began = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
     let before = fs_err::metadata(src)?;
-    let (sha256, size) = copy_file(src, dst, mode)?;
+    let (sha256, size) = match durable {
+        Durable::Now => copy_file(src, dst, mode)?,
+        Durable::Later => copy_file_unsynced(src, dst, mode)?,
+    };
     let after = fs_err::metadata(src)?;
     let seen = Seen::stat(&before, sha256);
     let racy = seen.ctime_ns > began - i128::from(RACY_SECS) * 1_000_000_000;
     let trusted = seen == Seen::stat(&after, sha256) && seen.size == size && !racy;
     Ok((size, trusted.then_some(seen)))
+}
+
+/// When a pre-copy reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durable {
+    /// Fsynced before [`precopy_file`] returns.
+    Now,
+    /// The caller fsyncs it, with others ([`crate::steps::backup::sync_files`]).
+    Later,
 }
 
 /// How [`sync_file`] made a copy equal to its live file.
@@ -252,7 +269,10 @@ mod tests {
         assert!(data.len() as u64 >= PARALLEL_HASH_FROM);
         fs::write(&src, &data).unwrap();
         // A file written just now is racily clean: not remembered.
-        assert_eq!(precopy_file(&src, &dst, 0o644).unwrap().1, None);
+        assert_eq!(
+            precopy_file(&src, &dst, 0o644, Durable::Now).unwrap().1,
+            None
+        );
         let (sha, size, how) = sync_file(&src, &dst, 0o644, None).unwrap();
         assert_eq!((sha, size), (Sha256Digest::of(&data), data.len() as u64));
         assert_eq!(how, Synced::Compared { written: 0 });

@@ -389,6 +389,37 @@ fn rolling(args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
     )
 }
 
+/// Runs the rolling upgrade of `bundle` while a writer and a health monitor
+/// run; returns (exit code, events, stderr, failed writes, minimum healthy).
+fn roll_under_load(
+    cluster: &Cluster,
+    bundle: &Path,
+) -> (i32, Vec<serde_json::Value>, String, usize, usize) {
+    let load = Load::start(cluster.endpoints());
+    let (code, events, stderr) = rolling(&[
+        "apply",
+        &bundle.display().to_string(),
+        "--site",
+        &cluster.profile(),
+        "--mode",
+        "rolling",
+    ]);
+    let (writes, failed, _, _, min_healthy) = load.finish();
+    eprintln!("{stderr}\nwriter {writes} ok, {failed} failed; minimum healthy {min_healthy}");
+    (code, events, stderr, failed, min_healthy)
+}
+
+/// The row of node `name` in `rollout status --json`.
+fn rollout_node(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["node"] == name)
+        .unwrap()
+        .clone()
+}
+
 /// Node names in the order their applies started.
 fn upgrade_order(events: &[serde_json::Value]) -> Vec<String> {
     events
@@ -572,17 +603,7 @@ fn a_failure_on_the_second_node_stops_the_rollout_and_resume_finishes_it() {
     .unwrap();
     let third_binary = sha256_file(&cluster.node(third).root.join("node/bin/etcd"));
 
-    let load = Load::start(cluster.endpoints());
-    let (code, _, stderr) = rolling(&[
-        "apply",
-        &bundle.display().to_string(),
-        "--site",
-        &cluster.profile(),
-        "--mode",
-        "rolling",
-    ]);
-    let (writes, failed, _, _, min_healthy) = load.finish();
-    eprintln!("{stderr}\nwriter {writes} ok, {failed} failed; minimum healthy {min_healthy}");
+    let (code, _, stderr, failed, min_healthy) = roll_under_load(&cluster, &bundle);
     assert_eq!(
         code, 4,
         "expected the rollout to stop with the node rolled back:\n{stderr}"
@@ -612,15 +633,7 @@ fn a_failure_on_the_second_node_stops_the_rollout_and_resume_finishes_it() {
     let status = airlock_apply(&["--json", "rollout", "status", "--site", &cluster.profile()]).ok();
     let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
     assert_eq!(status["rollout"]["outcome"], "stopped");
-    let state_of = |n: &str| {
-        status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["node"] == n)
-            .unwrap()
-            .clone()
-    };
+    let state_of = |n: &str| rollout_node(&status, n);
     assert_eq!(state_of(followers[0])["state"], "upgraded");
     assert_eq!(state_of(second)["state"], "rolled-back");
     assert!(state_of(second)["error"]
@@ -698,17 +711,7 @@ fn a_node_prepared_ahead_is_left_unchanged_when_the_node_before_it_fails() {
     };
     let backups_before = backups();
 
-    let load = Load::start(cluster.endpoints());
-    let (code, events, stderr) = rolling(&[
-        "apply",
-        &bundle.display().to_string(),
-        "--site",
-        &cluster.profile(),
-        "--mode",
-        "rolling",
-    ]);
-    let (writes, failed, _, _, min_healthy) = load.finish();
-    eprintln!("{stderr}\nwriter {writes} ok, {failed} failed; minimum healthy {min_healthy}");
+    let (code, events, stderr, failed, min_healthy) = roll_under_load(&cluster, &bundle);
     assert_eq!(
         code, 4,
         "the rollout did not stop with {first} rolled back:\n{stderr}"
@@ -747,15 +750,7 @@ fn a_node_prepared_ahead_is_left_unchanged_when_the_node_before_it_fails() {
     assert!(min_healthy >= 2);
     let status = airlock_apply(&["--json", "rollout", "status", "--site", &cluster.profile()]).ok();
     let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
-    let state_of = |n: &str| {
-        status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["node"] == n)
-            .unwrap()["state"]
-            .clone()
-    };
+    let state_of = |n: &str| rollout_node(&status, n)["state"].clone();
     assert_eq!(state_of(first), "rolled-back");
     assert_eq!(state_of(second), "verified");
 
