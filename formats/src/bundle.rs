@@ -1031,6 +1031,33 @@ pub(crate) mod tests {
         ));
     }
 
+    #[test]
+    fn after_a_refused_chunk_no_later_chunk_is_handed_out() {
+        let chunk = 64 * 1024;
+        let second = vec![2u8; chunk];
+        let info = PayloadInfo {
+            compression: "zstd".into(),
+            size: 2 * chunk as u64,
+            chunk_size: chunk as u64,
+            chunks: vec![
+                Sha256Digest::of(&vec![1u8; chunk]),
+                Sha256Digest::of(&second),
+            ],
+            unpacked_size: 0,
+        };
+        let mut data = vec![9u8; chunk];
+        data.extend_from_slice(&second);
+        let mut v = ChunkVerifier::new(&data[..], &info);
+        let mut buf = vec![0u8; chunk];
+        let err = v.read(&mut buf).unwrap_err();
+        assert!(matches!(
+            unwrap_io("x", err),
+            BundleError::ChunkMismatch { index: 0, .. }
+        ));
+        // The second chunk is good, but it must not come out after the first failed.
+        assert!(v.read(&mut buf).is_err());
+    }
+
     /// A bundle whose payload tar holds `entries` (raw name, type, data) while
     /// the signed manifest lists `listed` (path, data).
     fn craft(

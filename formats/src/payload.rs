@@ -183,6 +183,9 @@ pub(crate) struct ChunkVerifier<'a, R> {
     /// (or the error reading it), once the hashing thread is done.
     ahead: Option<Ahead>,
     hashing: Option<Hashing>,
+    /// Set by the first error: every later read fails too, so no chunk
+    /// after a refused one is ever handed out.
+    failed: bool,
 }
 
 struct Ahead {
@@ -230,6 +233,7 @@ impl<'a, R: Read> ChunkVerifier<'a, R> {
             offset: 0,
             ahead: None,
             hashing: Hashing::start(),
+            failed: false,
         }
     }
 
@@ -326,8 +330,16 @@ impl<'a, R: Read> ChunkVerifier<'a, R> {
 
 impl<R: Read> Read for ChunkVerifier<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::Error::other(BundleError::Malformed(
+                "the payload was refused already".into(),
+            )));
+        }
         if self.pos == self.buf.len() {
-            self.fill().map_err(io::Error::other)?;
+            self.fill().map_err(|e| {
+                self.failed = true;
+                io::Error::other(e)
+            })?;
             if self.buf.is_empty() {
                 return Ok(0);
             }

@@ -353,14 +353,20 @@ impl Rollout<'_> {
                 .iter()
                 .map(|n| scope.spawn(move || healthy(site, n)))
                 .collect();
-            probing.into_iter().zip(&others).try_for_each(|(t, n)| {
-                t.join().unwrap_or_else(|_| {
-                    Err(ClusterError::Unhealthy {
-                        node: n.name.clone(),
-                        output: "the coordinator's probe thread failed".into(),
+            // Every probe is joined before the first failure is returned.
+            let results: Vec<Result<(), ClusterError>> = probing
+                .into_iter()
+                .zip(&others)
+                .map(|(t, n)| {
+                    t.join().unwrap_or_else(|_| {
+                        Err(ClusterError::Unhealthy {
+                            node: n.name.clone(),
+                            output: "the coordinator's probe thread failed".into(),
+                        })
                     })
                 })
-            })
+                .collect();
+            results.into_iter().collect::<Result<(), _>>()
         })
     }
 
@@ -671,9 +677,12 @@ impl Rollout<'_> {
         let run = ahead.release(false, |_| {});
         let unchanged = |code: i32| {
             u8::try_from(code).is_ok_and(|c| {
+                // USAGE: an airlock-apply without --wait-for-go refused
+                // the command line.
                 [
                     exit::OK,
                     exit::FAILED,
+                    exit::USAGE,
                     exit::REFUSED,
                     exit::BUSY,
                     exit::INTERRUPTED,
@@ -681,8 +690,13 @@ impl Rollout<'_> {
                 .contains(&c)
             })
         };
+        let left_unchanged = match &run {
+            Ok(run) => unchanged(run.code),
+            // Not started at all: nothing on the node changed.
+            Err(e) => matches!(e, NodeError::Spawn { .. }),
+        };
         match run {
-            Ok(run) if unchanged(run.code) => self.reporter.event(
+            _ if left_unchanged => self.reporter.event(
                 "prepare",
                 Status::Info,
                 &format!("{name}: not its turn now; its apply ended before the stop, the node is unchanged"),
