@@ -252,6 +252,52 @@ pub fn sha256_reader(reader: impl Read) -> io::Result<(Sha256Digest, u64)> {
     Ok(hashing.finish())
 }
 
+/// Files from this size on are hashed on a thread beside the work that
+/// reads them ([`ParallelHashingReader`]); smaller ones inline, where starting
+/// a thread would cost more than it saves. In bytes (4 MiB).
+pub const PARALLEL_HASH_FROM: u64 = 4 << 20;
+
+/// Hashes a payload file as it is read: inline, or on a thread of its own
+/// for a large file.
+pub enum FileHashing<R> {
+    /// Hashed as it is read.
+    Inline(HashingReader<R>),
+    /// Hashed on a thread of its own.
+    Parallel(ParallelHashingReader<R>),
+}
+
+impl<R: Read> FileHashing<R> {
+    /// Hashes `inner`, a file of `size` bytes, on a thread from
+    /// [`PARALLEL_HASH_FROM`] bytes on.
+    pub fn new(inner: R, size: u64) -> Self {
+        if size >= PARALLEL_HASH_FROM {
+            Self::Parallel(ParallelHashingReader::new(inner))
+        } else {
+            Self::Inline(HashingReader::new(inner))
+        }
+    }
+
+    /// The SHA-256 and byte count of what was read.
+    ///
+    /// # Errors
+    /// When the hashing thread died.
+    pub fn finish(self) -> io::Result<(Sha256Digest, u64)> {
+        match self {
+            Self::Inline(r) => Ok(r.finish()),
+            Self::Parallel(r) => r.finish(),
+        }
+    }
+}
+
+impl<R: Read> Read for FileHashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Inline(r) => r.read(buf),
+            Self::Parallel(r) => r.read(buf),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

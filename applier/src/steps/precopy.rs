@@ -25,7 +25,7 @@ use std::os::unix::fs::{FileExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use airlock_formats::digest::{HashingReader, ParallelHashingReader};
+use airlock_formats::digest::FileHashing;
 use airlock_formats::Sha256Digest;
 use fs_err::File;
 
@@ -168,11 +168,7 @@ pub fn sync_file(
     // A large file is hashed on a thread beside the comparison: this runs
     // while the service is down.
     let source = File::open(src)?;
-    let mut input = if meta.len() >= PARALLEL_HASH_FROM {
-        Hashing::Parallel(ParallelHashingReader::new(source))
-    } else {
-        Hashing::Inline(HashingReader::new(source))
-    };
+    let mut input = FileHashing::new(source, meta.len());
     let out = fs_err::OpenOptions::new()
         .read(true)
         .write(true)
@@ -199,30 +195,8 @@ pub fn sync_file(
     }
     out.set_permissions(std::fs::Permissions::from_mode(mode))?;
     out.sync_all()?;
-    let sha256 = match input {
-        Hashing::Inline(r) => r.finish().0,
-        Hashing::Parallel(r) => r.finish()?.0,
-    };
+    let (sha256, _) = input.finish()?;
     Ok((sha256, offset, Synced::Compared { written }))
-}
-
-/// Files from this size on are hashed on a thread while they are compared
-/// ([`ParallelHashingReader`]); smaller ones inline. In bytes (4 MiB).
-const PARALLEL_HASH_FROM: u64 = 4 << 20;
-
-/// The live file as [`sync_file`] reads it, hashed inline or on a thread.
-enum Hashing<R> {
-    Inline(HashingReader<R>),
-    Parallel(ParallelHashingReader<R>),
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Self::Inline(r) => r.read(buf),
-            Self::Parallel(r) => r.read(buf),
-        }
-    }
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
@@ -266,7 +240,7 @@ mod tests {
         let (src, dst) = (dir.path().join("live"), dir.path().join("copy"));
         // Over PARALLEL_HASH_FROM: hashed on a thread (b"short" below: inline).
         let data: Vec<u8> = (0..5 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
-        assert!(data.len() as u64 >= PARALLEL_HASH_FROM);
+        assert!(data.len() as u64 >= airlock_formats::digest::PARALLEL_HASH_FROM);
         fs::write(&src, &data).unwrap();
         // A file written just now is racily clean: not remembered.
         assert_eq!(
