@@ -22,7 +22,7 @@ use airlock_applier::protocol::{Message, Status};
 use airlock_applier::report::{eprint_line, print_line};
 use airlock_applier::site::is_cluster_profile;
 use airlock_applier::{exit, ApplyError, Interrupt, Reporter, Site, VerifyOptions};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// Verify and apply airlock bundles on a site with no network.
 #[derive(Parser)]
@@ -186,6 +186,21 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Print a shell completion script for airlock-apply on stdout, e.g.
+    /// `airlock-apply completions bash > /etc/bash_completion.d/airlock-apply`
+    /// (the Debian package installs them).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages, airlock-apply.1 and one per command, into a
+    /// folder (the Debian package installs them).
+    #[command(hide = true)]
+    Manpages {
+        /// The folder, created if missing.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -330,6 +345,17 @@ fn say(reporter: &Reporter, step: &str, text: &str) {
 
 fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
     match command {
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(shell, &mut Program::command(), "airlock-apply", &mut out);
+        }
+        Command::Manpages { out } => {
+            fs_err::create_dir_all(&out).map_err(ApplyError::io("creating the manual's folder"))?;
+            clap_mangen::generate_to(Program::command(), &out).map_err(ApplyError::io(format!(
+                "writing manual pages into {}",
+                out.display()
+            )))?;
+        }
         Command::CheckMedia { bundle } => media::check_media(&bundle, reporter)?,
         Command::Repair { set, out } => media::repair(&set, &out, reporter)?,
         Command::Verify {

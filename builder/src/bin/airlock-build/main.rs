@@ -13,7 +13,7 @@ use airlock_builder::check;
 use airlock_builder::keys::{keygen, load_secret_key, sign_bundle};
 use airlock_builder::{build, BuildError, BuildOptions};
 use anyhow::{anyhow, Context as _};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// Build, sign and check airlock bundles.
 #[derive(Parser)]
@@ -126,6 +126,21 @@ enum Command {
         /// How many distinct trusted keys must have signed.
         #[arg(long, default_value_t = 1)]
         threshold: usize,
+    },
+    /// Print a shell completion script for airlock-build on stdout, e.g.
+    /// `airlock-build completions bash > /etc/bash_completion.d/airlock-build`
+    /// (the Debian package installs them).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages, airlock-build.1 and one per command, into a
+    /// folder (the Debian package installs them).
+    #[command(hide = true)]
+    Manpages {
+        /// The folder, created if missing.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -364,6 +379,15 @@ fn run(program: Program) -> Result<(), Failure> {
             } else if !json {
                 println!("{}", report.path.display());
             }
+        }
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(shell, &mut Program::command(), "airlock-build", &mut out);
+        }
+        Command::Manpages { out } => {
+            fs_err::create_dir_all(&out)?;
+            clap_mangen::generate_to(Program::command(), &out)
+                .with_context(|| format!("writing manual pages into {}", out.display()))?;
         }
         Command::Split {
             bundle,
