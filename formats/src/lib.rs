@@ -20,6 +20,7 @@ pub mod path;
 pub mod payload;
 pub mod shown;
 pub mod signing;
+pub mod time;
 pub mod tree;
 pub mod trust;
 pub mod volumes;
