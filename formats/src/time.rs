@@ -2,10 +2,9 @@
 //! with the offset, in the node's local time zone (`TZ`, else
 //! `/etc/localtime`, as `date` does) or in UTC after [`set_utc`]
 //! (`--utc`). Every time airlock keeps is Unix seconds; this only shows it.
+//! JSON output carries both: `FIELD` in Unix seconds and `FIELD_rfc3339`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use serde::{Deserialize, Serialize};
 
 /// Whether times are shown in UTC rather than the local zone.
 static UTC: AtomicBool = AtomicBool::new(false);
@@ -32,26 +31,6 @@ pub fn rfc3339(secs: u64) -> String {
     ts.to_zoned(jiff::tz::TimeZone::system())
         .strftime("%Y-%m-%dT%H:%M:%S%:z")
         .to_string()
-}
-
-/// A time in JSON output: both forms, `{"unix": 1767225600, "rfc3339":
-/// "2026-01-01T00:00:00Z"}` (docs/JSON.md, "Times").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Time {
-    /// Unix seconds.
-    pub unix: u64,
-    /// [`rfc3339`] of `unix`, in the zone the command shows.
-    pub rfc3339: String,
-}
-
-impl Time {
-    /// `secs` in both forms.
-    pub fn of(secs: u64) -> Self {
-        Self {
-            unix: secs,
-            rfc3339: rfc3339(secs),
-        }
-    }
 }
 
 #[cfg(test)]
