@@ -434,6 +434,24 @@ pub enum ApplyError {
         /// What is wrong, naming the field.
         reason: String,
     },
+    /// No site profile is where the command looked (docs/SITE.md, "Where
+    /// the profile is").
+    #[error("no site profile at `{}` ({})", .path.display(), .from.describe())]
+    SiteMissing {
+        /// Where it looked.
+        path: PathBuf,
+        /// Where that path came from.
+        from: crate::site::ProfileFrom,
+    },
+    /// A node's site profile where a cluster profile is needed, or the
+    /// reverse.
+    #[error("{}", profile_kind_message(.path, *.expected))]
+    ProfileKind {
+        /// The profile.
+        path: PathBuf,
+        /// The kind the command needs.
+        expected: crate::site::ProfileKind,
+    },
     /// The site profile cannot be read.
     #[error("site profile `{}`: {source}", .path.display())]
     SiteUnreadable {
@@ -646,6 +664,21 @@ impl ApplyError {
             Self::SiteUnreadable { .. } => Some(
                 "check the path given with --site and that this user may read it".into(),
             ),
+            Self::SiteMissing { .. } => Some(format!(
+                "pass the profile with --site PATH, or set {}=PATH; a node's profile usually lives at {} (docs/SITE.md)",
+                crate::site::SITE_ENV,
+                crate::site::DEFAULT_SITE
+            )),
+            Self::ProfileKind { path, expected } => Some(match expected {
+                crate::site::ProfileKind::Node => format!(
+                    "pass the node's own site profile (the `site` of its [[cluster.node]]); for the whole cluster, `airlock-apply rollout status --site {}`",
+                    path.display()
+                ),
+                crate::site::ProfileKind::Cluster => format!(
+                    "pass the coordinator's cluster profile (docs/SITE.md, \"Cluster profile\"); for this node alone, `airlock-apply status --site {}`",
+                    path.display()
+                ),
+            }),
             Self::ClusterCheck { .. } => Some(
                 "no node changed; fix the cause above (`airlock-apply rollout status --site CLUSTER.toml` shows the last rollout), then run again".into(),
             ),
@@ -715,5 +748,19 @@ mod tests {
             node_outcome: NodeOutcome::NeedsOperator,
         };
         assert_eq!(stopped.exit_code(), exit::NEEDS_OPERATOR);
+    }
+}
+
+/// The message of [`ApplyError::ProfileKind`].
+fn profile_kind_message(path: &std::path::Path, expected: crate::site::ProfileKind) -> String {
+    match expected {
+        crate::site::ProfileKind::Node => format!(
+            "`{}` is a cluster profile (it has a [cluster] table); this command works on one node and needs that node's site profile",
+            path.display()
+        ),
+        crate::site::ProfileKind::Cluster => format!(
+            "`{}` is a node's site profile, not a cluster profile (it has no [cluster] table); this command needs the coordinator's cluster profile",
+            path.display()
+        ),
     }
 }

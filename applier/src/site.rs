@@ -350,19 +350,94 @@ fn read(path: &Path) -> Result<String, ApplyError> {
     })
 }
 
-/// Reads and parses a profile; returns it and its folder, made absolute.
+/// The site profile a command uses when neither `--site` nor
+/// [`SITE_ENV`] names one (docs/SITE.md, "Where the profile is").
+pub const DEFAULT_SITE: &str = "/etc/airlock/site.toml";
+
+/// The environment variable that names the site profile when `--site` is
+/// not given.
+pub const SITE_ENV: &str = "AIRLOCK_SITE";
+
+/// Where a command's site profile path came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileFrom {
+    /// `--site`.
+    Flag,
+    /// [`SITE_ENV`].
+    Env,
+    /// [`DEFAULT_SITE`].
+    Default,
+}
+
+impl ProfileFrom {
+    /// How an error names it: `given with --site`, ....
+    pub fn describe(self) -> String {
+        match self {
+            Self::Flag => "given with --site".into(),
+            Self::Env => format!("named by {SITE_ENV}"),
+            Self::Default => format!("the default: no --site given and {SITE_ENV} is not set"),
+        }
+    }
+}
+
+/// The site profile to use: `flag` (`--site`), else [`SITE_ENV`] when set
+/// and not empty, else [`DEFAULT_SITE`].
 ///
 /// # Errors
-/// [`ApplyError::Site`] naming the file.
+/// [`ApplyError::SiteMissing`] when no file is there.
+pub fn locate(flag: Option<PathBuf>) -> Result<PathBuf, ApplyError> {
+    let (path, from) = match flag {
+        Some(p) => (p, ProfileFrom::Flag),
+        None => match std::env::var_os(SITE_ENV).filter(|v| !v.is_empty()) {
+            Some(p) => (PathBuf::from(p), ProfileFrom::Env),
+            None => (PathBuf::from(DEFAULT_SITE), ProfileFrom::Default),
+        },
+    };
+    // A path that exists but cannot be read is SiteUnreadable, later.
+    if matches!(path.try_exists(), Ok(false)) {
+        return Err(ApplyError::SiteMissing { path, from });
+    }
+    Ok(path)
+}
+
+/// Which kind of profile a command needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileKind {
+    /// A node's `site.toml`.
+    Node,
+    /// A cluster profile, with a `[cluster]` table (docs/SITE.md, "Cluster
+    /// profile").
+    Cluster,
+}
+
+/// Reads and parses a profile of `kind`; returns it and its folder, made
+/// absolute.
+///
+/// # Errors
+/// [`ApplyError::ProfileKind`] when it is the other kind; [`ApplyError::Site`]
+/// naming the file and field.
 pub fn read_profile<T: serde::de::DeserializeOwned>(
     path: &Path,
+    kind: ProfileKind,
 ) -> Result<(T, PathBuf), ApplyError> {
     let site_err = |reason: String| ApplyError::Site {
         path: path.to_owned(),
         reason,
     };
     let text = read(path)?;
-    let profile = toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| site_err(e.to_string()))?;
+    let found = if table.contains_key("cluster") {
+        ProfileKind::Cluster
+    } else {
+        ProfileKind::Node
+    };
+    if found != kind {
+        return Err(ApplyError::ProfileKind {
+            path: path.to_owned(),
+            expected: kind,
+        });
+    }
+    let profile = T::deserialize(table).map_err(|e| site_err(e.to_string()))?;
     let dir = std::path::absolute(airlock_formats::durable::parent_of(path))
         .map_err(|e| site_err(e.to_string()))?;
     Ok((profile, dir))
@@ -388,11 +463,25 @@ impl Site {
     /// # Errors
     /// [`ApplyError::Site`] naming the file and field.
     pub fn load(path: &Path) -> Result<Self, ApplyError> {
+        match Self::load_for_reading(path)? {
+            (site, None) => Ok(site),
+            (_, Some(trust_error)) => Err(trust_error),
+        }
+    }
+
+    /// [`Site::load`] for commands that only read the node's state
+    /// (`status`, `history`, `backups list|verify`): when the trusted keys
+    /// cannot be read, the site comes with [`Trust::nothing`] and the error
+    /// that says why, for the command to show.
+    ///
+    /// # Errors
+    /// As [`Site::load`], except for the trusted keys.
+    pub fn load_for_reading(path: &Path) -> Result<(Self, Option<ApplyError>), ApplyError> {
         let site_err = |reason: String| ApplyError::Site {
             path: path.to_owned(),
             reason,
         };
-        let (mut profile, dir): (SiteProfile, PathBuf) = read_profile(path)?;
+        let (mut profile, dir): (SiteProfile, PathBuf) = read_profile(path, ProfileKind::Node)?;
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = dir.join(&*p);
@@ -427,15 +516,28 @@ impl Site {
         if profile.paths.keep_backups == 0 {
             return Err(site_err("paths.keep_backups must be at least 1".into()));
         }
-        let (trust, trust_version) =
-            trust_in_force(path, &profile.trust, &profile.paths.state_dir)?;
-        Ok(Self {
+        let (trust, trust_version, trust_error) =
+            match trust_in_force(path, &profile.trust, &profile.paths.state_dir) {
+                Ok((trust, version)) => (trust, version, None),
+                Err(e) => (
+                    Trust::nothing(),
+                    TrustInForce {
+                        version: 1,
+                        update_sha256: None,
+                        accepted_at: None,
+                        expires_at: None,
+                    },
+                    Some(e),
+                ),
+            };
+        let site = Self {
             path: path.to_owned(),
             dir,
             profile,
             trust,
             trust_version,
-        })
+        };
+        Ok((site, trust_error))
     }
 
     /// Every install path `[binaries]`, `[files]` and `[trees]` map.

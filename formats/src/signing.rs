@@ -429,6 +429,16 @@ impl Trust {
         Ok(Self { keys, threshold })
     }
 
+    /// A trust that accepts nothing: no keys, threshold 1, which no set of
+    /// signatures can meet. For commands that read a site's state but
+    /// verify nothing when its trusted keys cannot be read.
+    pub fn nothing() -> Self {
+        Self {
+            keys: Vec::new(),
+            threshold: 1,
+        }
+    }
+
     /// The trusted keys.
     pub fn keys(&self) -> &[PublicKey] {
         &self.keys

@@ -153,7 +153,8 @@ impl ClusterSite {
             path: path.to_owned(),
             reason,
         };
-        let (mut profile, dir): (ClusterProfile, PathBuf) = read_profile(path)?;
+        let (mut profile, dir): (ClusterProfile, PathBuf) =
+            read_profile(path, crate::site::ProfileKind::Cluster)?;
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = dir.join(&*p);

@@ -7,7 +7,7 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::protocol::{
@@ -31,13 +31,59 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
-    /// `scp` failed.
+    /// `scp` failed, or the bundle's volumes could not be listed here.
     #[error("node {node}: copying the bundle with scp failed: {stderr}")]
     Copy {
         /// The node.
         node: String,
         /// What scp said.
         stderr: String,
+    },
+    /// `scp` failed because ssh cannot log in to the node without a
+    /// prompt: `ssh -o BatchMode=yes HOST true` fails too (permission
+    /// denied, unknown host key, connection refused or timed out).
+    #[error("node {node}: cannot copy the bundle: ssh cannot log in to host {host} as {destination} without a prompt (BatchMode=yes): `{check}` said {said}; set up a login that needs no password, passphrase or host key question (an ssh agent or an identity_file without a passphrase, authorized on the node; the node's host key in known_hosts) until that command succeeds")]
+    Login {
+        /// The node.
+        node: String,
+        /// Its `host`.
+        host: String,
+        /// `[USER@]HOST`.
+        destination: String,
+        /// The login check that failed, as a command line.
+        check: String,
+        /// What ssh printed (quoted), or its exit code.
+        said: String,
+    },
+    /// `scp` failed although ssh logs in: the node's sshd offers no
+    /// working `sftp` subsystem, which OpenSSH 9's scp copies with.
+    #[error("node {node}: cannot copy the bundle: the sshd on host {host} offers no `sftp` subsystem, which scp of OpenSSH 9 and later copies with (scp said {scp_said}; `{check}` said {said}); add `Subsystem sftp internal-sftp` (or the path of sftp-server, e.g. `Subsystem sftp /usr/lib/openssh/sftp-server`) to the node's sshd_config and reload sshd")]
+    NoSftp {
+        /// The node.
+        node: String,
+        /// Its `host`.
+        host: String,
+        /// The subsystem check that failed, as a command line.
+        check: String,
+        /// What ssh printed (quoted), or its exit code.
+        said: String,
+        /// What scp printed (quoted).
+        scp_said: String,
+    },
+    /// `scp` failed although ssh logs in and sftp starts: the file could
+    /// not be written in `bundle_dir`.
+    #[error("node {node}: copying the bundle with scp to {destination}:{target} failed: {said}; ssh login and sftp work, so check that bundle_dir `{dir}` exists on the node, that the login user may write to it, and that it has room for the bundle")]
+    Upload {
+        /// The node.
+        node: String,
+        /// `[USER@]HOST`.
+        destination: String,
+        /// The path scp was given on the node.
+        target: String,
+        /// `bundle_dir`.
+        dir: String,
+        /// What scp printed (quoted), or its exit code.
+        said: String,
     },
     /// Waiting for the command failed.
     #[error("node {node}: {source}")]
@@ -95,6 +141,34 @@ impl NodeRun {
                 .find(|l| !l.trim().is_empty())
                 .map_or_else(|| format!("exit {}", self.code), |l| l.trim().to_owned()),
         }
+    }
+}
+
+/// `-s SUBSYSTEM` goes before the destination, a remote command after it.
+fn split_subsystem<'a>(args: &'a [&'a str]) -> (&'a [&'a str], &'a [&'a str]) {
+    if args.first() == Some(&"-s") {
+        args.split_at(1)
+    } else {
+        (&[], args)
+    }
+}
+
+/// What a command printed on stderr, quoted on one line; its exit code
+/// when it printed nothing.
+fn said(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+        .collect();
+    if lines.is_empty() {
+        match out.status.code() {
+            Some(code) => format!("nothing (exit {code})"),
+            None => "nothing (killed by a signal)".to_owned(),
+        }
+    } else {
+        format!("`{}`", lines.join(" "))
     }
 }
 
@@ -189,12 +263,87 @@ impl NodeProfile {
             .output()
             .map_err(self.spawn_error("scp"))?;
         if !out.status.success() {
-            return Err(NodeError::Copy {
-                node: self.name.clone(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
+            return Err(self.copy_failure(&out, &dir, &target, ssh_options));
         }
         Ok(remote)
+    }
+
+    /// Why `scp` failed. OpenSSH 9's scp says only `Connection closed`
+    /// both when ssh cannot log in and when the node's sshd offers no
+    /// `sftp` subsystem, so this asks ssh itself, one question at a time:
+    /// `ssh -o BatchMode=yes HOST true`, then `ssh -s HOST sftp`.
+    fn copy_failure(
+        &self,
+        scp: &Output,
+        dir: &str,
+        target: &str,
+        ssh_options: &[String],
+    ) -> NodeError {
+        let login_args = ["true"];
+        match self.ask_ssh(ssh_options, &login_args) {
+            Err(e) => return e,
+            Ok(out) if !out.status.success() => {
+                return NodeError::Login {
+                    node: self.name.clone(),
+                    host: self.host.clone().unwrap_or_default(),
+                    destination: self.destination(),
+                    check: self.ssh_line(ssh_options, &login_args),
+                    said: said(&out),
+                };
+            }
+            Ok(_) => {}
+        }
+        let sftp_args = ["-s", "sftp"];
+        match self.ask_ssh(ssh_options, &sftp_args) {
+            Err(e) => e,
+            Ok(out) if !out.status.success() => NodeError::NoSftp {
+                node: self.name.clone(),
+                host: self.host.clone().unwrap_or_default(),
+                check: self.ssh_line(ssh_options, &sftp_args),
+                said: said(&out),
+                scp_said: said(scp),
+            },
+            Ok(_) => NodeError::Upload {
+                node: self.name.clone(),
+                destination: self.destination(),
+                target: target.to_owned(),
+                dir: dir.to_owned(),
+                said: said(scp),
+            },
+        }
+    }
+
+    /// Runs `ssh -o BatchMode=yes … DESTINATION ARGS` (`-s` goes before
+    /// the destination) with its input closed, and returns what it did.
+    fn ask_ssh(&self, ssh_options: &[String], args: &[&str]) -> Result<Output, NodeError> {
+        let (before, after) = split_subsystem(args);
+        self.ssh_base("ssh", ssh_options)
+            .args(before)
+            .arg(self.destination())
+            .args(after)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(self.spawn_error("ssh"))
+    }
+
+    /// [`Self::ask_ssh`] as a command line an operator can run.
+    fn ssh_line(&self, ssh_options: &[String], args: &[&str]) -> String {
+        let (before, after) = split_subsystem(args);
+        let mut line = vec!["ssh".to_owned(), "-o".into(), "BatchMode=yes".into()];
+        if let Some(port) = self.port {
+            line.extend(["-p".to_owned(), port.to_string()]);
+        }
+        if let Some(id) = &self.identity_file {
+            line.extend(["-i".to_owned(), id.display().to_string()]);
+        }
+        line.extend(ssh_options.iter().cloned());
+        line.extend(before.iter().map(|a| (*a).to_owned()));
+        line.push(self.destination());
+        line.extend(after.iter().map(|a| (*a).to_owned()));
+        line.iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Runs `airlock-apply --json ARGS` on the node, passing each event to
@@ -343,6 +492,46 @@ mod tests {
         assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
         assert_eq!(shell_quote("--site"), "--site");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn the_checks_of_a_failed_copy_are_commands_an_operator_can_run() {
+        let mut node = NodeProfile::local("n1", "site.toml");
+        node.transport = TransportKind::Ssh;
+        node.host = Some("db-1".into());
+        node.user = Some("airlock".into());
+        node.port = Some(2222);
+        node.identity_file = Some("/keys/id key".into());
+        let options = ["-o".to_owned(), "ConnectTimeout=5".to_owned()];
+        assert_eq!(
+            node.ssh_line(&options, &["true"]),
+            "ssh -o BatchMode=yes -p 2222 -i '/keys/id key' -o ConnectTimeout=5 airlock@db-1 true"
+        );
+        assert_eq!(
+            node.ssh_line(&[], &["-s", "sftp"]),
+            "ssh -o BatchMode=yes -p 2222 -i '/keys/id key' -s airlock@db-1 sftp"
+        );
+    }
+
+    #[test]
+    fn what_ssh_said_is_quoted_on_one_line() {
+        let out = |stderr: &str| {
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg("exit 255")
+                .status()
+                .unwrap();
+            Output {
+                status,
+                stdout: Vec::new(),
+                stderr: stderr.as_bytes().to_vec(),
+            }
+        };
+        assert_eq!(
+            said(&out("Warning: Permanently added 'h' (ED25519) to the list of known hosts.\r\nsubsystem request failed on channel 0\n")),
+            "`subsystem request failed on channel 0`"
+        );
+        assert_eq!(said(&out("")), "nothing (exit 255)");
     }
 
     #[test]

@@ -322,7 +322,8 @@ impl State {
     }
 
     /// Ends an apply with `outcome`; with `installed` (name, version, bundle
-    /// SHA-256) that release is recorded as installed in the same transaction.
+    /// SHA-256) that release is recorded as installed in the same transaction;
+    /// `at` (Unix seconds) is when it ended, also the installed time.
     ///
     /// # Errors
     /// [`StateError`].
@@ -332,6 +333,7 @@ impl State {
         outcome: ApplyOutcome,
         error: Option<&str>,
         installed: Option<(&str, &Version, &str)>,
+        at: i64,
     ) -> Result<(), StateError> {
         let path = self.path.clone();
         let err = |source: rusqlite::Error| StateError::Sqlite {
@@ -341,7 +343,7 @@ impl State {
         let tx = self.conn.transaction().map_err(err)?;
         tx.execute(
             "UPDATE applies SET finished_at = ?1, outcome = ?2, error = ?3 WHERE id = ?4",
-            params![now(), outcome, error, apply_id],
+            params![at, outcome, error, apply_id],
         )
         .map_err(err)?;
         if let Some((name, version, sha)) = installed {
@@ -349,7 +351,7 @@ impl State {
                 "INSERT INTO installed (id, name, version, bundle_sha256, installed_at) VALUES (1, ?1, ?2, ?3, ?4)
                  ON CONFLICT(id) DO UPDATE SET name = excluded.name, version = excluded.version,
                    bundle_sha256 = excluded.bundle_sha256, installed_at = excluded.installed_at",
-                params![name, version.to_string(), sha, now()],
+                params![name, version.to_string(), sha, at],
             )
             .map_err(err)?;
         }
@@ -513,6 +515,7 @@ mod tests {
                 ApplyOutcome::Ok,
                 None,
                 Some(("demo", &Version::new(1, 1, 0), "00")),
+                now(),
             )
             .unwrap();
         assert_eq!(

@@ -131,6 +131,16 @@ impl State {
     /// # Errors
     /// [`StateError`].
     pub fn audit(&self, entry: &AuditEntry) -> Result<(), StateError> {
+        self.audit_at(entry, now())
+    }
+
+    /// [`State::audit`] with the time `at` (Unix seconds): an apply's entry
+    /// carries the same time as its `applies.finished_at`, so `status` and
+    /// `history` show one time for it.
+    ///
+    /// # Errors
+    /// [`StateError`].
+    pub fn audit_at(&self, entry: &AuditEntry, at: i64) -> Result<(), StateError> {
         // Read the newest entry and append after it in one write
         // transaction, so two writers (a `verify` beside an `apply`) never
         // chain to the same entry. The head is replaced inside it too:
@@ -138,7 +148,7 @@ impl State {
         // the newest entry committed (only a crash between the head and the
         // commit leaves it naming an entry the log does not have).
         self.exec("BEGIN IMMEDIATE")?;
-        let written = self.append_audit(entry).and_then(|(id, hash)| {
+        let written = self.append_audit(entry, at).and_then(|(id, hash)| {
             airlock_formats::durable::write_bytes_atomic(
                 &self.dir.join(AUDIT_HEAD),
                 0o600,
@@ -156,7 +166,7 @@ impl State {
     }
 
     /// Inserts `entry` after the newest one; returns its id and hash.
-    fn append_audit(&self, entry: &AuditEntry) -> Result<(i64, String), StateError> {
+    fn append_audit(&self, entry: &AuditEntry, at: i64) -> Result<(i64, String), StateError> {
         let last: Option<(i64, String)> = self
             .conn
             .query_row(
@@ -172,7 +182,7 @@ impl State {
         };
         let mut row = AuditRow {
             id,
-            at: now(),
+            at,
             user: os_user(),
             action: entry.action.as_str().into(),
             bundle: entry.bundle.clone(),

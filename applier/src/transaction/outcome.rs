@@ -59,16 +59,22 @@ pub(crate) fn record_outcome(
     error: Option<&str>,
     installed: Option<(&str, &Version, &str)>,
 ) -> Result<(), StateError> {
-    state.finish_apply(record.id, outcome, error, installed)?;
-    let audited = state.audit(&AuditEntry {
-        action,
-        bundle: Some(record.bundle.clone()),
-        version: version.map(ToString::to_string),
-        bundle_sha256: Some(record.bundle_sha256.clone()),
-        signers: Some(record.signers.clone()),
-        outcome,
-        error: error.map(str::to_owned),
-    });
+    // One time for the apply's end: its row, the installed release and the
+    // audit entry (status and history agree).
+    let at = crate::state::now();
+    state.finish_apply(record.id, outcome, error, installed, at)?;
+    let audited = state.audit_at(
+        &AuditEntry {
+            action,
+            bundle: Some(record.bundle.clone()),
+            version: version.map(ToString::to_string),
+            bundle_sha256: Some(record.bundle_sha256.clone()),
+            signers: Some(record.signers.clone()),
+            outcome,
+            error: error.map(str::to_owned),
+        },
+        at,
+    );
     if let Err(e) = audited {
         reporter.event("audit", Status::Failed, &e.to_string());
     }

@@ -20,7 +20,7 @@ use airlock_applier::commands::{
 };
 use airlock_applier::protocol::{Message, Status};
 use airlock_applier::report::{eprint_line, print_line};
-use airlock_applier::site::is_cluster_profile;
+use airlock_applier::site::{is_cluster_profile, locate};
 use airlock_applier::{exit, ApplyError, Interrupt, Reporter, Site, VerifyOptions};
 use clap::{CommandFactory as _, Parser, Subcommand};
 
@@ -45,8 +45,9 @@ enum Command {
         /// The bundle file, or a volume set (its index or its folder).
         bundle: PathBuf,
         /// The site profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
         /// Accept the same or a lower version than the installed one, and an
         /// installed version outside the bundle's `upgrades_from`.
         #[arg(long)]
@@ -67,8 +68,9 @@ enum Command {
         /// The bundle file, or a volume set (its index or its folder).
         bundle: PathBuf,
         /// The site profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
         /// As for `apply`.
         #[arg(long)]
         allow_downgrade: bool,
@@ -89,8 +91,9 @@ enum Command {
         /// The bundle file, or a volume set (its index or its folder).
         bundle: PathBuf,
         /// The site profile (a cluster profile with `--mode rolling`).
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
         /// `single`: this node; `rolling`: the cluster, one node at a time.
         #[arg(long, value_enum, default_value_t = Mode::Single)]
         mode: Mode,
@@ -124,15 +127,17 @@ enum Command {
     /// profile: continue the stopped rolling upgrade.
     Resume {
         /// The site profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
     },
     /// Return this node to the version before the last apply, from its backup.
     /// Database writes made since that apply are lost.
     Rollback {
         /// The site profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -140,8 +145,9 @@ enum Command {
     /// Show the installed version, the last applies and the backups.
     Status {
         /// The site profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
     },
     /// The state of the newest rolling upgrade.
     Rollout {
@@ -180,8 +186,9 @@ enum Command {
     /// Show the audit trail: every verify, apply, resume and rollback.
     History {
         /// The site profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
         /// Check the hash chain and exit 8 if an entry was changed or deleted.
         #[arg(long)]
         check: bool,
@@ -220,15 +227,17 @@ enum TrustAction {
         /// The trust update file.
         file: PathBuf,
         /// The site profile, or a cluster profile (the coordinator's trust).
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
     },
     /// The keys in force, their threshold and version, and every trust
     /// update accepted. Changes nothing.
     Show {
         /// The site profile, or a cluster profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
     },
 }
 
@@ -237,14 +246,16 @@ enum RolloutAction {
     /// Each node's version, state and step in the newest rolling upgrade.
     Status {
         /// The cluster profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
     },
     /// Give up a stopped rolling upgrade; every node stays as it is.
     Abandon {
         /// The cluster profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
     },
 }
 
@@ -253,20 +264,23 @@ enum BackupsAction {
     /// Each backup's versions, time, size and whether its hash list still matches.
     List {
         /// The site profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
     },
     /// Re-hash every copy; exit 8 if any backup is damaged or incomplete.
     Verify {
         /// The site profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
     },
     /// Remove old backups, keeping the newest `keep_backups` (or `--keep`).
     Prune {
         /// The site profile.
-        #[arg(long)]
-        site: PathBuf,
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
         /// How many complete backups to keep.
         #[arg(long)]
         keep: Option<usize>,
@@ -365,7 +379,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             allow_expired,
             trust_bundle_time,
         } => {
-            let site = Site::load(&site)?;
+            let site = Site::load(&locate(site)?)?;
             let opts = VerifyOptions {
                 allow_downgrade,
                 reinstall: false,
@@ -383,7 +397,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             allow_expired,
             trust_bundle_time,
         } => {
-            let site = Site::load(&site)?;
+            let site = Site::load(&locate(site)?)?;
             let opts = VerifyOptions {
                 allow_downgrade,
                 reinstall,
@@ -407,6 +421,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             mode,
             wait_for_go,
         } => {
+            let site = locate(site)?;
             if mode == Mode::Rolling {
                 if allow_downgrade || reinstall || allow_expired || trust_bundle_time || wait_for_go
                 {
@@ -466,6 +481,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             );
         }
         Command::Resume { site } => {
+            let site = locate(site)?;
             if is_cluster_profile(&site)? {
                 let cluster = ClusterSite::load(&site)?;
                 rolling::rollout(&cluster, None, reporter, &rollout_interrupt()?)?;
@@ -490,13 +506,13 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             }
         }
         Command::Rollback { site, yes } => {
-            let site = Site::load(&site)?;
+            let site = Site::load(&locate(site)?)?;
             let version =
                 rollback::rollback(&site, reporter, &interrupt()?, |plan| yes || confirm(plan))?;
             reporter.event("done", Status::Ok, &format!("rolled back: {version} runs"));
         }
         Command::Status { site } => {
-            let site = Site::load(&site)?;
+            let site = Site::load(&locate(site)?)?;
             let report = status::status(&site)?;
             if reporter.json() {
                 reporter.message(&Message::Status(report));
@@ -511,12 +527,12 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
         Command::Rollout {
             action: RolloutAction::Abandon { site },
         } => {
-            rolling::abandon(&ClusterSite::load(&site)?, reporter)?;
+            rolling::abandon(&ClusterSite::load(&locate(site)?)?, reporter)?;
         }
         Command::Rollout {
             action: RolloutAction::Status { site },
         } => {
-            let cluster = ClusterSite::load(&site)?;
+            let cluster = ClusterSite::load(&locate(site)?)?;
             let report = rolling::status(&cluster)?;
             if reporter.json() {
                 reporter.message(&Message::Rollout(report));
@@ -525,7 +541,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             }
         }
         Command::History { site, check } => {
-            let site = Site::load(&site)?;
+            let site = Site::load(&locate(site)?)?;
             let none = format!(
                 "no history yet: `{}` has no state database",
                 site.profile.paths.state_dir.display()
@@ -548,7 +564,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
         Command::Backups { action } => backups_command(action, reporter)?,
         Command::Trust { action } => match action {
             TrustAction::Install { file, site } => {
-                let done = trust::install(&site, &file)?;
+                let done = trust::install(&locate(site)?, &file)?;
                 if reporter.json() {
                     print_json(&done);
                 } else {
@@ -568,7 +584,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                 }
             }
             TrustAction::Show { site } => {
-                let shown = trust::show(&site)?;
+                let shown = trust::show(&locate(site)?)?;
                 if reporter.json() {
                     print_json(&shown);
                 } else {
@@ -584,7 +600,7 @@ fn backups_command(action: BackupsAction, reporter: &Reporter) -> Result<(), App
     let verify = matches!(action, BackupsAction::Verify { .. });
     match action {
         BackupsAction::List { site } | BackupsAction::Verify { site } => {
-            let site = Site::load(&site)?;
+            let site = Site::load(&locate(site)?)?;
             let rows = backups::list(&site)?;
             if reporter.json() {
                 print_json(&rows);
@@ -597,7 +613,7 @@ fn backups_command(action: BackupsAction, reporter: &Reporter) -> Result<(), App
             }
         }
         BackupsAction::Prune { site, keep } => {
-            let site = Site::load(&site)?;
+            let site = Site::load(&locate(site)?)?;
             let (keep, removed) = backups::prune(&site, keep)?;
             let mut text: String = removed
                 .iter()
