@@ -452,6 +452,14 @@ pub enum ApplyError {
         /// The kind the command needs.
         expected: crate::site::ProfileKind,
     },
+    /// `extract` was asked for a file the bundle's manifest does not list.
+    #[error("bundle `{}` has no file `{path}`", .bundle.display())]
+    NotInBundle {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The path asked for, made safe to show.
+        path: String,
+    },
     /// The site profile cannot be read.
     #[error("site profile `{}`: {source}", .path.display())]
     SiteUnreadable {
@@ -664,6 +672,10 @@ impl ApplyError {
             Self::SiteUnreadable { .. } => Some(
                 "check the path given with --site and that this user may read it".into(),
             ),
+            Self::NotInBundle { bundle, .. } => Some(format!(
+                "nothing was written; `airlock-apply inspect {} --files` lists the paths it holds",
+                bundle.display()
+            )),
             Self::SiteMissing { .. } => Some(format!(
                 "pass the profile with --site PATH, or set {}=PATH; a node's profile usually lives at {} (docs/SITE.md)",
                 crate::site::SITE_ENV,

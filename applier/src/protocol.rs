@@ -4,8 +4,7 @@
 //! nodes only through these types, and refuses a node whose protocol
 //! version differs from its own ([`parse_line`]).
 //!
-//! `history` and `backups list|verify` print a JSON array of
-//! [`crate::state::AuditRow`] and [`BackupSummary`] instead.
+//! Every command's output is one of these messages (docs/JSON.md).
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +15,7 @@ use crate::transaction::undo::Undo;
 
 /// The protocol version this airlock-apply speaks. It changes whenever a
 /// message's shape changes in a way an older reader would misread.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// Event labels that are not a step's or an undo action's and that readers
 /// act on.
@@ -109,6 +108,10 @@ pub struct StatusReport {
     /// An apply, resume or rollback running now: it holds the node's lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_apply: Option<RunningApply>,
+    /// Why the site's trusted keys cannot be read: `verify` and `apply`
+    /// refuse until it is fixed; `status` still works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_error: Option<String>,
     /// The last five applies, newest first.
     pub applies: Vec<ApplySummary>,
     /// Every backup folder, oldest first.
@@ -148,8 +151,14 @@ pub struct ApplySummary {
     pub to: String,
     /// Unix seconds.
     pub started_at: i64,
-    /// Unix seconds.
+    /// [`airlock_formats::time::rfc3339`] of `started_at`.
+    #[serde(default)]
+    pub started_at_rfc3339: String,
+    /// Unix seconds; the same time as its audit entry's `at`.
     pub finished_at: Option<i64>,
+    /// [`airlock_formats::time::rfc3339`] of `finished_at`.
+    #[serde(default)]
+    pub finished_at_rfc3339: Option<String>,
     /// How it ended.
     pub outcome: ApplyOutcome,
     /// Its backup folder.
@@ -171,6 +180,9 @@ pub struct BackupSummary {
     pub to: Option<String>,
     /// Unix seconds.
     pub created_at: Option<i64>,
+    /// [`airlock_formats::time::rfc3339`] of `created_at`.
+    #[serde(default)]
+    pub created_at_rfc3339: Option<String>,
     /// Bytes in it.
     pub size: u64,
     /// Whether every copy matched its SHA-256 (`backups list|verify` only).
@@ -246,6 +258,145 @@ pub struct RolloutReport {
     pub nodes: Vec<RolloutNode>,
 }
 
+/// `airlock-apply verify`: the bundle may be applied here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifiedReport {
+    /// [`PROTOCOL`].
+    pub protocol: u32,
+    /// The bundle file as given.
+    pub bundle: String,
+    /// Bundle name.
+    pub name: String,
+    /// The version it installs.
+    pub version: String,
+    /// The version installed now.
+    pub installed: String,
+    /// Where that was read: `state database` or `version probe`.
+    pub installed_source: String,
+    /// Trusted key ids whose signatures counted, sorted.
+    pub signers: Vec<String>,
+    /// Signatures the site's trust needs.
+    pub threshold: usize,
+    /// SHA-256 of the whole bundle file (of the joined volumes for a set).
+    pub sha256: String,
+    /// Files in the payload.
+    pub files: usize,
+    /// Bytes of the payload unpacked.
+    pub unpacked_size: u64,
+    /// When it was built, Unix seconds.
+    pub created_at: u64,
+    /// [`airlock_formats::time::rfc3339`] of `created_at`.
+    pub created_at_rfc3339: String,
+    /// When it expires, Unix seconds.
+    pub expires_at: Option<u64>,
+    /// [`airlock_formats::time::rfc3339`] of `expires_at`.
+    pub expires_at_rfc3339: Option<String>,
+    /// The rules an option let it break (`--allow-expired`, ...), in words.
+    pub overrides: Vec<String>,
+    /// The trust version of a trust update it carries that `apply` would
+    /// install.
+    pub carries_trust_version: Option<u64>,
+}
+
+/// `airlock-apply apply`: the new version runs and is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedReport {
+    /// [`PROTOCOL`].
+    pub protocol: u32,
+    /// The version before.
+    pub from: String,
+    /// The version now installed.
+    pub to: String,
+    /// The whole command, milliseconds.
+    pub elapsed_ms: u64,
+    /// From the service's stop to its health check passing, milliseconds.
+    pub downtime_ms: u64,
+    /// The migrations run, `DATABASE:VERSION` each.
+    pub migrations: Vec<String>,
+    /// The backup folder of this apply.
+    pub backup_dir: String,
+    /// Its log file.
+    pub log: String,
+}
+
+/// One audit entry as `history` shows it: the stored row and its time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The row as stored (its hash covers these fields).
+    #[serde(flatten)]
+    pub row: crate::state::AuditRow,
+    /// [`airlock_formats::time::rfc3339`] of `at`.
+    pub at_rfc3339: String,
+}
+
+/// `airlock-apply history`: the audit log, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryReport {
+    /// [`PROTOCOL`].
+    pub protocol: u32,
+    /// Every entry; empty when the node has no state database yet.
+    pub entries: Vec<HistoryEntry>,
+}
+
+/// `airlock-apply history --check` that found the chain intact (a damaged
+/// one is an error, exit 8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryCheckReport {
+    /// [`PROTOCOL`].
+    pub protocol: u32,
+    /// Entries checked; 0 when the node has no state database yet.
+    pub entries: usize,
+    /// Always `true` here.
+    pub intact: bool,
+}
+
+/// `airlock-apply backups list|verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupsReport {
+    /// [`PROTOCOL`].
+    pub protocol: u32,
+    /// Every backup folder, oldest first.
+    pub backups: Vec<BackupSummary>,
+}
+
+/// `airlock-apply backups prune`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedReport {
+    /// [`PROTOCOL`].
+    pub protocol: u32,
+    /// Complete backups kept, at most.
+    pub keep: usize,
+    /// The folders removed.
+    pub removed: Vec<String>,
+}
+
+/// `airlock-apply check-media`: the bundle is whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaReport {
+    /// [`PROTOCOL`].
+    pub protocol: u32,
+    /// The bundle file, or the volume set's index.
+    pub bundle: String,
+    /// SHA-256 of the bundle (of the joined volumes for a set); `null` when
+    /// a set is usable only through its parity.
+    pub sha256: Option<String>,
+    /// Each volume of a set, in order (empty for one file).
+    pub volumes: Vec<airlock_formats::volumes::VolumeCheck>,
+    /// The verdict in words.
+    pub verdict: String,
+}
+
+/// `airlock-apply repair`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairedReport {
+    /// [`PROTOCOL`].
+    pub protocol: u32,
+    /// The new folder with the complete set; `null` when nothing needed it.
+    pub out: Option<String>,
+    /// The volumes rebuilt from parity.
+    pub rebuilt: Vec<String>,
+}
+
 /// One line of `--json` output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -260,6 +411,30 @@ pub enum Message {
     Plan(Plan),
     /// `rollout status`.
     Rollout(RolloutReport),
+    /// `verify`.
+    Verified(VerifiedReport),
+    /// `apply` that installed the new version.
+    Applied(AppliedReport),
+    /// `history`.
+    History(HistoryReport),
+    /// `history --check`.
+    HistoryCheck(HistoryCheckReport),
+    /// `backups list|verify`.
+    Backups(BackupsReport),
+    /// `backups prune`.
+    Pruned(PrunedReport),
+    /// `check-media`.
+    Media(MediaReport),
+    /// `repair`.
+    Repaired(RepairedReport),
+    /// `trust show`.
+    Trust(crate::commands::trust::Shown),
+    /// `trust install`.
+    TrustInstalled(crate::commands::trust::Installed),
+    /// `inspect`.
+    Inspection(crate::commands::inspect::Inspection),
+    /// `extract`.
+    Extracted(crate::commands::inspect::Extracted),
 }
 
 impl Message {

@@ -29,21 +29,103 @@ enum Log {
     Off,
 }
 
+/// How much of a command's progress a person sees on stderr
+/// (docs/OPERATIONS.md, "Reading the output"). JSON output and the log file
+/// always get every event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    /// `--quiet`: failures and the error only.
+    Quiet,
+    /// One line per step, steps done once per file counted into one line
+    /// ([`GROUPED`]); no start lines.
+    Normal,
+    /// `-v`: every event, start lines too.
+    Verbose,
+}
+
+/// Labels of steps and undo actions done once per file or per migration:
+/// at [`Verbosity::Normal`] a run of them is one line with their count.
+pub const GROUPED: &[(&str, &str)] = &[
+    ("install", "files"),
+    ("backup config", "files"),
+    ("backup installed", "files"),
+    ("restore", "files"),
+    ("remove new file", "files"),
+    ("migrate", "migrations"),
+];
+
+/// A run of [`GROUPED`] events not printed yet.
+struct Group {
+    /// Its label.
+    step: String,
+    /// How many finished.
+    done: usize,
+    /// The last one that finished.
+    last: Option<Event>,
+}
+
 /// Prints events and reports.
 pub struct Reporter {
     json: bool,
+    verbosity: Verbosity,
     started: Instant,
     log: RefCell<Log>,
+    group: RefCell<Option<Group>>,
 }
 
 impl Reporter {
-    /// A reporter; `json` selects JSON lines on stdout.
+    /// A reporter; `json` selects JSON lines on stdout; people see
+    /// [`Verbosity::Normal`].
     pub fn new(json: bool) -> Self {
+        Self::with_verbosity(json, Verbosity::Normal)
+    }
+
+    /// A reporter that shows people `verbosity`.
+    pub fn with_verbosity(json: bool, verbosity: Verbosity) -> Self {
         Self {
             json,
+            verbosity,
             started: Instant::now(),
             log: RefCell::new(Log::Early(Vec::new())),
+            group: RefCell::new(None),
         }
+    }
+
+    /// How much people see.
+    pub fn verbosity(&self) -> Verbosity {
+        self.verbosity
+    }
+
+    /// A progress bar over `total` bytes on stderr, in MiB with the rate and
+    /// the time left, when stderr is a terminal and neither `--json` nor
+    /// `--quiet` is given; a hidden one otherwise (its updates cost nothing).
+    pub fn progress_bytes(&self, total: u64) -> indicatif::ProgressBar {
+        self.progress(
+            total,
+            "{spinner} {prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, {eta} left",
+        )
+    }
+
+    /// A progress bar over `total` items (files), as [`Reporter::progress_bytes`].
+    pub fn progress_items(&self, total: u64) -> indicatif::ProgressBar {
+        self.progress(
+            total,
+            "{spinner} {prefix} [{bar:30}] {pos}/{len} files, {per_sec}, {eta} left",
+        )
+    }
+
+    fn progress(&self, total: u64, template: &str) -> indicatif::ProgressBar {
+        if self.json
+            || self.verbosity == Verbosity::Quiet
+            || !std::io::IsTerminal::is_terminal(&std::io::stderr())
+        {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
     }
 
     /// From now on every line also goes to the log file at `path` (appended
@@ -138,15 +220,79 @@ impl Reporter {
         self.emit(&event);
     }
 
-    /// Prints `event` (stderr for people, stdout with `--json`) and logs it.
+    /// Prints `event` (stderr for people, as much as the verbosity shows;
+    /// stdout with `--json`) and logs it.
     pub fn emit(&self, event: &Event) {
         let line = human(event);
         self.log(&line);
         if self.json {
             self.message(&Message::Event(event.clone()));
-        } else {
+            return;
+        }
+        match self.verbosity {
+            Verbosity::Verbose => eprint_line(&line),
+            Verbosity::Quiet => {
+                if event.status == Status::Failed {
+                    eprint_line(&line);
+                }
+            }
+            Verbosity::Normal => self.show(event, line),
+        }
+    }
+
+    /// [`Verbosity::Normal`]: start lines hidden (but the rollback's and the
+    /// wait for go's), a run of [`GROUPED`] events counted into one line.
+    fn show(&self, event: &Event, line: String) {
+        let grouped = GROUPED.iter().any(|(step, _)| *step == event.step);
+        let same = self
+            .group
+            .borrow()
+            .as_ref()
+            .is_some_and(|g| g.step == event.step);
+        if grouped && matches!(event.status, Status::Start | Status::Ok) {
+            if !same {
+                self.flush_group();
+                *self.group.borrow_mut() = Some(Group {
+                    step: event.step.clone(),
+                    done: 0,
+                    last: None,
+                });
+            }
+            if let Some(g) = self.group.borrow_mut().as_mut() {
+                if event.status == Status::Ok {
+                    g.done += 1;
+                    g.last = Some(event.clone());
+                }
+            }
+            return;
+        }
+        self.flush_group();
+        let shown_start = matches!(
+            event.step.as_str(),
+            crate::protocol::label::ROLLBACK | crate::protocol::label::WAIT_FOR_GO
+        );
+        if event.status != Status::Start || shown_start {
             eprint_line(&line);
         }
+    }
+
+    /// Prints the run of grouped events held back: the one line itself when
+    /// there was one, else `ok LABEL: N files`.
+    pub fn flush_group(&self) {
+        let Some(group) = self.group.borrow_mut().take() else {
+            return;
+        };
+        let Some(mut last) = group.last else {
+            return;
+        };
+        if group.done > 1 {
+            let noun = GROUPED
+                .iter()
+                .find(|(step, _)| *step == group.step)
+                .map_or("", |(_, noun)| noun);
+            last.detail = format!("{} {noun} (-v shows each)", group.done);
+        }
+        eprint_line(&human(&last));
     }
 
     /// Prints a message as one JSON line on stdout.
@@ -157,6 +303,7 @@ impl Reporter {
     /// Reports a failed command: `error:` and `help:` on stderr, and with
     /// `--json` an [`ErrorReport`] as the last line on stdout.
     pub fn error(&self, error: &ApplyError) {
+        self.flush_group();
         let text = terminal_safe(&format!("error: {error}"));
         self.log(&text);
         eprint_line(&text);
@@ -168,6 +315,12 @@ impl Reporter {
         if self.json {
             self.message(&Message::Error(ErrorReport::of(error)));
         }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.flush_group();
     }
 }
 

@@ -49,10 +49,10 @@ impl TrustInForce {
                 self.version
             ),
             Some(sha) => format!(
-                "trust version {} (trust update {}, installed at {} Unix seconds)",
+                "trust version {} (trust update {}, installed at {})",
                 self.version,
                 sha.chars().take(12).collect::<String>(),
-                self.accepted_at.unwrap_or_default()
+                crate::commands::status::unix_rfc3339(self.accepted_at.unwrap_or_default())
             ),
         }
     }

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use airlock_formats::time::rfc3339;
 use airlock_formats::{
     BundleError, BundleHeader, BundleSource, KeyId, Manifest, MigrationTool, PayloadSink, Role,
     Sha256Digest, Trust, TrustError, TrustUpdate,
@@ -95,17 +96,18 @@ pub fn check_update_times(
     if i64::try_from(document.created_at).unwrap_or(i64::MAX) > time.saturating_add(clock.skew_secs)
     {
         return Err(format!(
-            "trust version {} was created at {} (Unix seconds), more than {} s ahead: {}",
+            "trust version {} was created at {}, more than {} s ahead: {}",
             document.version,
-            document.created_at,
+            rfc3339(document.created_at),
             clock.skew_secs,
             clock.describe()
         ));
     }
     match document.expires_at {
         Some(expires) if time > i64::try_from(expires).unwrap_or(i64::MAX) => Err(format!(
-            "trust version {} expired at {expires} (Unix seconds); {}",
+            "trust version {} expired at {}; {}",
             document.version,
+            rfc3339(expires),
             clock.describe()
         )),
         _ => Ok(()),
@@ -249,12 +251,19 @@ impl Clock {
     pub fn describe(&self) -> String {
         match &self.highest {
             Some(h) if h.at > self.now => format!(
-                "this node's time is {} (Unix seconds, recorded from {}); its clock says {}, earlier, and airlock never lets time go back",
-                h.at, h.source, self.now
+                "this node's time is {} (recorded from {}); its clock says {}, earlier, and airlock never lets time go back",
+                at(h.at),
+                h.source,
+                at(self.now)
             ),
-            _ => format!("the clock here says {} (Unix seconds)", self.now),
+            _ => format!("the clock here says {}", at(self.now)),
         }
     }
+}
+
+/// [`rfc3339`] of a node time (signed Unix seconds).
+fn at(secs: i64) -> String {
+    crate::commands::status::unix_rfc3339(secs)
 }
 
 /// A rule a bundle broke and an option allowed; each is recorded in the
@@ -292,7 +301,9 @@ impl std::fmt::Display for Override {
         match self {
             Self::Expired { expires_at, time } => write!(
                 f,
-                "--allow-expired: accepted although it expired at {expires_at} (Unix seconds); this node's time was {time}"
+                "--allow-expired: accepted although it expired at {}; this node's time was {}",
+                rfc3339(*expires_at),
+                at(*time)
             ),
             Self::TrustExpired {
                 version,
@@ -300,11 +311,15 @@ impl std::fmt::Display for Override {
                 time,
             } => write!(
                 f,
-                "--allow-expired: accepted although this site's trust version {version} expired at {expires_at} (Unix seconds); this node's time was {time}"
+                "--allow-expired: accepted although this site's trust version {version} expired at {}; this node's time was {}",
+                rfc3339(*expires_at),
+                at(*time)
             ),
             Self::BundleTime { created_at, time } => write!(
                 f,
-                "--trust-bundle-time: accepted its created_at {created_at} (Unix seconds) although this node's time was {time}; this node's time moves forward to it"
+                "--trust-bundle-time: accepted its created_at {} although this node's time was {}; this node's time moves forward to it",
+                rfc3339(*created_at),
+                at(*time)
             ),
         }
     }
@@ -347,8 +362,8 @@ pub fn check_time(
         if !opts.trust_bundle_time {
             return Err(Refusal::new(
                 format!(
-                    "it was created at {} (Unix seconds), more than {} s ahead: {}",
-                    m.created_at,
+                    "it was created at {}, more than {} s ahead: {}",
+                    rfc3339(m.created_at),
                     clock.skew_secs,
                     clock.describe()
                 ),
@@ -365,7 +380,8 @@ pub fn check_time(
             if !opts.allow_expired {
                 return Err(Refusal::new(
                     format!(
-                        "it expired at {expires} (Unix seconds); {}",
+                        "it expired at {}; {}",
+                        rfc3339(expires),
                         clock.describe()
                     ),
                     "ask the release engineer for a fresh bundle; pass --allow-expired only if this old release must be applied anyway (recorded in the audit log)",
@@ -406,8 +422,9 @@ pub fn check_trust_expiry(
     }
     Err(Refusal::new(
         format!(
-            "this site's {} expired at {expires_at} (Unix seconds); {}",
+            "this site's {} expired at {}; {}",
             trust_version.describe(),
+            rfc3339(expires_at),
             clock.describe()
         ),
         "install a newer trust update from your release engineer with `airlock-apply trust install FILE`; pass --allow-expired only to apply this bundle anyway (recorded in the audit log)",

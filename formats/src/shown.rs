@@ -15,6 +15,23 @@ pub fn is_unsafe(c: char) -> bool {
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Bytes as a person reads them: `512 B`, `3.4 KiB`, `201.4 MiB`, `4.0 GiB`
+/// (powers of 1024).
+pub fn bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    #[allow(clippy::cast_precision_loss)] // Shown to one decimal.
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// `text` with unsafe characters escaped (`\u{1b}`, `\n`, ...) and cut to
 /// [`SHOWN_CHARS`] characters, with `…` and the full length when cut.
 pub fn shown(text: &str) -> String {
@@ -66,6 +83,15 @@ pub fn is_safe(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_read_as_a_person_reads_them() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(211_230_250), "201.4 MiB");
+        assert_eq!(bytes(4 << 30), "4.0 GiB");
+    }
 
     #[test]
     fn escapes_controls_and_cuts_long_text() {

@@ -555,7 +555,7 @@ fn write_parity(index: &VolumeIndex, dir: &Path, count: usize) -> Result<Parity,
 }
 
 /// What a check found for one volume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum VolumeState {
     /// Its size and SHA-256 are the index's, and its bytes match the
@@ -571,7 +571,7 @@ pub enum VolumeState {
 }
 
 /// One volume's check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeCheck {
     /// Its file name.
     pub file: String,

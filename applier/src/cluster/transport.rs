@@ -438,7 +438,8 @@ impl NodeProfile {
                     }
                     Ok(Message::Status(status)) => run.status = Some(status),
                     Ok(Message::Error(report)) => run.error = Some(report),
-                    Ok(Message::Plan(_) | Message::Rollout(_)) => {}
+                    // A node's other messages (its `applied` summary) add nothing here.
+                    Ok(_) => {}
                     Err(ProtocolError::Version { found }) => {
                         unreadable = Some(NodeError::Protocol {
                             node: self.name.clone(),

@@ -60,12 +60,13 @@ pub fn render(rows: &[BackupSummary], backup_dir: &Path) -> String {
     rows.iter()
         .map(|r| {
             format!(
-                "{}  {} -> {}  at {}  {} MiB  {}\n",
+                "{}  {} -> {}  at {}  {}  {}\n",
                 r.dir,
                 r.from.as_deref().unwrap_or("?"),
                 r.to.as_deref().unwrap_or("?"),
-                r.created_at.map_or_else(|| "?".into(), |t| t.to_string()),
-                r.size >> 20,
+                r.created_at
+                    .map_or_else(|| "?".into(), crate::commands::status::unix_rfc3339),
+                airlock_formats::shown::bytes(r.size),
                 if r.intact == Some(true) {
                     "hashes match"
                 } else {

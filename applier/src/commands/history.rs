@@ -41,7 +41,7 @@ pub fn render(rows: &[AuditRow]) -> String {
         out.push_str(&format!(
             "#{:<4} {} {:<10} {:<8} {:<14} {} {} sha256 {} signers {}\n",
             r.id,
-            r.at,
+            crate::commands::status::unix_rfc3339(r.at),
             r.user,
             r.action,
             r.outcome,

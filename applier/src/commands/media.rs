@@ -9,7 +9,7 @@ use airlock_formats::volumes::{VolumeError, VolumeState};
 use airlock_formats::{BundleError, BundleSource, DiscardSink};
 
 use crate::error::ApplyError;
-use crate::protocol::Status;
+use crate::protocol::{MediaReport, RepairedReport, Status, PROTOCOL};
 use crate::report::Reporter;
 
 fn refused(bundle: &Path, reason: String, help: &str) -> ApplyError {
@@ -31,7 +31,7 @@ fn refused(bundle: &Path, reason: String, help: &str) -> ApplyError {
 /// [`ApplyError::Refused`] (exit 3) when a volume is bad or missing, or the
 /// file is short or damaged, saying whether parity can rebuild it;
 /// [`ApplyError::Io`] when it cannot be read.
-pub fn check_media(bundle: &Path, reporter: &Reporter) -> Result<(), ApplyError> {
+pub fn check_media(bundle: &Path, reporter: &Reporter) -> Result<MediaReport, ApplyError> {
     let source = match BundleSource::open(bundle) {
         Ok(s) => s,
         Err(BundleError::Volumes(reason)) => {
@@ -75,6 +75,13 @@ pub fn check_media(bundle: &Path, reporter: &Reporter) -> Result<(), ApplyError>
                 ));
             }
             reporter.event("check-media", Status::Ok, &verdict);
+            let report = MediaReport {
+                protocol: PROTOCOL,
+                bundle: set.index_path.display().to_string(),
+                sha256: check.sha256.as_ref().map(ToString::to_string),
+                volumes: check.volumes.clone(),
+                verdict: verdict.clone(),
+            };
             if let Some(sha) = check.sha256 {
                 reporter.event(
                     "sha256",
@@ -85,6 +92,7 @@ pub fn check_media(bundle: &Path, reporter: &Reporter) -> Result<(), ApplyError>
                     ),
                 );
             }
+            Ok(report)
         }
         BundleSource::File { path, .. } => {
             // One pass: every chunk and file checked, every byte hashed.
@@ -98,20 +106,24 @@ pub fn check_media(bundle: &Path, reporter: &Reporter) -> Result<(), ApplyError>
                         "copy the bundle again from the release medium",
                     ),
                 })?;
-            reporter.event(
-                "check-media",
-                Status::Ok,
-                "the file is complete and every payload chunk and file matches its manifest",
-            );
+            let verdict =
+                "the file is complete and every payload chunk and file matches its manifest";
+            reporter.event("check-media", Status::Ok, verdict);
             let name = path.file_name().unwrap_or_default().to_string_lossy();
             reporter.event(
                 "sha256",
                 Status::Ok,
                 &format!("{sha}  {name} (compare with the one `airlock-build build` printed)"),
             );
+            Ok(MediaReport {
+                protocol: PROTOCOL,
+                bundle: path.display().to_string(),
+                sha256: Some(sha.to_string()),
+                volumes: Vec::new(),
+                verdict: verdict.into(),
+            })
         }
     }
-    Ok(())
 }
 
 /// Rebuilds a volume set's damaged and missing volumes from its parity
@@ -122,7 +134,11 @@ pub fn check_media(bundle: &Path, reporter: &Reporter) -> Result<(), ApplyError>
 /// [`ApplyError::Refused`] (exit 3) when more volumes are damaged than
 /// parity can rebuild, or the rebuilt ones do not match the index;
 /// [`ApplyError::Io`] naming the file that could not be read or written.
-pub fn repair(set_path: &Path, out: &Path, reporter: &Reporter) -> Result<(), ApplyError> {
+pub fn repair(
+    set_path: &Path,
+    out: &Path,
+    reporter: &Reporter,
+) -> Result<RepairedReport, ApplyError> {
     let set = airlock_formats::VolumeSet::open(set_path).map_err(|e| {
         refused(
             set_path,
@@ -140,7 +156,11 @@ pub fn repair(set_path: &Path, out: &Path, reporter: &Reporter) -> Result<(), Ap
                 set.index_path.display()
             ),
         );
-        return Ok(());
+        return Ok(RepairedReport {
+            protocol: PROTOCOL,
+            out: None,
+            rebuilt: Vec::new(),
+        });
     }
     reporter.event("repair", Status::Start, &check.verdict(&set));
     let rebuilt = set.repair(out).map_err(|e| match e {
@@ -161,5 +181,9 @@ pub fn repair(set_path: &Path, out: &Path, reporter: &Reporter) -> Result<(), Ap
             out.display()
         ),
     );
-    Ok(())
+    Ok(RepairedReport {
+        protocol: PROTOCOL,
+        out: Some(out.display().to_string()),
+        rebuilt,
+    })
 }

@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod backups;
 pub mod history;
+pub mod inspect;
 pub mod media;
 pub mod plan;
 pub mod resume;

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use airlock_formats::time::rfc3339;
+
 use crate::error::ApplyError;
 use crate::protocol::{
     ApplySummary, BackupSummary, InstalledReport, RunningApply, StatusReport, PROTOCOL,
@@ -13,6 +15,11 @@ use crate::state::State;
 use crate::steps::backup::{self, BackupInfo};
 use crate::verify::installed_version;
 
+/// [`rfc3339`] of a time kept as a signed number of Unix seconds.
+pub fn unix_rfc3339(secs: i64) -> String {
+    u64::try_from(secs).map_or_else(|_| format!("@{secs}"), rfc3339)
+}
+
 /// A backup folder as `status` and `backups list` show it (not re-hashed).
 pub fn backup_summary(b: &BackupInfo) -> BackupSummary {
     BackupSummary {
@@ -21,17 +28,19 @@ pub fn backup_summary(b: &BackupInfo) -> BackupSummary {
         from: b.manifest.as_ref().map(|m| m.from_version.clone()),
         to: b.manifest.as_ref().map(|m| m.to_version.clone()),
         created_at: b.manifest.as_ref().map(|m| m.created_at),
+        created_at_rfc3339: b.manifest.as_ref().map(|m| unix_rfc3339(m.created_at)),
         size: b.size,
         intact: None,
         problems: Vec::new(),
     }
 }
 
-/// Builds the status report of `site`. Changes nothing.
+/// Builds the status report of `site`; `trust_error` says why its trusted
+/// keys could not be read ([`Site::load_for_reading`]). Changes nothing.
 ///
 /// # Errors
 /// [`ApplyError::State`] when the state database cannot be read.
-pub fn status(site: &Site) -> Result<StatusReport, ApplyError> {
+pub fn status(site: &Site, trust_error: Option<String>) -> Result<StatusReport, ApplyError> {
     let state = State::open_existing(&site.profile.paths.state_dir)?;
     let installed = installed_version(site, state.as_ref());
     let (applies, unfinished) = match &state {
@@ -54,6 +63,7 @@ pub fn status(site: &Site) -> Result<StatusReport, ApplyError> {
         }),
         interrupted_apply: interrupted,
         running_apply: running,
+        trust_error,
         applies: applies
             .into_iter()
             .map(|a| ApplySummary {
@@ -63,7 +73,9 @@ pub fn status(site: &Site) -> Result<StatusReport, ApplyError> {
                 from: a.from_version,
                 to: a.to_version,
                 started_at: a.started_at,
+                started_at_rfc3339: unix_rfc3339(a.started_at),
                 finished_at: a.finished_at,
+                finished_at_rfc3339: a.finished_at.map(unix_rfc3339),
                 outcome: a.outcome,
                 backup_dir: a.backup_dir,
                 error: a.error,
@@ -109,14 +121,25 @@ impl StatusReport {
                 site.display()
             ));
         }
+        if let Some(e) = &self.trust_error {
+            out.push_str(&format!(
+                "TRUST UNREADABLE: {e}\n  verify and apply refuse every bundle until it is fixed\n"
+            ));
+        }
         out.push_str("last applies:\n");
         if self.applies.is_empty() {
             out.push_str("  none\n");
         }
         for a in &self.applies {
+            // The end, as `history` shows it; the start while it runs.
+            let at = match (&a.finished_at_rfc3339, a.finished_at) {
+                (Some(text), _) if !text.is_empty() => text.clone(),
+                (_, Some(t)) => unix_rfc3339(t),
+                _ => format!("started {}", unix_rfc3339(a.started_at)),
+            };
             out.push_str(&format!(
-                "  #{} {} -> {} {} at {} ({})\n",
-                a.id, a.from, a.to, a.outcome, a.started_at, a.bundle
+                "  #{} {} -> {} {} at {at} ({})\n",
+                a.id, a.from, a.to, a.outcome, a.bundle
             ));
             if let Some(e) = &a.error {
                 out.push_str(&format!("      {e}\n"));
@@ -131,7 +154,12 @@ impl StatusReport {
                 (Some(from), Some(to)) if b.complete => format!("{from} -> {to}"),
                 _ => "incomplete".to_string(),
             };
-            out.push_str(&format!("  {}  {}  {} MiB\n", b.dir, what, b.size >> 20));
+            out.push_str(&format!(
+                "  {}  {}  {}\n",
+                b.dir,
+                what,
+                airlock_formats::shown::bytes(b.size)
+            ));
         }
         out
     }

@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use airlock_formats::time::rfc3339;
 use airlock_formats::trust::Accepted;
 use airlock_formats::{KeyId, Sha256Digest, TrustUpdate};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::profile::ClusterSite;
 use crate::error::ApplyError;
@@ -53,7 +54,7 @@ fn ids(keys: &[KeyId]) -> String {
 }
 
 /// An installed trust update.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Installed {
     /// The version now in force.
     pub version: u64,
@@ -238,7 +239,7 @@ pub fn install_carried(
 }
 
 /// The trust in force and every version accepted before.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shown {
     /// The version in force.
     pub version: u64,
@@ -250,14 +251,18 @@ pub struct Shown {
     pub threshold: usize,
     /// Expiry of the trust in force, Unix seconds.
     pub expires_at: Option<u64>,
+    /// [`rfc3339`] of `expires_at`.
+    pub expires_at_rfc3339: Option<String>,
     /// Every accepted update, oldest first (version 1, the profile, is not stored).
     pub history: Vec<TrustRecordShown>,
     /// This node's time, Unix seconds (docs/SITE.md, "Time and expiry").
     pub time: i64,
+    /// [`rfc3339`] of `time`.
+    pub time_rfc3339: String,
 }
 
 /// An accepted update, as `trust show` lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrustRecordShown {
     /// Its version.
     pub version: u64,
@@ -267,6 +272,8 @@ pub struct TrustRecordShown {
     pub signers: String,
     /// When it was installed, Unix seconds.
     pub accepted_at: i64,
+    /// [`rfc3339`] of `accepted_at`.
+    pub accepted_at_rfc3339: String,
 }
 
 impl From<TrustRecord> for TrustRecordShown {
@@ -275,6 +282,7 @@ impl From<TrustRecord> for TrustRecordShown {
             version: r.version,
             sha256: r.sha256,
             signers: r.signers,
+            accepted_at_rfc3339: crate::commands::status::unix_rfc3339(r.accepted_at),
             accepted_at: r.accepted_at,
         }
     }
@@ -307,8 +315,10 @@ pub fn show(profile: &Path) -> Result<Shown, ApplyError> {
             .collect(),
         threshold: holder.trust.threshold(),
         expires_at: holder.version.expires_at,
+        expires_at_rfc3339: holder.version.expires_at.map(rfc3339),
         history,
         time: clock.time(),
+        time_rfc3339: crate::commands::status::unix_rfc3339(clock.time()),
     })
 }
 
@@ -322,23 +332,24 @@ impl Shown {
             self.threshold,
             self.keys.join(", ")
         );
+        let time = crate::commands::status::unix_rfc3339(self.time);
         match self.expires_at {
             Some(e) => out.push_str(&format!(
-                "expires at {e} (Unix seconds); this node's time is {}\n",
-                self.time
+                "expires at {}; this node's time is {time}\n",
+                rfc3339(e)
             )),
-            None => out.push_str(&format!(
-                "does not expire; this node's time is {} (Unix seconds)\n",
-                self.time
-            )),
+            None => out.push_str(&format!("does not expire; this node's time is {time}\n")),
         }
         if self.history.is_empty() {
             out.push_str("no trust update installed: the site profile's [trust] is version 1\n");
         }
         for r in &self.history {
             out.push_str(&format!(
-                "version {}: installed at {} (Unix seconds), sha256 {}, signed by {}\n",
-                r.version, r.accepted_at, r.sha256, r.signers
+                "version {}: installed at {}, sha256 {}, signed by {}\n",
+                r.version,
+                crate::commands::status::unix_rfc3339(r.accepted_at),
+                r.sha256,
+                r.signers
             ));
         }
         out

@@ -51,6 +51,33 @@ pub fn verify(site: &Site, bundle: &Path, opts: VerifyOptions) -> Result<Verifie
     Ok(result?)
 }
 
+/// What `verify --json` prints on success.
+pub fn report(v: &Verified) -> crate::protocol::VerifiedReport {
+    let m = &v.header.manifest;
+    crate::protocol::VerifiedReport {
+        protocol: crate::protocol::PROTOCOL,
+        bundle: v.bundle.display().to_string(),
+        name: m.name.clone(),
+        version: m.version.to_string(),
+        installed: v.installed.version.to_string(),
+        installed_source: v.installed.source.into(),
+        signers: v.signers.iter().map(ToString::to_string).collect(),
+        threshold: v.threshold,
+        sha256: v.bundle_sha256.to_hex(),
+        files: m.files.len(),
+        unpacked_size: m.payload.unpacked_size,
+        created_at: m.created_at,
+        created_at_rfc3339: airlock_formats::time::rfc3339(m.created_at),
+        expires_at: m.expires_at,
+        expires_at_rfc3339: m.expires_at.map(airlock_formats::time::rfc3339),
+        overrides: v.overrides.iter().map(ToString::to_string).collect(),
+        carries_trust_version: v
+            .carried_trust
+            .as_ref()
+            .map(|c| c.accepted.document.version),
+    }
+}
+
 /// The line `verify` reports on success.
 pub fn summary(v: &Verified) -> String {
     let m = &v.header.manifest;

@@ -586,8 +586,12 @@ impl std::fmt::Display for TreeSync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} unchanged since the pre-copy, {} compared ({} bytes rewritten), {} copied, {} removed",
-            self.unchanged, self.compared, self.written, self.copied, self.removed
+            "{} unchanged since the pre-copy, {} compared ({} rewritten), {} copied, {} removed",
+            self.unchanged,
+            self.compared,
+            airlock_formats::shown::bytes(self.written),
+            self.copied,
+            self.removed
         )
     }
 }

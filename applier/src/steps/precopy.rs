@@ -129,7 +129,10 @@ impl Synced {
         match self {
             Self::Unchanged => "unchanged since the pre-copy".into(),
             Self::Compared { written } => {
-                format!("compared with the pre-copy, {written} bytes rewritten")
+                format!(
+                    "compared with the pre-copy, {} rewritten",
+                    airlock_formats::shown::bytes(written)
+                )
             }
             Self::Copied => "copied whole".into(),
         }

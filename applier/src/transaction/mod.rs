@@ -574,7 +574,11 @@ impl<'a> Transaction<'a> {
                 match backup::precopy_database(&self.backup_dir, name, path)? {
                     Some((bytes, seen)) => {
                         self.precopies.extend(seen.map(|s| (path.clone(), s)));
-                        none(format!("{name} ({}): {bytes} bytes", path.display()))
+                        none(format!(
+                            "{name} ({}): {}",
+                            path.display(),
+                            airlock_formats::shown::bytes(bytes)
+                        ))
                     }
                     None => none(format!("{name} ({}) does not exist", path.display())),
                 }
@@ -582,7 +586,7 @@ impl<'a> Transaction<'a> {
             Step::PreCopyRaft { dir } => {
                 self.ensure_backup_dir()?;
                 let (seen, bytes) = backup::precopy_tree(&self.backup_dir, "raft", dir)?;
-                let detail = format!("{} bytes", bytes);
+                let detail = airlock_formats::shown::bytes(bytes);
                 self.precopies.extend(seen);
                 none(detail)
             }
@@ -605,7 +609,7 @@ impl<'a> Transaction<'a> {
                         self.precopies.extend(seen.map(|s| (path.clone(), s)));
                     }
                 }
-                none(format!("{bytes} bytes"))
+                none(airlock_formats::shown::bytes(bytes))
             }
             Step::Stop { .. } => {
                 self.control().stop()?;
@@ -616,9 +620,9 @@ impl<'a> Transaction<'a> {
                 let (rec, how) =
                     backup::backup_database(&self.backup_dir, name, path, &self.precopies)?;
                 let detail = format!(
-                    "{name} ({}): {} bytes, {}; integrity_check runs beside the next steps",
+                    "{name} ({}): {}, {}; integrity_check runs beside the next steps",
                     path.display(),
-                    rec.size,
+                    airlock_formats::shown::bytes(rec.size),
                     how.describe()
                 );
                 if let Some(rel) = &rec.file {
@@ -635,9 +639,9 @@ impl<'a> Transaction<'a> {
                 let (rec, sync) =
                     backup::backup_tree(&self.backup_dir, "raft", dir, &self.precopies)?;
                 let detail = format!(
-                    "{} files, {} bytes: {sync}",
+                    "{} files, {}: {sync}",
                     rec.files.len(),
-                    rec.files.iter().map(|f| f.size).sum::<u64>()
+                    airlock_formats::shown::bytes(rec.files.iter().map(|f| f.size).sum::<u64>())
                 );
                 self.backup.raft = Some(rec.clone());
                 Ok((
@@ -797,11 +801,8 @@ impl<'a> Transaction<'a> {
                 what: "the stage step needs the bundle file".into(),
             });
         };
-        let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            indicatif::ProgressBar::new(bytes)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let bar = self.reporter.progress_bytes(bytes);
+        bar.set_prefix("stage");
         let bar_handle = bar.clone();
         for path in self.staged_beside() {
             tree::remove_all(&path)?;
@@ -857,7 +858,8 @@ impl<'a> Transaction<'a> {
         self.state
             .set_bundle_sha256(self.record.id, &self.record.bundle_sha256)?;
         Ok(format!(
-            "{files} files, {bytes} bytes, every SHA-256 matched"
+            "{files} files, {}, every SHA-256 matched",
+            airlock_formats::shown::bytes(bytes)
         ))
     }
 

@@ -209,7 +209,8 @@ impl Step {
     pub fn describe(&self) -> String {
         match self {
             Self::Stage { files, bytes } => format!(
-                "stream {files} files ({bytes} bytes) into the staging folder, checking every SHA-256"
+                "stream {files} files ({}) into the staging folder, checking every SHA-256",
+                airlock_formats::shown::bytes(*bytes)
             ),
             Self::PreStopHook { script } | Self::PostStartHook { script } => {
                 format!("run hook `{script}`")
@@ -268,8 +269,9 @@ impl Step {
                 files,
                 bytes,
             } => format!(
-                "{tree} -> `{}`: {files} files, {bytes} bytes, {}",
+                "{tree} -> `{}`: {files} files, {}, {}",
                 target.display(),
+                airlock_formats::shown::bytes(*bytes),
                 staging.describe()
             ),
             Self::Migrate {

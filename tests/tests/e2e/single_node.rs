@@ -266,13 +266,13 @@ fn writes_after_the_pre_copy_are_in_the_backup_and_the_rollback_keeps_them() {
     };
     let raft = line("ok backup raft:");
     assert!(
-        !raft.contains("pre-copy, 0 compared") && !raft.contains("(0 bytes rewritten)"),
+        !raft.contains("pre-copy, 0 compared") && !raft.contains("(0 B rewritten)"),
         "{raft}"
     );
     let database = line("ok backup database:");
     assert!(
         database.contains("compared with the pre-copy")
-            && !database.contains("pre-copy, 0 bytes rewritten"),
+            && !database.contains("pre-copy, 0 B rewritten"),
         "{database}"
     );
     // The Raft folder the failed start left equals the backup, which holds

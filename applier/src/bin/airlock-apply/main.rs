@@ -16,10 +16,13 @@ use airlock_applier::cluster::{rolling, ClusterSite};
 use airlock_applier::commands::resume::Resumed;
 use airlock_applier::commands::rollback::RollbackPlan;
 use airlock_applier::commands::{
-    apply, backups, history, media, plan, resume, rollback, status, trust, verify,
+    apply, backups, history, inspect, media, plan, resume, rollback, status, trust, verify,
 };
-use airlock_applier::protocol::{Message, Status};
-use airlock_applier::report::{eprint_line, print_line};
+use airlock_applier::protocol::{
+    AppliedReport, BackupsReport, ErrorReport, HistoryCheckReport, HistoryEntry, HistoryReport,
+    Message, PrunedReport, Status, PROTOCOL,
+};
+use airlock_applier::report::{eprint_line, print_line, Verbosity};
 use airlock_applier::site::{is_cluster_profile, locate};
 use airlock_applier::{exit, ApplyError, Interrupt, Reporter, Site, VerifyOptions};
 use clap::{CommandFactory as _, Parser, Subcommand};
@@ -28,10 +31,21 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "airlock-apply", version, about)]
 struct Program {
-    /// Print machine-readable JSON on stdout: one object per step for
-    /// apply, resume and rollback (human text stays on stderr).
+    /// Print JSON on stdout, one object per line (docs/JSON.md): one per
+    /// step for apply, resume and rollback, then the command's result, or
+    /// the error; text for people stays on stderr.
     #[arg(long, global = true)]
     json: bool,
+    /// Show times in UTC rather than in this machine's time zone.
+    #[arg(long, global = true)]
+    utc: bool,
+    /// Show every event: each step's start and each file installed, backed
+    /// up or restored.
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    verbose: bool,
+    /// Show only failures and the error; the exit code tells the rest.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -193,6 +207,39 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Show what a bundle holds without applying it: name, versions, times,
+    /// sizes, signatures (checked against the site's trust when a site
+    /// profile is found) and its SHA-256; with --files, every file. Changes
+    /// nothing.
+    Inspect {
+        /// The bundle file, or a volume set (its index or its folder).
+        bundle: PathBuf,
+        /// List every file: role, mode, size, path in the bundle (what
+        /// `extract` takes) and install path.
+        #[arg(long)]
+        files: bool,
+        /// The site profile whose trust checks the signatures. Default:
+        /// $AIRLOCK_SITE, else /etc/airlock/site.toml, when there is one.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
+    },
+    /// Write one file of a bundle (release notes, a config) to --out for
+    /// reading, once the bundle's signatures meet the site's trust and the
+    /// whole payload matched the signed manifest; on any failure nothing is
+    /// written. Exit 3 when the bundle is refused.
+    Extract {
+        /// The bundle file, or a volume set (its index or its folder).
+        bundle: PathBuf,
+        /// The file's path in the bundle, as `inspect --files` lists it.
+        path: String,
+        /// Where to write it (replaced if it exists; mode 0644).
+        #[arg(long)]
+        out: PathBuf,
+        /// The site profile whose trust checks the signatures.
+        /// Default: $AIRLOCK_SITE, else /etc/airlock/site.toml.
+        #[arg(long, value_name = "PATH")]
+        site: Option<PathBuf>,
+    },
     /// Print a shell completion script for airlock-apply on stdout, e.g.
     /// `airlock-apply completions bash > /etc/bash_completion.d/airlock-apply`
     /// (the Debian package installs them).
@@ -290,8 +337,19 @@ enum BackupsAction {
 fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let program = Program::parse();
-    let reporter = Reporter::new(program.json);
+    let program = match Program::try_parse() {
+        Ok(program) => program,
+        Err(e) => return usage_error(&e),
+    };
+    airlock_formats::time::set_utc(program.utc);
+    let verbosity = if program.quiet {
+        Verbosity::Quiet
+    } else if program.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let reporter = Reporter::with_verbosity(program.json, verbosity);
     match run(program.command, &reporter) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -299,6 +357,31 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// A command line clap refused (exit 2), or `--help` and `--version`
+/// (exit 0): clap's text on stderr (stdout for help), and with `--json` the
+/// error as JSON on stdout too (docs/JSON.md, "Errors").
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let code = u8::try_from(e.exit_code()).unwrap_or(exit::USAGE);
+    let _ = e.print();
+    if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+        let rendered = e.render().to_string();
+        let first = rendered
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_owned();
+        let report = ErrorReport {
+            protocol: PROTOCOL,
+            error: first,
+            exit_code: code,
+            help: Some("run `airlock-apply help` or `airlock-apply COMMAND --help`".into()),
+        };
+        print_line(&Message::Error(report).to_line());
+    }
+    ExitCode::from(code)
 }
 
 fn interrupt() -> Result<Interrupt, ApplyError> {
@@ -341,20 +424,27 @@ fn confirm(plan: &RollbackPlan) -> bool {
     answer.trim() == "yes"
 }
 
-/// Prints a value that is not a protocol message (the arrays of `history`
-/// and `backups`) as JSON.
-fn print_json(value: &impl serde::Serialize) {
-    print_line(&serde_json::to_string(value).unwrap_or_else(|e| format!("\"{e}\"")));
+/// Prints `message` with `--json`, else `text` for a person on stdout.
+fn output(reporter: &Reporter, message: Message, text: impl FnOnce() -> String) {
+    if reporter.json() {
+        reporter.message(&message);
+    } else {
+        print_line(text().trim_end());
+    }
 }
 
-/// Prints `text` for a person (stdout), or with `--json` reports it as an
-/// event named `step`.
-fn say(reporter: &Reporter, step: &str, text: &str) {
-    if reporter.json() {
-        reporter.event(step, Status::Ok, text);
-    } else {
-        print_line(text.trim_end());
+/// Loads a site profile for a command that only reads the node's state: a
+/// trusted key that cannot be read is said on stderr, and the command goes
+/// on (docs/SITE.md, "Where the profile is").
+fn site_for_reading(flag: Option<PathBuf>) -> Result<(Site, Option<String>), ApplyError> {
+    let (site, trust_error) = Site::load_for_reading(&locate(flag)?)?;
+    let trust_error = trust_error.map(|e| e.to_string());
+    if let Some(e) = &trust_error {
+        eprint_line(&format!(
+            "warning: {e}\n  this command only reads the node's state and goes on; verify and apply refuse every bundle until the trusted keys can be read"
+        ));
     }
+    Ok((site, trust_error))
 }
 
 fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
@@ -370,8 +460,62 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                 out.display()
             )))?;
         }
-        Command::CheckMedia { bundle } => media::check_media(&bundle, reporter)?,
-        Command::Repair { set, out } => media::repair(&set, &out, reporter)?,
+        Command::CheckMedia { bundle } => {
+            let report = media::check_media(&bundle, reporter)?;
+            if reporter.json() {
+                reporter.message(&Message::Media(report));
+            }
+        }
+        Command::Repair { set, out } => {
+            let report = media::repair(&set, &out, reporter)?;
+            if reporter.json() {
+                reporter.message(&Message::Repaired(report));
+            }
+        }
+        Command::Inspect {
+            bundle,
+            files,
+            site,
+        } => {
+            // The trust of a site profile when one is named or found; a
+            // bundle can be inspected on a machine without one.
+            let site = match site {
+                Some(path) => Some(site_for_reading(Some(path))?.0),
+                None => match locate(None) {
+                    Ok(path) => Some(site_for_reading(Some(path))?.0),
+                    Err(_) => None,
+                },
+            };
+            let inspection = inspect::inspect(&bundle, site.as_ref(), files)?;
+            output(reporter, Message::Inspection(inspection.clone()), || {
+                inspection.render()
+            });
+        }
+        Command::Extract {
+            bundle,
+            path,
+            out,
+            site,
+        } => {
+            let site = Site::load(&locate(site)?)?;
+            let extracted = inspect::extract(&site, &bundle, &path, &out)?;
+            if reporter.json() {
+                reporter.message(&Message::Extracted(extracted));
+            } else {
+                reporter.event(
+                    "extract",
+                    Status::Ok,
+                    &format!(
+                        "`{}` ({}, sha256 {}, signed by {}) written to {}",
+                        extracted.path,
+                        airlock_formats::shown::bytes(extracted.size),
+                        extracted.sha256,
+                        extracted.signers.join(","),
+                        extracted.out
+                    ),
+                );
+            }
+        }
         Command::Verify {
             bundle,
             site,
@@ -387,7 +531,11 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                 trust_bundle_time,
             };
             let v = verify::verify(&site, &bundle, opts)?;
-            reporter.event("verify", Status::Ok, &verify::summary(&v));
+            if reporter.json() {
+                reporter.message(&Message::Verified(verify::report(&v)));
+            } else {
+                reporter.event("verify", Status::Ok, &verify::summary(&v));
+            }
         }
         Command::Plan {
             bundle,
@@ -405,11 +553,8 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                 trust_bundle_time,
             };
             let plan = plan::plan(&site, &bundle, opts)?;
-            if reporter.json() {
-                reporter.message(&Message::Plan(plan));
-            } else {
-                print_line(plan.render().trim_end());
-            }
+            let text = plan.render();
+            output(reporter, Message::Plan(plan), || text);
         }
         Command::Apply {
             bundle,
@@ -461,6 +606,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                     return Ok(exit::OK);
                 }
             };
+            let elapsed = reporter.elapsed();
             reporter.event(
                 "done",
                 Status::Ok,
@@ -468,7 +614,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                     "{} -> {} in {:.1}s (service down {:.1}s); migrations: {}; backup: {}; log: {}",
                     report.from,
                     report.to,
-                    reporter.elapsed().as_secs_f64(),
+                    elapsed.as_secs_f64(),
                     report.downtime.as_secs_f64(),
                     if report.migrations.is_empty() {
                         "none".into()
@@ -479,6 +625,19 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                     report.log.display()
                 ),
             );
+            if reporter.json() {
+                let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                reporter.message(&Message::Applied(AppliedReport {
+                    protocol: PROTOCOL,
+                    from: report.from.to_string(),
+                    to: report.to.to_string(),
+                    elapsed_ms: ms(elapsed),
+                    downtime_ms: ms(report.downtime),
+                    migrations: report.migrations.clone(),
+                    backup_dir: report.backup_dir.display().to_string(),
+                    log: report.log.display().to_string(),
+                }));
+            }
         }
         Command::Resume { site } => {
             let site = locate(site)?;
@@ -512,17 +671,10 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             reporter.event("done", Status::Ok, &format!("rolled back: {version} runs"));
         }
         Command::Status { site } => {
-            let site = Site::load(&locate(site)?)?;
-            let report = status::status(&site)?;
-            if reporter.json() {
-                reporter.message(&Message::Status(report));
-            } else {
-                print_line(
-                    report
-                        .render(&site.path, &site.profile.paths.backup_dir)
-                        .trim_end(),
-                );
-            }
+            let (site, trust_error) = site_for_reading(site)?;
+            let report = status::status(&site, trust_error)?;
+            let text = report.render(&site.path, &site.profile.paths.backup_dir);
+            output(reporter, Message::Status(report), || text);
         }
         Command::Rollout {
             action: RolloutAction::Abandon { site },
@@ -534,31 +686,52 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
         } => {
             let cluster = ClusterSite::load(&locate(site)?)?;
             let report = rolling::status(&cluster)?;
-            if reporter.json() {
-                reporter.message(&Message::Rollout(report));
-            } else {
-                print_line(report.render(&cluster.profile.paths.state_dir).trim_end());
-            }
+            let text = report.render(&cluster.profile.paths.state_dir);
+            output(reporter, Message::Rollout(report), || text);
         }
         Command::History { site, check } => {
-            let site = Site::load(&locate(site)?)?;
+            let (site, _) = site_for_reading(site)?;
             let none = format!(
                 "no history yet: `{}` has no state database",
                 site.profile.paths.state_dir.display()
             );
             if check {
-                let text = match history::check(&site)? {
-                    Some(n) => format!("audit log intact: {n} entries, hash chain and head match"),
-                    None => none,
-                };
-                say(reporter, "history", &text);
+                let entries = history::check(&site)?;
+                output(
+                    reporter,
+                    Message::HistoryCheck(HistoryCheckReport {
+                        protocol: PROTOCOL,
+                        entries: entries.unwrap_or(0),
+                        intact: true,
+                    }),
+                    || match entries {
+                        Some(n) => {
+                            format!("audit log intact: {n} entries, hash chain and head match")
+                        }
+                        None => none,
+                    },
+                );
             } else {
-                match history::history(&site)? {
-                    Some(rows) if reporter.json() => print_json(&rows),
-                    None if reporter.json() => print_line("[]"),
-                    Some(rows) => print_line(history::render(&rows).trim_end()),
-                    None => print_line(&none),
-                }
+                let rows = history::history(&site)?;
+                let text = rows
+                    .as_deref()
+                    .map_or_else(|| none.clone(), history::render);
+                let entries = rows
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|row| HistoryEntry {
+                        at_rfc3339: status::unix_rfc3339(row.at),
+                        row,
+                    })
+                    .collect();
+                output(
+                    reporter,
+                    Message::History(HistoryReport {
+                        protocol: PROTOCOL,
+                        entries,
+                    }),
+                    || text,
+                );
             }
         }
         Command::Backups { action } => backups_command(action, reporter)?,
@@ -566,7 +739,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             TrustAction::Install { file, site } => {
                 let done = trust::install(&locate(site)?, &file)?;
                 if reporter.json() {
-                    print_json(&done);
+                    reporter.message(&Message::TrustInstalled(done));
                 } else {
                     reporter.event(
                         "trust",
@@ -585,11 +758,8 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             }
             TrustAction::Show { site } => {
                 let shown = trust::show(&locate(site)?)?;
-                if reporter.json() {
-                    print_json(&shown);
-                } else {
-                    print_line(shown.render().trim_end());
-                }
+                let text = shown.render();
+                output(reporter, Message::Trust(shown), || text);
             }
         },
     }
@@ -600,14 +770,19 @@ fn backups_command(action: BackupsAction, reporter: &Reporter) -> Result<(), App
     let verify = matches!(action, BackupsAction::Verify { .. });
     match action {
         BackupsAction::List { site } | BackupsAction::Verify { site } => {
-            let site = Site::load(&locate(site)?)?;
+            let (site, _) = site_for_reading(site)?;
             let rows = backups::list(&site)?;
-            if reporter.json() {
-                print_json(&rows);
-            } else {
-                print_line(backups::render(&rows, &site.profile.paths.backup_dir).trim_end());
-            }
-            match backups::damaged(&rows) {
+            let text = backups::render(&rows, &site.profile.paths.backup_dir);
+            let damaged = backups::damaged(&rows);
+            output(
+                reporter,
+                Message::Backups(BackupsReport {
+                    protocol: PROTOCOL,
+                    backups: rows,
+                }),
+                || text,
+            );
+            match damaged {
                 Some(e) if verify => Err(e),
                 _ => Ok(()),
             }
@@ -623,7 +798,15 @@ fn backups_command(action: BackupsAction, reporter: &Reporter) -> Result<(), App
                 "kept the newest {keep} complete backup(s); removed {}",
                 removed.len()
             ));
-            say(reporter, "prune", &text);
+            output(
+                reporter,
+                Message::Pruned(PrunedReport {
+                    protocol: PROTOCOL,
+                    keep,
+                    removed: removed.iter().map(|d| d.display().to_string()).collect(),
+                }),
+                || text,
+            );
             Ok(())
         }
     }
