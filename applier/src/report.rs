@@ -97,8 +97,9 @@ impl Reporter {
     }
 
     /// A progress bar over `total` bytes on stderr, in MiB with the rate and
-    /// the time left, when stderr is a terminal and neither `--json` nor
-    /// `--quiet` is given; a hidden one otherwise (its updates cost nothing).
+    /// the time left, when stderr is a terminal and none of `--json`,
+    /// `--quiet` and `-v` is given; a hidden one otherwise (its updates cost
+    /// nothing).
     pub fn progress_bytes(&self, total: u64) -> indicatif::ProgressBar {
         self.progress(
             total,
@@ -110,13 +111,41 @@ impl Reporter {
     pub fn progress_items(&self, total: u64) -> indicatif::ProgressBar {
         self.progress(
             total,
-            "{spinner} {prefix} [{bar:30}] {pos}/{len} files, {per_sec}, {eta} left",
+            "{spinner} {prefix} [{bar:30}] {pos}/{len} files, {eta} left",
         )
     }
 
+    /// A bytes bar named `prefix` whose position a thread reads from
+    /// `counter` every 100 ms, counted from its value now: for work that
+    /// counts into a shared counter (the backup's copies,
+    /// [`crate::steps::backup::copied_bytes`]). Cleared when dropped.
+    pub fn progress_polling(&self, total: u64, prefix: &str, counter: fn() -> u64) -> Polling {
+        let bar = self.progress_bytes(total);
+        if bar.is_hidden() {
+            return Polling { bar, stop: None };
+        }
+        bar.set_prefix(prefix.to_owned());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let start = counter();
+        let thread = {
+            let (bar, stop) = (bar.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    bar.set_position(counter().saturating_sub(start));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        Polling {
+            bar,
+            stop: Some((stop, thread)),
+        }
+    }
+
     fn progress(&self, total: u64, template: &str) -> indicatif::ProgressBar {
+        // `-v` prints a line per event, which a bar would draw over.
         if self.json
-            || self.verbosity == Verbosity::Quiet
+            || self.verbosity != Verbosity::Normal
             || !std::io::IsTerminal::is_terminal(&std::io::stderr())
         {
             return indicatif::ProgressBar::hidden();
@@ -321,6 +350,25 @@ impl Reporter {
 impl Drop for Reporter {
     fn drop(&mut self) {
         self.flush_group();
+    }
+}
+
+/// A progress bar kept up to date by a thread ([`Reporter::progress_polling`]).
+pub struct Polling {
+    bar: indicatif::ProgressBar,
+    stop: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.stop.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = thread.join();
+        }
+        self.bar.finish_and_clear();
     }
 }
 

@@ -169,7 +169,7 @@ pub fn copy_file_unsynced(
         let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, input));
         let out = File::create(dst)?;
         let mut writer = BufWriter::with_capacity(1 << 20, out);
-        io::copy(&mut hashing, &mut writer)?;
+        count_copied(io::copy(&mut hashing, &mut writer)?);
         (
             hashing.finish(),
             writer.into_inner().map_err(|e| e.into_error())?,
@@ -191,6 +191,19 @@ pub fn sync_files(files: &[PathBuf], dirs: &[PathBuf]) -> Result<(), StepError> 
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Bytes the backup's copies wrote in this process, for progress bars.
+static COPIED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes [`copy_file`] and [`copy_file_unsynced`] have copied in this
+/// process so far (progress bars read it; nothing else depends on it).
+pub fn copied_bytes() -> u64 {
+    COPIED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn count_copied(n: u64) {
+    COPIED.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Files from this size on are copied inside the kernel by [`copy_file`]
@@ -234,6 +247,7 @@ fn copy_in_kernel(input: &File, out: &File) -> io::Result<(Sha256Digest, u64)> {
                 Ok(0) => break Ok(()),
                 Ok(n) => {
                     end += n;
+                    count_copied(n);
                     // The hash thread stops only after the channel closes.
                     let _ = copied.send(end);
                 }

@@ -93,6 +93,9 @@ pub struct Transaction<'a> {
     /// The steps [`Transaction::run`] was given: the stage step routes
     /// what installs by rename to beside its target from them.
     plan: Vec<Step>,
+    /// The install steps' progress bar, over the files they install: made
+    /// at the first.
+    install_bar: Option<indicatif::ProgressBar>,
     stopped_at: Option<Instant>,
     healthy_at: Option<Instant>,
     /// What the pre-copy steps saw of the live files they copied.
@@ -215,6 +218,7 @@ impl<'a> Transaction<'a> {
             migrations: Vec::new(),
             session: None,
             plan: Vec::new(),
+            install_bar: None,
             stopped_at: None,
             healthy_at: None,
             precopies: PreCopies::new(),
@@ -393,7 +397,28 @@ impl<'a> Transaction<'a> {
         }
         self.reporter.step(step, Status::Start, &step.describe());
         failpoint!(step.failpoint());
-        match self.act(step) {
+        let copying = self.copy_progress(step);
+        if matches!(step, Step::Install { .. }) && self.install_bar.is_none() {
+            let installs = self
+                .plan
+                .iter()
+                .filter(|s| matches!(s, Step::Install { .. }))
+                .count();
+            let bar = self.reporter.progress_items(installs as u64);
+            bar.set_prefix("install");
+            self.install_bar = Some(bar);
+        }
+        let acted = self.act(step);
+        drop(copying);
+        if let Some(bar) = &self.install_bar {
+            if matches!(step, Step::Install { .. }) {
+                bar.inc(1);
+            }
+            if acted.is_err() || bar.position() >= bar.length().unwrap_or(0) {
+                bar.finish_and_clear();
+            }
+        }
+        match acted {
             Ok((detail, undo)) => {
                 if let Some(undo) = &undo {
                     self.push_undo(undo.clone());
@@ -420,6 +445,36 @@ impl<'a> Transaction<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// A progress bar for a step that copies into the backup, over the
+    /// bytes of what it copies (docs/OPERATIONS.md, "Reading the output").
+    fn copy_progress(&self, step: &Step) -> Option<crate::report::Polling> {
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let tree = |dir: &Path| -> u64 {
+            walkdir::WalkDir::new(dir)
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| m.len())
+                .sum()
+        };
+        let total = match step {
+            Step::PreCopyDatabase { path, .. } | Step::BackupDatabase { path, .. } => size(path),
+            Step::PreCopyRaft { dir } | Step::BackupRaft { dir } => tree(dir),
+            Step::PreCopyFiles { config, installed } => {
+                config.iter().chain(installed).map(|p| size(p)).sum()
+            }
+            _ => return None,
+        };
+        if total == 0 {
+            return None;
+        }
+        Some(
+            self.reporter
+                .progress_polling(total, step.label(), backup::copied_bytes),
+        )
     }
 
     /// The undo record a step needs as soon as it begins: it is journaled
