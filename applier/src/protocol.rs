@@ -254,6 +254,12 @@ pub struct RolloutReport {
     pub protocol: u32,
     /// The newest rollout, if any.
     pub rollout: Option<RolloutRecord>,
+    /// [`airlock_formats::time::rfc3339`] of its `started_at`.
+    #[serde(default)]
+    pub started_at_rfc3339: Option<String>,
+    /// [`airlock_formats::time::rfc3339`] of its `finished_at`.
+    #[serde(default)]
+    pub finished_at_rfc3339: Option<String>,
     /// Its nodes.
     pub nodes: Vec<RolloutNode>,
 }

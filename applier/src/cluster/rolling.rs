@@ -1131,6 +1131,8 @@ pub fn status(site: &ClusterSite) -> Result<RolloutReport, ApplyError> {
     let mut report = RolloutReport {
         protocol: PROTOCOL,
         rollout: None,
+        started_at_rfc3339: None,
+        finished_at_rfc3339: None,
         nodes: Vec::new(),
     };
     let Some(state) = State::open_existing(&site.profile.paths.state_dir)? else {
@@ -1138,6 +1140,8 @@ pub fn status(site: &ClusterSite) -> Result<RolloutReport, ApplyError> {
     };
     if let Some(r) = state.latest_rollout()? {
         report.nodes = state.rollout_nodes(r.id)?;
+        report.started_at_rfc3339 = Some(crate::commands::status::unix_rfc3339(r.started_at));
+        report.finished_at_rfc3339 = r.finished_at.map(crate::commands::status::unix_rfc3339);
         report.rollout = Some(r);
     }
     Ok(report)
@@ -1160,6 +1164,13 @@ impl RolloutReport {
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         );
+        out.push_str(&format!(
+            "started {}{}\n",
+            crate::commands::status::unix_rfc3339(r.started_at),
+            r.finished_at
+                .map(|t| format!(", ended {}", crate::commands::status::unix_rfc3339(t)))
+                .unwrap_or_default()
+        ));
         out.push_str(&node_table(&self.nodes));
         out
     }

@@ -383,8 +383,8 @@ fn history_records_every_action_and_detects_tampering() {
     airlock_apply(&["verify", &f.bundle(), "--site", &site]); // refused: already installed
     airlock_apply(&["rollback", "--site", &site, "--yes"]).ok();
     let history = airlock_apply(&["--json", "history", "--site", &site]).ok();
-    let rows: serde_json::Value = serde_json::from_str(history.stdout.trim()).unwrap();
-    let actions: Vec<(&str, &str)> = rows
+    let history: serde_json::Value = serde_json::from_str(history.stdout.trim()).unwrap();
+    let actions: Vec<(&str, &str)> = history["entries"]
         .as_array()
         .unwrap()
         .iter()
@@ -445,7 +445,8 @@ fn backups_are_listed_verified_and_pruned() {
     let site = f.node.site();
     airlock_apply(&["apply", &f.bundle(), "--site", &site]).ok();
     let list = airlock_apply(&["--json", "backups", "list", "--site", &site]).ok();
-    let rows: serde_json::Value = serde_json::from_str(list.stdout.trim()).unwrap();
+    let list: serde_json::Value = serde_json::from_str(list.stdout.trim()).unwrap();
+    let rows = &list["backups"];
     assert_eq!(rows.as_array().unwrap().len(), 1);
     assert_eq!(rows[0]["from"], "1.0.0");
     assert_eq!(rows[0]["to"], "1.1.0");
