@@ -415,7 +415,18 @@ pub fn extract(
         }
     });
     if let Some(e) = failure {
-        return Err(e);
+        return Err(match e {
+            ApplyError::Refused {
+                bundle,
+                reason,
+                help,
+            } if !help.contains("nothing was written") => ApplyError::Refused {
+                bundle,
+                reason,
+                help: format!("{help}; nothing was written"),
+            },
+            other => other,
+        });
     }
     written?;
     let entry = entry.ok_or_else(|| ApplyError::NotInBundle {

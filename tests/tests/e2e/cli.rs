@@ -39,7 +39,7 @@ fn redactions(root: Option<&Path>) -> Redactions {
 }
 
 /// Compares `actual` with the snapshot file `name`.
-fn check(name: &str, actual: &str, root: Option<&Path>) {
+pub(crate) fn check(name: &str, actual: &str, root: Option<&Path>) {
     Assert::new()
         .action_env("SNAPSHOTS")
         .redact_with(redactions(root))
@@ -153,7 +153,7 @@ fn exit_1_the_site_profile_cannot_be_read() {
 
 /// A cluster profile beside the demo site: two local nodes, n1 the leader,
 /// every probe passing; `n2_airlock_apply` is the program run for n2.
-fn cluster_profile(demo: &Demo, n2_airlock_apply: Option<&Path>) -> String {
+pub(crate) fn cluster_profile(demo: &Demo, n2_airlock_apply: Option<&Path>) -> String {
     let cluster = demo.root.join("cluster.toml");
     let n2 = n2_airlock_apply
         .map(|p| format!("airlock_apply = \"{}\"\n", p.display()))
@@ -220,7 +220,8 @@ fn exit_1_a_node_running_another_airlock_version_is_refused() {
 
 #[test]
 fn exit_2_the_command_line_is_wrong() {
-    let run = airlock_apply(&["apply", "bundle.airlock"]);
+    // No bundle.
+    let run = airlock_apply(&["apply", "--site", "site.toml"]);
     check_exit(2, "usage", &run, Path::new("/nonexistent"));
 }
 
@@ -349,7 +350,7 @@ fn shape(value: &Value, keep: &[&str]) -> Value {
 }
 
 /// Every line of a `--json` run's stdout as its shape, one a line.
-fn shapes(stdout: &str) -> String {
+pub(crate) fn shapes(stdout: &str) -> String {
     const KEEP: &[&str] = &[
         "type",
         "protocol",
@@ -413,6 +414,8 @@ fn the_json_of_every_command_keeps_its_shape() {
             vec!["apply", &bundle, "--site", "/nonexistent/site.toml"],
             1,
         ),
+        ("usage-error", vec!["aply"], 2),
+        ("check-media", vec!["check-media", &bundle], 0),
     ];
     for (name, args, code) in cases {
         let mut all = vec!["--json"];

@@ -429,12 +429,12 @@ fn the_audit_log_names_the_real_user_not_user_from_the_environment() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let history = airlock_apply(&["--json", "history", "--site", &site]).ok();
-    let history: serde_json::Value = serde_json::from_str(history.stdout.trim()).unwrap();
+    let run = airlock_apply(&["--json", "history", "--site", &site]).ok();
+    let history: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     let rows = &history["entries"];
     let user = rows[1]["user"].as_str().unwrap();
     assert_eq!(user, "root (uid 0) via sudo by alice", "{rows}");
-    assert!(!history.stdout.contains("mallory"));
+    assert!(!run.stdout.contains("mallory"));
     assert_eq!(rows[0]["user"], "root (uid 0)");
 }
 

@@ -17,6 +17,7 @@ mod field;
 mod harness;
 mod media;
 mod migrations;
+mod operator;
 mod recovery;
 mod refusals;
 mod reproducible;

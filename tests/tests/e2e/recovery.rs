@@ -399,7 +399,7 @@ fn history_records_every_action_and_detects_tampering() {
         actions,
         [("apply", "ok"), ("verify", "refused"), ("rollback", "ok")]
     );
-    let first = &rows[0];
+    let first = &history["entries"][0];
     assert_eq!(first["version"], "1.1.0");
     assert_eq!(
         first["bundle_sha256"].as_str().unwrap(),
