@@ -19,12 +19,11 @@ use crate::error::BuildError;
 use crate::migrations;
 use crate::spec::Spec;
 
-/// How to build.
+/// How to write a [`Prepared`] bundle.
 pub struct BuildOptions<'a> {
-    /// The `bundle.toml`.
-    pub spec: &'a Path,
-    /// The release key that signs the bundle.
-    pub key: &'a SecretKey,
+    /// The release key that signs the bundle; `None` writes it with no
+    /// signature (`build --unsigned`), for `airlock-build sign` elsewhere.
+    pub key: Option<&'a SecretKey>,
     /// Folder the bundle is written to.
     pub out_dir: &'a Path,
     /// zstd level, 1..=22 (default 3).
@@ -101,7 +100,7 @@ impl MigrationsSummary {
     }
 }
 
-/// What `airlock-build build --json` prints.
+/// What `airlock-build build --json` prints (docs/JSON.md, "build").
 #[derive(Debug, serde::Serialize)]
 pub struct BuildSummary {
     /// The bundle file.
@@ -118,8 +117,19 @@ pub struct BuildSummary {
     pub unpacked_size: u64,
     /// Number of payload files.
     pub files: usize,
-    /// The signing key's id.
-    pub key_id: String,
+    /// The signing key's id; `None` for an unsigned bundle (`--unsigned`).
+    pub key_id: Option<String>,
+    /// The build time, Unix seconds (`SOURCE_DATE_EPOCH`, else now).
+    pub created_at: u64,
+    /// `created_at` as RFC 3339.
+    pub created_at_rfc3339: String,
+    /// When sites refuse the bundle, Unix seconds; none without
+    /// `expires_after_days`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// `expires_at` as RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at_rfc3339: Option<String>,
     /// How long the build took, in seconds.
     pub seconds: f64,
     /// Each `[[migrations]]` folder as its tool read it.
@@ -127,17 +137,23 @@ pub struct BuildSummary {
 }
 
 impl BuildReport {
-    /// The summary `build --json` prints; `key_id` signed it in `seconds`.
-    pub fn summary(&self, key_id: String, seconds: f64) -> BuildSummary {
+    /// The summary `build --json` prints; `key_id` signed it (none when
+    /// unsigned) in `seconds`.
+    pub fn summary(&self, key_id: Option<String>, seconds: f64) -> BuildSummary {
+        let m = &self.manifest;
         BuildSummary {
             bundle: self.path.clone(),
-            name: self.manifest.name.clone(),
-            version: self.manifest.version.to_string(),
+            name: m.name.clone(),
+            version: m.version.to_string(),
             size: self.size,
             sha256: self.sha256.to_hex(),
-            unpacked_size: self.manifest.payload.unpacked_size,
-            files: self.manifest.files.len(),
+            unpacked_size: m.payload.unpacked_size,
+            files: m.files.len(),
             key_id,
+            created_at: m.created_at,
+            created_at_rfc3339: airlock_formats::time::rfc3339(m.created_at),
+            expires_at: m.expires_at,
+            expires_at_rfc3339: m.expires_at.map(airlock_formats::time::rfc3339),
             seconds,
             migrations: self.migrations.clone(),
         }
@@ -145,6 +161,7 @@ impl BuildReport {
 }
 
 /// One file to put in the payload.
+#[derive(Debug)]
 struct Planned {
     source: PathBuf,
     path: BundlePath,
@@ -365,14 +382,46 @@ fn plan(spec: &Spec, base: &Path) -> Result<Plan, BuildError> {
     Ok((planned, trees, summaries))
 }
 
-/// Builds and signs a bundle as `OUT_DIR/NAME-VERSION.airlock`.
+/// A spec read and checked, every source found: what [`prepare`] returns
+/// and [`build`] turns into a bundle. Holding one means the
+/// build can fail only on I/O while writing, so the release key (and its
+/// passphrase) is asked for after it.
+#[derive(Debug)]
+pub struct Prepared {
+    spec: Spec,
+    version: Version,
+    upgrades_from: VersionReq,
+    min_applier_version: Version,
+    planned: Vec<Planned>,
+    sizes: Vec<u64>,
+    trees: Vec<Tree>,
+    migrations: Vec<MigrationsSummary>,
+    trust_update: Option<Vec<u8>>,
+}
+
+impl Prepared {
+    /// The bundle's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The bundle's version.
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+}
+
+/// Reads and checks the spec at `spec` and everything it names, without
+/// writing anything or needing a key: the spec's fields, the migrations
+/// folders as their tools read them, the trees, the trust update, and that
+/// every source file exists.
 ///
 /// # Errors
 /// [`BuildError`] naming the spec field or source file at fault: a missing
 /// source, duplicate migration versions, a version that is not SemVer, an
-/// install path that is not absolute; or an I/O error naming the file.
-pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
-    let spec = Spec::load(opts.spec)?;
+/// install path that is not absolute.
+pub fn prepare(spec_path: &Path) -> Result<Prepared, BuildError> {
+    let spec = Spec::load(spec_path)?;
     let version = Version::parse(&spec.version).map_err(|e| {
         BuildError::Invalid(format!(
             "version `{}` is not SemVer 2.0.0 (e.g. 1.2.3): {e}",
@@ -393,8 +442,8 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
             .map_err(|e| BuildError::Invalid(format!("airlock's own version: {e}")))?,
     };
     validate_name(&spec.name).map_err(|r| BuildError::Invalid(format!("name: {r}")))?;
-    let base = airlock_formats::durable::parent_of(opts.spec);
-    let (planned, trees, migration_summaries) = plan(&spec, base)?;
+    let base = airlock_formats::durable::parent_of(spec_path);
+    let (planned, trees, migrations) = plan(&spec, base)?;
     let trust_update = match &spec.trust_update {
         None => None,
         Some(path) => {
@@ -446,7 +495,37 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
         }
         sizes.push(meta.len());
     }
+    Ok(Prepared {
+        spec,
+        version,
+        upgrades_from,
+        min_applier_version,
+        planned,
+        sizes,
+        trees,
+        migrations,
+        trust_update,
+    })
+}
 
+/// Writes the prepared bundle as `OUT_DIR/NAME-VERSION.airlock`, signed by
+/// `opts.key` (or unsigned), replacing the file atomically.
+///
+/// # Errors
+/// [`BuildError`]: an I/O error naming the file, a source that changed
+/// since [`prepare`].
+pub fn build(prepared: Prepared, opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
+    let Prepared {
+        spec,
+        version,
+        upgrades_from,
+        min_applier_version,
+        planned,
+        sizes,
+        trees,
+        migrations: migration_summaries,
+        trust_update,
+    } = prepared;
     let created_at = opts.source_date_epoch.unwrap_or_else(now);
     fs_err::create_dir_all(opts.out_dir).map_err(|source| BuildError::Io {
         context: "creating the output folder".into(),
@@ -555,16 +634,22 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
     };
     let manifest_bytes = manifest.to_json()?;
     let file_name = manifest.file_name();
-    let signature = opts.key.sign(
-        &manifest_bytes,
-        &format!("timestamp:{created_at}\tfile:{file_name}"),
-    );
+    let signatures: Vec<_> = opts
+        .key
+        .map(|key| {
+            key.sign(
+                &manifest_bytes,
+                &format!("timestamp:{created_at}\tfile:{file_name}"),
+            )
+        })
+        .into_iter()
+        .collect();
 
     let out = opts.out_dir.join(&file_name);
     let head = bundle_head(
         &manifest_bytes,
         trust_update.as_deref(),
-        std::slice::from_ref(&signature),
+        &signatures,
         manifest.payload.size,
         created_at,
     )?;

@@ -6,6 +6,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use airlock_formats::digest::sha256_reader;
+use airlock_formats::time::rfc3339;
 use airlock_formats::{
     BundleError, BundleHeader, BundleSource, DiscardSink, KeyId, PublicKey, Sha256Digest,
     SignatureError, Trust,
@@ -84,9 +85,22 @@ pub struct Inspection {
     pub signatures: Vec<SignatureInfo>,
     /// SHA-256 of the whole bundle (of the volumes joined, for a set).
     pub sha256: String,
+    /// The manifest's `created_at`, Unix seconds.
+    pub created_at: u64,
+    /// `created_at` as RFC 3339.
+    pub created_at_rfc3339: String,
+    /// The manifest's `expires_at`, Unix seconds, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// `expires_at` as RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at_rfc3339: Option<String>,
     /// The trust update the bundle carries: its signed document.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trust_update: Option<airlock_formats::TrustDocument>,
+    /// The files `--export` wrote.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exported: Vec<PathBuf>,
 }
 
 fn carried(header: &BundleHeader) -> Option<airlock_formats::TrustDocument> {
@@ -118,7 +132,12 @@ impl Inspection {
                 })
                 .collect(),
             sha256: sha256.to_hex(),
+            created_at: header.manifest.created_at,
+            created_at_rfc3339: rfc3339(header.manifest.created_at),
+            expires_at: header.manifest.expires_at,
+            expires_at_rfc3339: header.manifest.expires_at.map(rfc3339),
             trust_update: carried(header),
+            exported: Vec::new(),
         })
     }
 }
@@ -138,9 +157,9 @@ pub fn render(header: &BundleHeader) -> String {
             "not allowed"
         }
     ));
-    out.push_str(&format!("created at    {} (unix seconds)\n", m.created_at));
+    out.push_str(&format!("created at    {}\n", rfc3339(m.created_at)));
     if let Some(e) = m.expires_at {
-        out.push_str(&format!("expires at    {e} (unix seconds)\n"));
+        out.push_str(&format!("expires at    {}\n", rfc3339(e)));
     }
     if let Some(doc) = carried(header) {
         out.push_str(&format!(
@@ -239,7 +258,11 @@ pub fn render(header: &BundleHeader) -> String {
             f.path
         ));
     }
-    out.push_str("signatures:\n");
+    if header.signatures.is_empty() {
+        out.push_str("signatures:   none (unsigned: `airlock-build sign` it before use)\n");
+    } else {
+        out.push_str("signatures:\n");
+    }
     for s in &header.signatures {
         out.push_str(&format!(
             "  key {}  ({})\n",
@@ -253,12 +276,53 @@ pub fn render(header: &BundleHeader) -> String {
 /// A bundle that passed `verify`.
 #[derive(Debug)]
 pub struct Verified {
+    /// The bundle file, or the volume set's index or folder.
+    pub bundle: PathBuf,
     /// Its manifest and signatures.
     pub header: BundleHeader,
     /// The trusted keys whose signatures counted.
     pub signers: Vec<KeyId>,
     /// How many were needed.
     pub threshold: usize,
+    /// SHA-256 of the whole bundle (of the volumes joined, for a set).
+    pub sha256: Sha256Digest,
+    /// Size of the whole bundle, in bytes.
+    pub size: u64,
+}
+
+/// What `verify --json` prints (docs/JSON.md, "verify").
+#[derive(Debug, Serialize)]
+pub struct VerifySummary {
+    /// The bundle file, or the volume set's index or folder, as given.
+    pub bundle: PathBuf,
+    /// Bundle name.
+    pub name: String,
+    /// Bundle version.
+    pub version: String,
+    /// SHA-256 of the whole bundle.
+    pub sha256: String,
+    /// Size of the whole bundle, in bytes.
+    pub size: u64,
+    /// Number of payload files.
+    pub files: usize,
+    /// Size of the payload unpacked, in bytes.
+    pub unpacked_size: u64,
+    /// The key id of every signature the bundle carries, trusted or not.
+    pub signers: Vec<String>,
+    /// How many distinct trusted keys had to sign.
+    pub threshold: usize,
+    /// The trusted keys whose signatures counted toward the threshold.
+    pub trusted_signers: Vec<String>,
+    /// When the bundle was built, Unix seconds.
+    pub created_at: u64,
+    /// `created_at` as RFC 3339.
+    pub created_at_rfc3339: String,
+    /// When sites refuse the bundle, Unix seconds, when it expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// `expires_at` as RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at_rfc3339: Option<String>,
 }
 
 impl Verified {
@@ -276,6 +340,32 @@ impl Verified {
             ids.join(", ")
         )
     }
+
+    /// The facts `verify --json` prints.
+    pub fn facts(&self) -> VerifySummary {
+        let m = &self.header.manifest;
+        VerifySummary {
+            bundle: self.bundle.clone(),
+            name: m.name.clone(),
+            version: m.version.to_string(),
+            sha256: self.sha256.to_hex(),
+            size: self.size,
+            files: m.files.len(),
+            unpacked_size: m.payload.unpacked_size,
+            signers: self
+                .header
+                .signatures
+                .iter()
+                .map(|s| s.key_id().to_string())
+                .collect(),
+            threshold: self.threshold,
+            trusted_signers: self.signers.iter().map(ToString::to_string).collect(),
+            created_at: m.created_at,
+            created_at_rfc3339: rfc3339(m.created_at),
+            expires_at: m.expires_at,
+            expires_at_rfc3339: m.expires_at.map(rfc3339),
+        }
+    }
 }
 
 /// Why `verify` failed: the keys could not be used, or the bundle is not valid.
@@ -284,6 +374,14 @@ pub enum VerifyFailure {
     /// A trusted key or the threshold is unusable.
     #[error(transparent)]
     Keys(BuildError),
+    /// The bundle carries no signature at all (`build --unsigned`).
+    #[error("bundle {} is unsigned: it carries no signature, the threshold is {threshold}", .bundle.display())]
+    Unsigned {
+        /// The bundle.
+        bundle: PathBuf,
+        /// How many distinct trusted keys must sign.
+        threshold: usize,
+    },
     /// The bundle is invalid (signature, threshold, tampering) or unreadable.
     #[error("bundle {} is not valid: {source}", .bundle.display())]
     Bundle {
@@ -311,6 +409,7 @@ impl VerifyFailure {
     pub fn help(&self) -> Option<&'static str> {
         match self {
             Self::Keys(_) => None,
+            Self::Unsigned { .. } => Some("sign it first: `airlock-build sign BUNDLE --key KEY --out SIGNED` (or without --out, in place)"),
             Self::Bundle {
                 source: BundleError::Io { .. },
                 ..
@@ -356,18 +455,31 @@ pub fn verify(
     };
     let source = BundleSource::open(bundle).map_err(invalid)?;
     let mut signers = Vec::new();
-    let header = source
-        .read(
-            |h| {
-                signers = trust.check(&h.manifest_bytes, &h.signatures)?;
-                Ok(())
-            },
-            Some(&mut DiscardSink),
-        )
-        .map_err(invalid)?;
+    let mut unsigned = false;
+    let read = source.read_hashed(
+        |h| {
+            unsigned = h.signatures.is_empty();
+            signers = trust.check(&h.manifest_bytes, &h.signatures)?;
+            Ok(())
+        },
+        Some(&mut DiscardSink),
+    );
+    let (header, sha256) = match read {
+        Ok(read) => read,
+        Err(BundleError::Signature(_)) if unsigned => {
+            return Err(VerifyFailure::Unsigned {
+                bundle: bundle.to_owned(),
+                threshold: trust.threshold(),
+            })
+        }
+        Err(e) => return Err(invalid(e)),
+    };
     Ok(Verified {
+        bundle: bundle.to_owned(),
         header,
         signers,
         threshold: trust.threshold(),
+        sha256,
+        size: source.len(),
     })
 }

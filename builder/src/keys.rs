@@ -1,11 +1,10 @@
 //! Release keys: `keygen`, loading a secret key, and adding a signature to a bundle.
 
-use fs_err::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use airlock_formats::durable::{write_atomic, write_bytes_atomic};
-use airlock_formats::{read_bundle, rewrite_signatures, DiscardSink, KeyId, SecretKey};
+use airlock_formats::{rewrite_signatures, BundleSource, DiscardSink, KeyId, SecretKey};
 
 use crate::error::BuildError;
 
@@ -77,34 +76,34 @@ pub fn load_secret_key(
     SecretKey::from_minisign(&text, passphrase).map_err(|e| key_err(e.to_string()))
 }
 
-/// Adds a signature by `key` to the bundle at `bundle`, replacing the file durably.
-/// Returns how many signatures the bundle now has.
+/// Adds a signature by `key` to the bundle at `bundle` and writes the result
+/// to `out` durably (a temporary file beside it, fsynced, renamed, its
+/// folder fsynced). `out` may be `bundle` itself, which is then replaced;
+/// any other `out` leaves `bundle` untouched, so it can be on read-only
+/// media, and may be a volume set (docs/FORMAT.md, "Volumes") read whole.
+/// Returns the key ids of the new bundle's signatures.
 ///
 /// # Errors
-/// [`BuildError`] when the bundle is damaged or already signed by this key.
-pub fn sign_bundle(bundle: &Path, key: &SecretKey, timestamp: u64) -> Result<usize, BuildError> {
-    if airlock_formats::VolumeSet::is_set(bundle) {
+/// [`BuildError`] when the bundle is damaged, already signed by this key,
+/// or a volume set to be signed in place.
+pub fn sign_bundle(
+    bundle: &Path,
+    key: &SecretKey,
+    timestamp: u64,
+    out: &Path,
+) -> Result<Vec<KeyId>, BuildError> {
+    let source = BundleSource::open(bundle)?;
+    if matches!(source, BundleSource::Volumes(_)) && out == bundle {
         // Volume 1 holds the signatures: a new one changes it, the index
-        // and every parity volume, so a set is signed as the one file it
-        // was cut from.
+        // and every parity volume, so a set is signed into one new file.
         return Err(BuildError::Invalid(format!(
-            "`{}` is a volume set; sign the bundle file before cutting it: `airlock-build join {0} --out FILE`, `airlock-build sign FILE`, then `airlock-build split FILE`",
+            "`{}` is a volume set, which cannot be signed in place; sign it into one new bundle file with `airlock-build sign {0} --key KEY --out FILE`, then cut that with `airlock-build split FILE` if needed",
             bundle.display()
         )));
     }
-    let open = || {
-        File::open(bundle).map_err(|source| BuildError::Io {
-            context: format!("opening bundle `{}`", bundle.display()),
-            source,
-        })
-    };
     // Read it whole first: nobody should sign a bundle whose payload does not
     // match its manifest.
-    let header = read_bundle(
-        std::io::BufReader::new(open()?),
-        |_| Ok(()),
-        Some(&mut DiscardSink),
-    )?;
+    let header = source.read(|_| Ok(()), Some(&mut DiscardSink))?;
     if header.signatures.iter().any(|s| s.key_id() == key.key_id()) {
         return Err(BuildError::AlreadySigned {
             bundle: bundle.to_owned(),
@@ -119,15 +118,15 @@ pub fn sign_bundle(bundle: &Path, key: &SecretKey, timestamp: u64) -> Result<usi
             header.manifest.file_name()
         ),
     ));
-    let input = open()?;
-    write_atomic(bundle, 0o644, |f| {
+    let input = source.reader()?;
+    write_atomic(out, 0o644, |f| {
         let w = rewrite_signatures(
-            std::io::BufReader::new(input),
+            std::io::BufReader::with_capacity(1 << 20, input),
             BufWriter::new(f),
             &signatures,
         )
         .map_err(std::io::Error::other)?;
         w.into_inner().map(|_| ()).map_err(|e| e.into_error())
     })?;
-    Ok(signatures.len())
+    Ok(signatures.iter().map(|s| s.key_id()).collect())
 }

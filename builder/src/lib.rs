@@ -10,5 +10,5 @@ pub mod spec;
 pub mod trees;
 pub mod trust;
 
-pub use build::{build, this_platform, BuildOptions, BuildReport};
+pub use build::{build, prepare, this_platform, BuildOptions, BuildReport, Prepared};
 pub use error::BuildError;

@@ -59,8 +59,9 @@ pub fn new_update(
 }
 
 /// Adds a signature by `key` to the trust update `file` (replacing that
-/// key's earlier one), durably. Returns the document and how many
-/// signatures the file now has.
+/// key's earlier one) and writes the result to `out` durably: `file`
+/// itself, or a new file that leaves `file` untouched. Returns the document
+/// and how many signatures the update now has.
 ///
 /// # Errors
 /// [`BuildError::Invalid`] when the file is not a trust update.
@@ -68,6 +69,7 @@ pub fn sign_update(
     file: &Path,
     key: &SecretKey,
     timestamp: u64,
+    out: &Path,
 ) -> Result<(TrustDocument, usize), BuildError> {
     let bytes = fs_err::read(file).map_err(|e| BuildError::Io {
         context: "reading the trust update".into(),
@@ -81,6 +83,6 @@ pub fn sign_update(
     update
         .add_signature(&signature)
         .map_err(|e| invalid(file, e))?;
-    write(file, &update)?;
+    write(out, &update)?;
     Ok((document, update.signatures.len()))
 }

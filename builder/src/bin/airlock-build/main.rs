@@ -1,9 +1,14 @@
 //! `airlock-build`: the release engineer's command line.
 //!
 //! Exit codes: 0 success; 1 the command failed (bad spec, missing source, key
-//! problem, I/O); 2 the command line is wrong; 3 `verify` found the bundle
-//! invalid (signature, threshold, tampering), or `inspect` found it
-//! malformed, short or missing a volume.
+//! problem, I/O, an I/O error while `verify` reads the bundle); 2 the command
+//! line is wrong; 3 `verify` found the bundle invalid (unsigned, signature,
+//! threshold, tampering), or `inspect` found it malformed, short or missing
+//! a volume.
+//!
+//! With `--json`, stdout carries one JSON object a line, each with a
+//! `"type"` (docs/JSON.md, "airlock-build"), and a failure ends it with an
+//! `{"type":"error",...}` line; text for people stays on stderr.
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -11,9 +16,14 @@ use std::process::ExitCode;
 
 use airlock_builder::check;
 use airlock_builder::keys::{keygen, load_secret_key, sign_bundle};
-use airlock_builder::{build, BuildError, BuildOptions};
+use airlock_builder::{build, prepare, BuildError, BuildOptions};
+use airlock_formats::time::rfc3339;
 use anyhow::{anyhow, Context as _};
 use clap::{CommandFactory as _, Parser, Subcommand};
+
+mod json;
+
+use json::Output;
 
 /// Build, sign and check airlock bundles.
 #[derive(Parser)]
@@ -22,6 +32,13 @@ struct Program {
     /// Never draw progress bars.
     #[arg(long, global = true)]
     no_progress: bool,
+    /// Print the results on stdout as JSON, one object a line with a
+    /// "type" (docs/JSON.md); text for people goes to stderr.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Show times in UTC rather than the local time zone.
+    #[arg(long, global = true)]
+    utc: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,17 +60,18 @@ enum Command {
         #[arg(long)]
         spec: PathBuf,
         /// The secret key that signs the bundle.
-        #[arg(long)]
-        key: PathBuf,
+        #[arg(long, required_unless_present = "unsigned")]
+        key: Option<PathBuf>,
+        /// Write the bundle with no signature, to be signed with `sign`
+        /// elsewhere (e.g. on an offline machine holding the key).
+        #[arg(long, conflicts_with = "key")]
+        unsigned: bool,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
         /// zstd compression level (1-22).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
         level: i32,
-        /// Print the result as JSON on stdout.
-        #[arg(long)]
-        json: bool,
         /// Write the bundle as volumes of at most SIZE bytes and an index
         /// instead of one file: `fat32` (4 GiB - 1 byte), or a number with
         /// K, M or G (powers of 1024), e.g. `700M`.
@@ -88,22 +106,23 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Add one more signature to a bundle.
+    /// Add one more signature to a bundle, in place or into a new file.
     Sign {
-        /// The bundle file.
+        /// The bundle file (with --out, also a volume set).
         bundle: PathBuf,
         /// The secret key that signs.
         #[arg(long)]
         key: PathBuf,
+        /// Write the signed bundle to this new file and leave BUNDLE as it
+        /// is (e.g. on read-only media); without it, BUNDLE is replaced.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Print a bundle's manifest, signer key ids and SHA-256 without
     /// unpacking its payload.
     Inspect {
         /// The bundle file, or a volume set (its index or its folder).
         bundle: PathBuf,
-        /// Print JSON on stdout.
-        #[arg(long)]
-        json: bool,
         /// Also write the exact manifest bytes as DIR/manifest.json and each
         /// signature as DIR/signature-KEYID.minisig, for `minisign -Vm
         /// manifest.json -x signature-KEYID.minisig -p KEY.pub`.
@@ -168,13 +187,17 @@ enum TrustCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Add a signature to a trust update.
+    /// Add a signature to a trust update, in place or into a new file.
     Sign {
         /// The trust update file.
         file: PathBuf,
         /// The secret key that signs.
         #[arg(long)]
         key: PathBuf,
+        /// Write the signed update to this file and leave FILE as it is;
+        /// without it, FILE is replaced.
+        #[arg(long, value_name = "OUT")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -191,7 +214,12 @@ fn parse_parity(text: &str) -> Result<u32, String> {
 }
 
 /// Cuts `bundle` into a volume set in `out` and says what it wrote.
-fn split_into(bundle: &Path, out: &Path, volume_size: u64, parity: u32) -> anyhow::Result<PathBuf> {
+fn split_into(
+    bundle: &Path,
+    out: &Path,
+    volume_size: u64,
+    parity: u32,
+) -> anyhow::Result<json::Split> {
     let (index_path, index) = airlock_formats::volumes::split(bundle, out, volume_size, parity)?;
     eprintln!(
         "wrote {} volume(s) of at most {volume_size} bytes{} and the index {}",
@@ -203,7 +231,15 @@ fn split_into(bundle: &Path, out: &Path, volume_size: u64, parity: u32) -> anyho
         index_path.display()
     );
     eprintln!("sha256 {}  {}", index.sha256, index.bundle);
-    Ok(index_path)
+    Ok(json::Split {
+        index: index_path,
+        bundle: index.bundle.clone(),
+        sha256: index.sha256.to_hex(),
+        size: index.size,
+        volumes: index.volumes.len(),
+        parity_volumes: index.parity_count(),
+        volume_size,
+    })
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -211,13 +247,17 @@ const EXIT_INVALID: u8 = 3;
 
 fn main() -> ExitCode {
     let program = Program::parse();
-    match run(program) {
+    airlock_formats::time::set_utc(program.utc);
+    let output = Output::new(program.json);
+    match run(program, &output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {}", report(&failure.error));
-            if let Some(help) = failure.help {
+            let error = report(&failure.error);
+            eprintln!("error: {error}");
+            if let Some(help) = &failure.help {
                 eprintln!("\nhelp: {help}");
             }
+            output.error(&error, failure.help.as_deref(), failure.code);
             ExitCode::from(failure.code)
         }
     }
@@ -308,76 +348,104 @@ fn load_key(path: &Path) -> Result<airlock_formats::SecretKey, BuildError> {
     load_secret_key(path, || passphrase_for(&path.display().to_string(), false))
 }
 
-fn run(program: Program) -> Result<(), Failure> {
+fn run(program: Program, output: &Output) -> Result<(), Failure> {
     let progress = !program.no_progress && std::io::stderr().is_terminal();
     match program.command {
         Command::Keygen { out, unencrypted } => {
             let passphrase = if unencrypted {
                 None
             } else {
-                Some(passphrase_for("the new key", true).map_err(|e| anyhow!("keygen {e}"))?)
+                let p = passphrase_for("the new key", true).map_err(|e| anyhow!("keygen {e}"))?;
+                if p.is_empty() {
+                    // As `minisign -G` does, an empty passphrase is taken
+                    // (the key is encrypted with it), but it protects nothing.
+                    eprintln!(
+                        "warning: the passphrase is empty, so the secret key is not protected: anyone who copies {} can sign; to mean that, use --unencrypted",
+                        airlock_builder::keys::key_paths(&out).0.display()
+                    );
+                }
+                Some(p)
             };
+            let encrypted = passphrase.is_some();
             let (key_id, secret, public) = keygen(&out, passphrase)?;
             eprintln!("wrote {} and {}", secret.display(), public.display());
-            println!("{key_id}");
+            output.result(
+                "key",
+                &json::Key {
+                    key_id: key_id.to_string(),
+                    secret_key: secret,
+                    public_key: public,
+                    encrypted,
+                },
+                || Some(key_id.to_string()),
+            )?;
         }
         Command::Build {
             spec,
             key,
+            unsigned,
             out,
             level,
-            json,
             volume_size,
             parity,
         } => {
-            let key = load_key(&key)?;
+            // Everything that can fail without the key first: a mistake in
+            // the spec costs no passphrase.
             let started = std::time::Instant::now();
-            let report = build(&BuildOptions {
-                spec: &spec,
-                key: &key,
-                out_dir: &out,
-                level,
-                source_date_epoch: source_date_epoch()?,
-                progress,
-            })?;
+            let prepared = prepare(&spec)?;
+            let key = match (&key, unsigned) {
+                (Some(path), false) => Some(load_key(path)?),
+                _ => None,
+            };
+            let report = build(
+                prepared,
+                &BuildOptions {
+                    key: key.as_ref(),
+                    out_dir: &out,
+                    level,
+                    source_date_epoch: source_date_epoch()?,
+                    progress,
+                },
+            )?;
             let m = &report.manifest;
-            if json {
-                let summary =
-                    report.summary(key.key_id().to_string(), started.elapsed().as_secs_f64());
-                println!("{}", serde_json::to_string(&summary)?);
-            } else {
-                for folder in &report.migrations {
-                    eprintln!("{}", folder.line());
-                }
-                eprintln!(
-                    "built {} ({} files, {} bytes unpacked, {} bytes bundle) in {:.1}s, signed by {}",
-                    report.path.display(),
-                    m.files.len(),
-                    m.payload.unpacked_size,
-                    report.size,
-                    started.elapsed().as_secs_f64(),
-                    key.key_id()
-                );
-                eprintln!(
-                    "sha256 {}  {}",
-                    report.sha256,
-                    report
-                        .path
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                );
+            let key_id = key.as_ref().map(|k| k.key_id().to_string());
+            for folder in &report.migrations {
+                eprintln!("{}", folder.line());
             }
-            if let Some(size) = volume_size {
-                // The one file was this command's own output: the volumes
-                // replace it.
-                let index = split_into(&report.path, &out, size, parity.unwrap_or(0))?;
-                fs_err::remove_file(&report.path)?;
-                if !json {
-                    println!("{}", index.display());
+            eprintln!(
+                "built {} ({} files, {} bytes unpacked, {} bytes bundle) in {:.1}s, {}",
+                report.path.display(),
+                m.files.len(),
+                m.payload.unpacked_size,
+                report.size,
+                started.elapsed().as_secs_f64(),
+                key_id.as_ref().map_or_else(
+                    || "unsigned: sign it with `airlock-build sign` before use".to_owned(),
+                    |id| format!("signed by {id}")
+                )
+            );
+            eprintln!(
+                "sha256 {}  {}",
+                report.sha256,
+                report
+                    .path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+            );
+            let summary = report.summary(key_id, started.elapsed().as_secs_f64());
+            match volume_size {
+                None => output.result("built", &summary, || {
+                    Some(report.path.display().to_string())
+                })?,
+                Some(size) => {
+                    output.result("built", &summary, || None)?;
+                    // The one file was this command's own output: the
+                    // volumes replace it.
+                    let split = split_into(&report.path, &out, size, parity.unwrap_or(0))?;
+                    fs_err::remove_file(&report.path)?;
+                    output.result("split", &split, || Some(split.index.display().to_string()))?;
                 }
-            } else if !json {
-                println!("{}", report.path.display());
             }
         }
         Command::Completions { shell } => {
@@ -388,6 +456,7 @@ fn run(program: Program) -> Result<(), Failure> {
             fs_err::create_dir_all(&out)?;
             clap_mangen::generate_to(Program::command(), &out)
                 .with_context(|| format!("writing manual pages into {}", out.display()))?;
+            output.result("manpages", &json::Manpages { dir: out }, || None)?;
         }
         Command::Split {
             bundle,
@@ -395,8 +464,8 @@ fn run(program: Program) -> Result<(), Failure> {
             parity,
             out,
         } => {
-            let index = split_into(&bundle, &out, volume_size, parity.unwrap_or(0))?;
-            println!("{}", index.display());
+            let split = split_into(&bundle, &out, volume_size, parity.unwrap_or(0))?;
+            output.result("split", &split, || Some(split.index.display().to_string()))?;
         }
         Command::Join { set, out } => {
             let set = airlock_formats::VolumeSet::open(&set)?;
@@ -407,18 +476,68 @@ fn run(program: Program) -> Result<(), Failure> {
                 out.display(),
                 set.index.sha256
             );
-            println!("{}", out.display());
+            output.result(
+                "joined",
+                &json::Joined {
+                    bundle: out.clone(),
+                    volumes: set.index.volumes.len(),
+                    sha256: set.index.sha256.to_hex(),
+                    size: set.index.size,
+                },
+                || Some(out.display().to_string()),
+            )?;
         }
-        Command::Sign { bundle, key } => {
+        Command::Sign { bundle, key, out } => {
             let key = load_key(&key)?;
             let timestamp = source_date_epoch()?.unwrap_or_else(unix_now);
-            let count = sign_bundle(&bundle, &key, timestamp)
-                .with_context(|| format!("signing {}", bundle.display()))?;
-            eprintln!(
-                "signed {} with key {}; it now has {count} signature(s)",
-                bundle.display(),
-                key.key_id()
-            );
+            let target = out.as_deref().unwrap_or(&bundle);
+            let signers = sign_bundle(&bundle, &key, timestamp, target).map_err(|e| {
+                let help = match &e {
+                    BuildError::Durable(d)
+                        if out.is_none()
+                            && matches!(
+                                d.source.kind(),
+                                std::io::ErrorKind::ReadOnlyFilesystem
+                                    | std::io::ErrorKind::PermissionDenied
+                            ) =>
+                    {
+                        Some("the bundle's folder cannot be written (read-only media?): write the signed bundle elsewhere with `--out FILE`".to_owned())
+                    }
+                    _ => None,
+                };
+                let error = anyhow::Error::new(e).context(format!("signing {}", bundle.display()));
+                Failure {
+                    help: help.or_else(|| help_for(&error)),
+                    error,
+                    code: EXIT_FAILED,
+                }
+            })?;
+            if out.is_some() {
+                eprintln!(
+                    "wrote {} signed by key {} ({} left as it was); it has {} signature(s)",
+                    target.display(),
+                    key.key_id(),
+                    bundle.display(),
+                    signers.len()
+                );
+            } else {
+                eprintln!(
+                    "signed {} with key {}; it now has {} signature(s)",
+                    bundle.display(),
+                    key.key_id(),
+                    signers.len()
+                );
+            }
+            output.result(
+                "signed",
+                &json::Signed {
+                    bundle: target.to_owned(),
+                    source: bundle.clone(),
+                    key_id: key.key_id().to_string(),
+                    signers: signers.iter().map(ToString::to_string).collect(),
+                },
+                || out.as_ref().map(|o| o.display().to_string()),
+            )?;
         }
         Command::Trust { action } => match action {
             TrustCommand::New {
@@ -444,28 +563,60 @@ fn run(program: Program) -> Result<(), Failure> {
                     doc.threshold,
                     doc.keys.len(),
                     doc.expires_at
-                        .map(|e| format!(", expires at {e} Unix seconds"))
+                        .map(|e| format!(", expires at {}", rfc3339(e)))
                         .unwrap_or_default()
                 );
+                let key_ids = doc
+                    .trust()
+                    .map(|t| t.keys().iter().map(|k| k.key_id().to_string()).collect())
+                    .unwrap_or_default();
+                output.result(
+                    "trust_update",
+                    &json::TrustUpdate {
+                        file: out.clone(),
+                        version: doc.version,
+                        threshold: doc.threshold,
+                        keys: key_ids,
+                        created_at: doc.created_at,
+                        created_at_rfc3339: rfc3339(doc.created_at),
+                        expires_at: doc.expires_at,
+                        expires_at_rfc3339: doc.expires_at.map(rfc3339),
+                    },
+                    || None,
+                )?;
             }
-            TrustCommand::Sign { file, key } => {
+            TrustCommand::Sign { file, key, out } => {
                 let key = load_key(&key)?;
                 let timestamp = source_date_epoch()?.unwrap_or_else(unix_now);
-                let (doc, count) = airlock_builder::trust::sign_update(&file, &key, timestamp)
-                    .with_context(|| format!("signing {}", file.display()))?;
+                let target = out.as_deref().unwrap_or(&file);
+                let (doc, count) =
+                    airlock_builder::trust::sign_update(&file, &key, timestamp, target)
+                        .with_context(|| format!("signing {}", file.display()))?;
                 eprintln!(
-                    "signed trust update {} (version {}) with key {}; it now has {count} signature(s)",
-                    file.display(),
+                    "signed trust update {} (version {}) with key {}; it now has {count} signature(s){}",
+                    target.display(),
                     doc.version,
-                    key.key_id()
+                    key.key_id(),
+                    if out.is_some() {
+                        format!(" ({} left as it was)", file.display())
+                    } else {
+                        String::new()
+                    }
                 );
+                output.result(
+                    "trust_signed",
+                    &json::TrustSigned {
+                        file: target.to_owned(),
+                        source: file.clone(),
+                        version: doc.version,
+                        key_id: key.key_id().to_string(),
+                        signatures: count,
+                    },
+                    || out.as_ref().map(|o| o.display().to_string()),
+                )?;
             }
         },
-        Command::Inspect {
-            bundle,
-            json,
-            export,
-        } => {
+        Command::Inspect { bundle, export } => {
             let (header, sha256) = check::inspect(&bundle).map_err(|e| {
                 let code = match &e {
                     BuildError::Bundle(airlock_formats::BundleError::Io { .. }) | BuildError::Io { .. } => {
@@ -484,29 +635,30 @@ fn run(program: Program) -> Result<(), Failure> {
                     error: anyhow::Error::new(e).context(format!("inspecting {}", bundle.display())),
                 }
             })?;
+            let mut exported = Vec::new();
             if let Some(dir) = export {
-                let written = check::export(&header, &dir)?;
+                exported = check::export(&header, &dir)?;
                 eprintln!(
                     "exported {} file(s) to {}: check them with `minisign -Vm {}/manifest.json -x {0}/signature-KEYID.minisig -p KEY.pub`",
-                    written.len(),
+                    exported.len(),
                     dir.display(),
                     dir.display()
                 );
             }
-            if json {
-                let inspection = check::Inspection::of(&header, &sha256)?;
-                println!("{}", serde_json::to_string(&inspection)?);
-            } else {
-                print!("{}", check::render(&header));
-                println!("sha256        {sha256}");
-            }
+            let mut inspection = check::Inspection::of(&header, &sha256)?;
+            inspection.exported = exported;
+            output.result("inspection", &inspection, || {
+                Some(format!("{}sha256        {sha256}", check::render(&header)))
+            })?;
         }
         Command::Verify {
             bundle,
             trust,
             threshold,
         } => match check::verify(&bundle, &trust, threshold) {
-            Ok(verified) => println!("{}", verified.summary()),
+            Ok(verified) => {
+                output.result("verified", &verified.facts(), || Some(verified.summary()))?;
+            }
             Err(e) => {
                 return Err(Failure {
                     help: e.help().map(str::to_owned),
