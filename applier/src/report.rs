@@ -54,14 +54,27 @@ pub const GROUPED: &[(&str, &str)] = &[
     ("migrate", "migrations"),
 ];
 
+/// The noun of a [`GROUPED`] step, also when a rolling upgrade's
+/// coordinator relays it as `NODE: STEP`.
+fn grouped_noun(step: &str) -> Option<&'static str> {
+    let own = step.rsplit(": ").next().unwrap_or(step);
+    GROUPED
+        .iter()
+        .find(|(label, _)| *label == own)
+        .map(|(_, noun)| *noun)
+}
+
 /// A run of [`GROUPED`] events not printed yet.
 struct Group {
     /// Its label.
     step: String,
-    /// How many finished.
-    done: usize,
-    /// The last one that finished.
+    /// How many finished, or began when none finished (a coordinator
+    /// relays a node's start lines only).
+    count: usize,
+    /// The last one that finished (or began).
     last: Option<Event>,
+    /// Whether `count` counts finished ones.
+    finished: bool,
 }
 
 /// Prints events and reports.
@@ -71,6 +84,7 @@ pub struct Reporter {
     started: Instant,
     log: RefCell<Log>,
     group: RefCell<Option<Group>>,
+    starts: std::cell::Cell<bool>,
 }
 
 impl Reporter {
@@ -88,7 +102,14 @@ impl Reporter {
             started: Instant::now(),
             log: RefCell::new(Log::Early(Vec::new())),
             group: RefCell::new(None),
+            starts: std::cell::Cell::new(false),
         }
+    }
+
+    /// From now on [`Verbosity::Normal`] shows start lines too: a rolling
+    /// upgrade's coordinator relays each node's steps as they begin.
+    pub fn show_start_lines(&self) {
+        self.starts.set(true);
     }
 
     /// How much people see.
@@ -272,41 +293,55 @@ impl Reporter {
     /// [`Verbosity::Normal`]: start lines hidden (but the rollback's and the
     /// wait for go's), a run of [`GROUPED`] events counted into one line.
     fn show(&self, event: &Event, line: String) {
-        let grouped = GROUPED.iter().any(|(step, _)| *step == event.step);
-        let same = self
-            .group
-            .borrow()
-            .as_ref()
-            .is_some_and(|g| g.step == event.step);
+        let grouped = grouped_noun(&event.step).is_some();
         if grouped && matches!(event.status, Status::Start | Status::Ok) {
+            let same = self
+                .group
+                .borrow()
+                .as_ref()
+                .is_some_and(|g| g.step == event.step);
             if !same {
                 self.flush_group();
                 *self.group.borrow_mut() = Some(Group {
                     step: event.step.clone(),
-                    done: 0,
+                    count: 0,
                     last: None,
+                    finished: false,
                 });
             }
             if let Some(g) = self.group.borrow_mut().as_mut() {
-                if event.status == Status::Ok {
-                    g.done += 1;
-                    g.last = Some(event.clone());
+                match event.status {
+                    Status::Ok if !g.finished => {
+                        (g.count, g.finished) = (1, true);
+                        g.last = Some(event.clone());
+                    }
+                    Status::Ok => {
+                        g.count += 1;
+                        g.last = Some(event.clone());
+                    }
+                    _ if !g.finished => {
+                        g.count += 1;
+                        g.last = Some(event.clone());
+                    }
+                    _ => {}
                 }
             }
             return;
         }
         self.flush_group();
-        let shown_start = matches!(
-            event.step.as_str(),
-            crate::protocol::label::ROLLBACK | crate::protocol::label::WAIT_FOR_GO
-        );
+        let shown_start = self.starts.get()
+            || matches!(
+                event.step.as_str(),
+                crate::protocol::label::ROLLBACK | crate::protocol::label::WAIT_FOR_GO
+            );
         if event.status != Status::Start || shown_start {
             eprint_line(&line);
         }
     }
 
     /// Prints the run of grouped events held back: the one line itself when
-    /// there was one, else `ok LABEL: N files`.
+    /// there was one, else `ok LABEL: N files`. Start lines alone are shown
+    /// only where start lines are ([`Reporter::show_start_lines`]).
     pub fn flush_group(&self) {
         let Some(group) = self.group.borrow_mut().take() else {
             return;
@@ -314,12 +349,12 @@ impl Reporter {
         let Some(mut last) = group.last else {
             return;
         };
-        if group.done > 1 {
-            let noun = GROUPED
-                .iter()
-                .find(|(step, _)| *step == group.step)
-                .map_or("", |(_, noun)| noun);
-            last.detail = format!("{} {noun} (-v shows each)", group.done);
+        if !group.finished && !self.starts.get() {
+            return;
+        }
+        if group.count > 1 {
+            let noun = grouped_noun(&group.step).unwrap_or("");
+            last.detail = format!("{} {noun} (-v shows each)", group.count);
         }
         eprint_line(&human(&last));
     }

@@ -989,6 +989,9 @@ pub fn rollout(
     reporter: &Reporter,
     interrupt: &Interrupt,
 ) -> Result<(), ApplyError> {
+    // Each node's steps are relayed as they begin: a person sees where
+    // every node is.
+    reporter.show_start_lines();
     let _lock = coordinator_lock(site)?;
     let state = State::open(&site.profile.paths.state_dir)?;
     crate::site::check_trust_current(&state, &site.path, &site.trust_version)?;

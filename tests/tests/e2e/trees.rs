@@ -178,7 +178,8 @@ fn a_tree_installs_exactly_upgrades_by_removing_and_rolls_back_whole() {
         );
         fs::write(&spec, text).unwrap();
     });
-    let run = airlock_apply(&["apply", &broken, "--site", &demo.site()]);
+    // -v: the undo actions' start lines name the tree.
+    let run = airlock_apply(&["-v", "apply", &broken, "--site", &demo.site()]);
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(
         run.stderr.contains("restore tree: assets"),
@@ -568,7 +569,7 @@ fn an_apply_that_dies_inside_a_tree_install_is_undone_whole_by_resume() {
             died.stderr
         );
         assert_eq!(installed.exists(), folder_there, "{failpoints}");
-        let resumed = airlock_apply(&["resume", "--site", &demo.site()]);
+        let resumed = airlock_apply(&["-v", "resume", "--site", &demo.site()]);
         assert_eq!(resumed.code, 4, "{failpoints}:\n{}", resumed.stderr);
         assert!(
             resumed.stderr.contains("restore tree: assets"),

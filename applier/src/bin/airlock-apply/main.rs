@@ -1,8 +1,9 @@
 //! `airlock-apply`: the site operator's command line.
 //!
 //! Exit codes (docs/OPERATIONS.md): 0 success; 1 failed before anything
-//! changed; 2 wrong command line; 3 bundle refused by verification, nothing
-//! changed; 4 apply failed and was rolled back, the old version runs healthy;
+//! changed (a missing site profile, a file `extract` does not find); 2 wrong
+//! command line; 3 bundle refused by verification (or found damaged by
+//! `check-media`, `inspect` or `extract`), nothing changed; 4 apply failed and was rolled back, the old version runs healthy;
 //! 5 the node needs the operator (a rollback did not complete, or the new
 //! version runs but could not be recorded); 6 another apply holds this node's
 //! lock; 7 an interrupted apply must be resumed first; 8 `history --check` or
