@@ -42,14 +42,12 @@ pub enum NodeError {
     /// `scp` failed because ssh cannot log in to the node without a
     /// prompt: `ssh -o BatchMode=yes HOST true` fails too (permission
     /// denied, unknown host key, connection refused or timed out).
-    #[error("node {node}: cannot copy the bundle: ssh cannot log in to host {host} as {destination} without a prompt (BatchMode=yes): `{check}` said {said}; set up a login that needs no password, passphrase or host key question (an ssh agent or an identity_file without a passphrase, authorized on the node; the node's host key in known_hosts) until that command succeeds")]
+    #[error("node {node}: cannot copy the bundle: ssh cannot log in to host {host} without a prompt (BatchMode=yes): `{check}` said {said}; set up a login that needs no password, passphrase or host key question (an ssh agent or an identity_file without a passphrase, authorized on the node; the node's host key in known_hosts) until that command succeeds")]
     Login {
         /// The node.
         node: String,
         /// Its `host`.
         host: String,
-        /// `[USER@]HOST`.
-        destination: String,
         /// The login check that failed, as a command line.
         check: String,
         /// What ssh printed (quoted), or its exit code.
@@ -57,7 +55,7 @@ pub enum NodeError {
     },
     /// `scp` failed although ssh logs in: the node's sshd offers no
     /// working `sftp` subsystem, which OpenSSH 9's scp copies with.
-    #[error("node {node}: cannot copy the bundle: the sshd on host {host} offers no `sftp` subsystem, which scp of OpenSSH 9 and later copies with (scp said {scp_said}; `{check}` said {said}); add `Subsystem sftp internal-sftp` (or the path of sftp-server, e.g. `Subsystem sftp /usr/lib/openssh/sftp-server`) to the node's sshd_config and reload sshd")]
+    #[error("node {node}: cannot copy the bundle: the sshd on host {host} offers no `sftp` subsystem, which scp of OpenSSH 9 and later copies with (`{check}` said {said}); add `Subsystem sftp internal-sftp` (or the path of sftp-server, e.g. `Subsystem sftp /usr/lib/openssh/sftp-server`) to the node's sshd_config and reload sshd")]
     NoSftp {
         /// The node.
         node: String,
@@ -67,18 +65,14 @@ pub enum NodeError {
         check: String,
         /// What ssh printed (quoted), or its exit code.
         said: String,
-        /// What scp printed (quoted).
-        scp_said: String,
     },
     /// `scp` failed although ssh logs in and sftp starts: the file could
     /// not be written in `bundle_dir`.
-    #[error("node {node}: copying the bundle with scp to {destination}:{target} failed: {said}; ssh login and sftp work, so check that bundle_dir `{dir}` exists on the node, that the login user may write to it, and that it has room for the bundle")]
+    #[error("node {node}: copying the bundle with scp to {target} failed: {said}; ssh login and sftp work, so check that bundle_dir `{dir}` exists on the node, that the login user may write to it, and that it has room for the bundle")]
     Upload {
         /// The node.
         node: String,
-        /// `[USER@]HOST`.
-        destination: String,
-        /// The path scp was given on the node.
+        /// `[USER@]HOST:PATH`, as scp was given it.
         target: String,
         /// `bundle_dir`.
         dir: String,
@@ -168,7 +162,7 @@ fn said(out: &Output) -> String {
             None => "nothing (killed by a signal)".to_owned(),
         }
     } else {
-        format!("`{}`", lines.join(" "))
+        format!("`{}`", lines.join("; "))
     }
 }
 
@@ -286,7 +280,6 @@ impl NodeProfile {
                 return NodeError::Login {
                     node: self.name.clone(),
                     host: self.host.clone().unwrap_or_default(),
-                    destination: self.destination(),
                     check: self.ssh_line(ssh_options, &login_args),
                     said: said(&out),
                 };
@@ -301,12 +294,10 @@ impl NodeProfile {
                 host: self.host.clone().unwrap_or_default(),
                 check: self.ssh_line(ssh_options, &sftp_args),
                 said: said(&out),
-                scp_said: said(scp),
             },
             Ok(_) => NodeError::Upload {
                 node: self.name.clone(),
-                destination: self.destination(),
-                target: target.to_owned(),
+                target: format!("{}:{target}", self.destination()),
                 dir: dir.to_owned(),
                 said: said(scp),
             },
@@ -531,6 +522,10 @@ mod tests {
         assert_eq!(
             said(&out("Warning: Permanently added 'h' (ED25519) to the list of known hosts.\r\nsubsystem request failed on channel 0\n")),
             "`subsystem request failed on channel 0`"
+        );
+        assert_eq!(
+            said(&out("scp: dest open \"/x/b\": No such file or directory\nscp: failed to upload file b to /x/b\n")),
+            "`scp: dest open \"/x/b\": No such file or directory; scp: failed to upload file b to /x/b`"
         );
         assert_eq!(said(&out("")), "nothing (exit 255)");
     }

@@ -22,5 +22,6 @@ mod recovery;
 mod refusals;
 mod reproducible;
 mod single_node;
+mod ssh;
 mod trees;
 mod trust;
