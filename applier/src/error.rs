@@ -718,6 +718,20 @@ impl ApplyError {
     }
 }
 
+/// The message of [`ApplyError::ProfileKind`].
+fn profile_kind_message(path: &std::path::Path, expected: crate::site::ProfileKind) -> String {
+    match expected {
+        crate::site::ProfileKind::Node => format!(
+            "`{}` is a cluster profile (it has a [cluster] table); this command works on one node and needs that node's site profile",
+            path.display()
+        ),
+        crate::site::ProfileKind::Cluster => format!(
+            "`{}` is a node's site profile, not a cluster profile (it has no [cluster] table); this command needs the coordinator's cluster profile",
+            path.display()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,19 +774,5 @@ mod tests {
             node_outcome: NodeOutcome::NeedsOperator,
         };
         assert_eq!(stopped.exit_code(), exit::NEEDS_OPERATOR);
-    }
-}
-
-/// The message of [`ApplyError::ProfileKind`].
-fn profile_kind_message(path: &std::path::Path, expected: crate::site::ProfileKind) -> String {
-    match expected {
-        crate::site::ProfileKind::Node => format!(
-            "`{}` is a cluster profile (it has a [cluster] table); this command works on one node and needs that node's site profile",
-            path.display()
-        ),
-        crate::site::ProfileKind::Cluster => format!(
-            "`{}` is a node's site profile, not a cluster profile (it has no [cluster] table); this command needs the coordinator's cluster profile",
-            path.display()
-        ),
     }
 }

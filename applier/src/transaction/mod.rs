@@ -450,7 +450,7 @@ impl<'a> Transaction<'a> {
     /// A progress bar for a step that copies into the backup, over the
     /// bytes of what it copies (docs/OPERATIONS.md, "Reading the output").
     fn copy_progress(&self, step: &Step) -> Option<crate::report::Polling> {
-        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let size = |p: &Path| fs_err::metadata(p).map_or(0, |m| m.len());
         let tree = |dir: &Path| -> u64 {
             walkdir::WalkDir::new(dir)
                 .into_iter()
