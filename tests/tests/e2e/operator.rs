@@ -201,34 +201,23 @@ fn inspect_shows_the_bundle_and_whether_this_site_trusts_it() {
 fn extract_writes_a_file_only_once_the_bundle_is_trusted_and_whole() {
     let demo = Demo::start();
     let out = demo.root.join("RELEASE.txt");
-    let out_s = out.display().to_string();
-    let run = airlock_apply(&[
-        "extract",
-        &demo.bundle(),
-        "files/RELEASE",
-        "--out",
-        &out_s,
-        "--site",
-        &demo.site(),
-    ])
-    .ok();
+    let site = demo.site();
+    let extract = |json: bool, bundle: &str, path: &str| {
+        let out = out.display().to_string();
+        let mut args = vec!["extract", bundle, path, "--out", &out, "--site", &site];
+        if json {
+            args.insert(0, "--json");
+        }
+        airlock_apply(&args)
+    };
+    let run = extract(false, &demo.bundle(), "files/RELEASE").ok();
     assert_eq!(fs::read_to_string(&out).unwrap(), "1.1.0\n");
     assert!(
         run.stderr.contains("ok extract: `files/RELEASE`"),
         "{}",
         run.stderr
     );
-    let json = airlock_apply(&[
-        "--json",
-        "extract",
-        &demo.bundle(),
-        "files/RELEASE",
-        "--out",
-        &out_s,
-        "--site",
-        &demo.site(),
-    ])
-    .ok();
+    let json = extract(true, &demo.bundle(), "files/RELEASE").ok();
     check(
         "json/extract.jsonl",
         &shapes(&json.stdout),
@@ -254,15 +243,7 @@ fn extract_writes_a_file_only_once_the_bundle_is_trusted_and_whole() {
         assert!(left.is_empty(), "{left:?}");
     };
     // A path the bundle does not hold.
-    let run = airlock_apply(&[
-        "extract",
-        &demo.bundle(),
-        "files/NOPE",
-        "--out",
-        &out_s,
-        "--site",
-        &demo.site(),
-    ]);
+    let run = extract(false, &demo.bundle(), "files/NOPE");
     unchanged(&run, 1, "operator/extract-no-such-file.txt");
     // A damaged payload: the file's own bytes are fine, a later chunk is not.
     let damaged = demo.root.join("damaged.airlock");
@@ -270,15 +251,7 @@ fn extract_writes_a_file_only_once_the_bundle_is_trusted_and_whole() {
     let at = bytes.len() - 20_000;
     bytes[at..at + 64].fill(b'X');
     fs::write(&damaged, bytes).unwrap();
-    let run = airlock_apply(&[
-        "extract",
-        &damaged.display().to_string(),
-        "files/RELEASE",
-        "--out",
-        &out_s,
-        "--site",
-        &demo.site(),
-    ]);
+    let run = extract(false, &damaged.display().to_string(), "files/RELEASE");
     unchanged(&run, 3, "operator/extract-damaged.txt");
     // A site that does not trust the signer.
     let other = Keys::new(&["other"]);
@@ -287,15 +260,7 @@ fn extract_writes_a_file_only_once_the_bundle_is_trusted_and_whole() {
         demo.site_dir().join("keys/release.pub"),
     )
     .unwrap();
-    let run = airlock_apply(&[
-        "extract",
-        &demo.bundle(),
-        "files/RELEASE",
-        "--out",
-        &out_s,
-        "--site",
-        &demo.site(),
-    ]);
+    let run = extract(false, &demo.bundle(), "files/RELEASE");
     unchanged(&run, 3, "operator/extract-untrusted.txt");
 }
 
