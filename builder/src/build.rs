@@ -123,12 +123,10 @@ pub struct BuildSummary {
     pub created_at: u64,
     /// `created_at` as RFC 3339.
     pub created_at_rfc3339: String,
-    /// When sites refuse the bundle, Unix seconds; none without
+    /// When sites refuse the bundle, Unix seconds; `None` (JSON `null`) without
     /// `expires_after_days`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
     /// `expires_at` as RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at_rfc3339: Option<String>,
     /// How long the build took, in seconds.
     pub seconds: f64,

@@ -89,11 +89,9 @@ pub struct Inspection {
     pub created_at: u64,
     /// `created_at` as RFC 3339.
     pub created_at_rfc3339: String,
-    /// The manifest's `expires_at`, Unix seconds, when it has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The manifest's `expires_at`, Unix seconds; `None` (`null`) when it has none.
     pub expires_at: Option<u64>,
     /// `expires_at` as RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at_rfc3339: Option<String>,
     /// The trust update the bundle carries: its signed document.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -307,21 +305,20 @@ pub struct VerifySummary {
     pub files: usize,
     /// Size of the payload unpacked, in bytes.
     pub unpacked_size: u64,
-    /// The key id of every signature the bundle carries, trusted or not.
+    /// The trusted keys whose signatures counted toward the threshold, sorted.
     pub signers: Vec<String>,
     /// How many distinct trusted keys had to sign.
     pub threshold: usize,
-    /// The trusted keys whose signatures counted toward the threshold.
-    pub trusted_signers: Vec<String>,
+    /// The key id of every signature the bundle carries, trusted or not,
+    /// in the bundle's order.
+    pub signatures: Vec<String>,
     /// When the bundle was built, Unix seconds.
     pub created_at: u64,
     /// `created_at` as RFC 3339.
     pub created_at_rfc3339: String,
-    /// When sites refuse the bundle, Unix seconds, when it expires.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When sites refuse the bundle, Unix seconds; `None` (`null`) if never.
     pub expires_at: Option<u64>,
     /// `expires_at` as RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at_rfc3339: Option<String>,
 }
 
@@ -352,14 +349,14 @@ impl Verified {
             size: self.size,
             files: m.files.len(),
             unpacked_size: m.payload.unpacked_size,
-            signers: self
+            signers: self.signers.iter().map(ToString::to_string).collect(),
+            threshold: self.threshold,
+            signatures: self
                 .header
                 .signatures
                 .iter()
                 .map(|s| s.key_id().to_string())
                 .collect(),
-            threshold: self.threshold,
-            trusted_signers: self.signers.iter().map(ToString::to_string).collect(),
             created_at: m.created_at,
             created_at_rfc3339: rfc3339(m.created_at),
             expires_at: m.expires_at,

@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use airlock_formats::durable::write_atomic;
-use airlock_formats::{PublicKey, SecretKey, TrustDocument, TrustUpdate};
+use airlock_formats::{KeyId, PublicKey, SecretKey, Signature, TrustDocument, TrustUpdate};
 
 use crate::error::BuildError;
 
@@ -61,7 +61,7 @@ pub fn new_update(
 /// Adds a signature by `key` to the trust update `file` (replacing that
 /// key's earlier one) and writes the result to `out` durably: `file`
 /// itself, or a new file that leaves `file` untouched. Returns the document
-/// and how many signatures the update now has.
+/// and the key ids of the signatures the update now has.
 ///
 /// # Errors
 /// [`BuildError::Invalid`] when the file is not a trust update.
@@ -70,7 +70,7 @@ pub fn sign_update(
     key: &SecretKey,
     timestamp: u64,
     out: &Path,
-) -> Result<(TrustDocument, usize), BuildError> {
+) -> Result<(TrustDocument, Vec<KeyId>), BuildError> {
     let bytes = fs_err::read(file).map_err(|e| BuildError::Io {
         context: "reading the trust update".into(),
         source: e,
@@ -84,5 +84,11 @@ pub fn sign_update(
         .add_signature(&signature)
         .map_err(|e| invalid(file, e))?;
     write(out, &update)?;
-    Ok((document, update.signatures.len()))
+    let signers = update
+        .signatures()
+        .map_err(|e| invalid(file, e))?
+        .iter()
+        .map(Signature::key_id)
+        .collect();
+    Ok((document, signers))
 }

@@ -448,30 +448,3 @@ fn the_json_of_every_command_keeps_its_shape() {
         );
     }
 }
-
-#[test]
-fn the_json_of_airlock_build_keeps_its_shape() {
-    let demo = Demo::start();
-    let spec = demo.root.join("release/bundle.toml").display().to_string();
-    let out = demo.root.join("out-json").display().to_string();
-    let key = demo.keys.secret("release");
-    let built = airlock_build(&[
-        "--no-progress",
-        "build",
-        "--spec",
-        &spec,
-        "--key",
-        &key,
-        "--out",
-        &out,
-        "--json",
-    ])
-    .ok();
-    check("json/build.jsonl", &shapes(&built.stdout), Some(&demo.root));
-    let inspected = airlock_build(&["inspect", &demo.bundle(), "--json"]).ok();
-    check(
-        "json/inspect.jsonl",
-        &shapes(&inspected.stdout),
-        Some(&demo.root),
-    );
-}

@@ -11,6 +11,7 @@
 )]
 
 mod cli;
+mod cli_build;
 mod cluster;
 mod demo;
 mod field;

@@ -127,7 +127,7 @@ pub(crate) struct Signed {
     /// The key that signed now.
     pub(crate) key_id: String,
     /// The key id of every signature the bundle now carries.
-    pub(crate) signers: Vec<String>,
+    pub(crate) signatures: Vec<String>,
 }
 
 /// `trust new`: the unsigned trust update written.
@@ -146,10 +146,8 @@ pub(crate) struct TrustUpdate {
     /// `created_at` as RFC 3339.
     pub(crate) created_at_rfc3339: String,
     /// When sites stop accepting bundles until a newer update, Unix seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) expires_at: Option<u64>,
     /// `expires_at` as RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) expires_at_rfc3339: Option<String>,
 }
 
@@ -164,8 +162,8 @@ pub(crate) struct TrustSigned {
     pub(crate) version: u64,
     /// The key that signed now.
     pub(crate) key_id: String,
-    /// How many signatures it now carries.
-    pub(crate) signatures: usize,
+    /// The key id of every signature it now carries.
+    pub(crate) signatures: Vec<String>,
 }
 
 /// `manpages`: the folder written.

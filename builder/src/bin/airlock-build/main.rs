@@ -55,16 +55,17 @@ enum Command {
         unencrypted: bool,
     },
     /// Build and sign DIR/NAME-VERSION.airlock from a bundle spec.
+    #[command(group(clap::ArgGroup::new("signing").required(true).args(["key", "unsigned"])))]
     Build {
         /// The bundle spec (bundle.toml).
         #[arg(long)]
         spec: PathBuf,
         /// The secret key that signs the bundle.
-        #[arg(long, required_unless_present = "unsigned")]
+        #[arg(long)]
         key: Option<PathBuf>,
         /// Write the bundle with no signature, to be signed with `sign`
         /// elsewhere (e.g. on an offline machine holding the key).
-        #[arg(long, conflicts_with = "key")]
+        #[arg(long)]
         unsigned: bool,
         /// Output folder.
         #[arg(long)]
@@ -534,7 +535,7 @@ fn run(program: Program, output: &Output) -> Result<(), Failure> {
                     bundle: target.to_owned(),
                     source: bundle.clone(),
                     key_id: key.key_id().to_string(),
-                    signers: signers.iter().map(ToString::to_string).collect(),
+                    signatures: signers.iter().map(ToString::to_string).collect(),
                 },
                 || out.as_ref().map(|o| o.display().to_string()),
             )?;
@@ -589,14 +590,15 @@ fn run(program: Program, output: &Output) -> Result<(), Failure> {
                 let key = load_key(&key)?;
                 let timestamp = source_date_epoch()?.unwrap_or_else(unix_now);
                 let target = out.as_deref().unwrap_or(&file);
-                let (doc, count) =
+                let (doc, signers) =
                     airlock_builder::trust::sign_update(&file, &key, timestamp, target)
                         .with_context(|| format!("signing {}", file.display()))?;
                 eprintln!(
-                    "signed trust update {} (version {}) with key {}; it now has {count} signature(s){}",
+                    "signed trust update {} (version {}) with key {}; it now has {} signature(s){}",
                     target.display(),
                     doc.version,
                     key.key_id(),
+                    signers.len(),
                     if out.is_some() {
                         format!(" ({} left as it was)", file.display())
                     } else {
@@ -610,7 +612,7 @@ fn run(program: Program, output: &Output) -> Result<(), Failure> {
                         source: file.clone(),
                         version: doc.version,
                         key_id: key.key_id().to_string(),
-                        signatures: count,
+                        signatures: signers.iter().map(ToString::to_string).collect(),
                     },
                     || out.as_ref().map(|o| o.display().to_string()),
                 )?;
