@@ -481,7 +481,9 @@ impl Trust {
         if valid.len() >= self.threshold {
             Ok(valid.into_iter().collect())
         } else {
-            let detail = if notes.is_empty() {
+            let detail = if signatures.is_empty() {
+                " (it carries no signature; a bundle built with `airlock-build build --unsigned` is signed with `airlock-build sign BUNDLE --key KEY --out SIGNED`)".to_string()
+            } else if notes.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", notes.join("; "))
