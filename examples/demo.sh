@@ -2,15 +2,31 @@
 # The README's demo: build a signed bundle from examples/demo, apply it to a
 # throwaway site running airlock-demo-service 1.0.0, then apply a broken 1.2.0
 # and watch it roll back by itself. Needs only this repository and cargo.
+#
+# AIRLOCK_BIN_DIR=/usr/bin bash examples/demo.sh runs the airlock-build and
+# airlock-apply found there (the Debian packages' binaries) instead of
+# building them; the demo service is built with cargo either way.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-echo "==> building airlock (cargo build)"
-cargo build --quiet -p airlock-builder -p airlock-applier -p airlock-tests --bin airlock-build --bin airlock-apply --bin airlock-demo-service
-bin="$repo/target/debug"
-build="$bin/airlock-build"
-apply="$bin/airlock-apply"
+target=${CARGO_TARGET_DIR:-target}
+case "$target" in /*) ;; *) target="$repo/$target" ;; esac
+bin="$target/debug"
+if [ -n "${AIRLOCK_BIN_DIR:-}" ]; then
+    build="$AIRLOCK_BIN_DIR/airlock-build"
+    apply="$AIRLOCK_BIN_DIR/airlock-apply"
+    for tool in "$build" "$apply"; do
+        [ -x "$tool" ] || { echo "demo: $tool is not an executable (AIRLOCK_BIN_DIR=$AIRLOCK_BIN_DIR)" >&2; exit 1; }
+    done
+    echo "==> using $build and $apply; building the demo service (cargo build)"
+    cargo build --quiet -p airlock-tests --bin airlock-demo-service
+else
+    echo "==> building airlock (cargo build)"
+    cargo build --quiet -p airlock-builder -p airlock-applier -p airlock-tests --bin airlock-build --bin airlock-apply --bin airlock-demo-service
+    build="$bin/airlock-build"
+    apply="$bin/airlock-apply"
+fi
 
 if (exec 3<>/dev/tcp/127.0.0.1/18431) 2>/dev/null; then
     echo "demo: something already listens on 127.0.0.1:18431 (an earlier demo's service?); stop it first" >&2

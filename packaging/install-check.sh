@@ -75,7 +75,7 @@ done
 # A removed package keeps /etc/airlock; purging it removes the folder when empty.
 [ -d /etc/airlock ] || fail "apt-get remove deleted /etc/airlock"
 echo "==> dpkg --purge"
-$sudo dpkg --purge airlock-apply airlock-build
+$sudo dpkg --purge airlock-apply
 if [ -z "$(ls -A /etc/airlock 2>/dev/null)" ] && [ -d /etc/airlock ]; then
     fail "/etc/airlock is still there, empty, after dpkg --purge"
 fi
