@@ -23,12 +23,13 @@ for deb in "$apply_deb" "$build_deb"; do
     dpkg-deb -c "$deb" | awk '{print "    " $6}'
 done
 # The site profile is the operator's: nothing in /etc, so no conffiles.
-if dpkg-deb -c "$apply_deb" | grep -q ' \./etc/'; then
+listing=$(dpkg-deb -c "$apply_deb")
+if grep -q ' \./etc/' <<<"$listing"; then
     fail "airlock-apply ships files in /etc"
 fi
 
 echo "==> apt-get install"
-# The packages depend on libc and libgcc only, which are always there:
+# The packages depend on libc only, which is always there:
 # the package lists are fetched only when apt cannot do without them.
 export DEBIAN_FRONTEND=noninteractive
 if ! $sudo apt-get install -y "$apply_deb" "$build_deb"; then
