@@ -67,6 +67,11 @@ cd "$repo"
 sleep 0.5
 
 echo "==> site operator: verify, then apply 1.1.0"
+# Without --site, airlock-apply reads AIRLOCK_SITE (else /etc/airlock/site.toml).
+echo "==> site operator: look inside the bundle and read its RELEASE file (AIRLOCK_SITE names the profile)"
+AIRLOCK_SITE="$site/site.toml" "$apply" inspect "$work/out/demo-1.1.0.airlock" --files
+AIRLOCK_SITE="$site/site.toml" "$apply" extract "$work/out/demo-1.1.0.airlock" files/RELEASE --out "$work/RELEASE-1.1.0"
+sed 's/^/    RELEASE: /' "$work/RELEASE-1.1.0"
 "$apply" verify "$work/out/demo-1.1.0.airlock" --site "$site/site.toml"
 "$apply" apply "$work/out/demo-1.1.0.airlock" --site "$site/site.toml"
 "$apply" status --site "$site/site.toml"
