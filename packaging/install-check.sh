@@ -10,6 +10,23 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 fail() { echo "install-check: $*" >&2; exit 1; }
 
+# cargo-deb reads the shared libraries the binaries need with
+# dpkg-shlibdeps (dpkg-dev) and splits debug symbols with objcopy
+# (binutils); the checks below read the man pages with man (man-db).
+need=()
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
+command -v objcopy >/dev/null 2>&1 || need+=(binutils)
+command -v man >/dev/null 2>&1 || need+=(man-db)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "==> installing ${need[*]}"
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${need[@]}"
+fi
+# A slim image's dpkg drops man pages and docs at install time.
+if grep -qs 'path-exclude=/usr/share/man' /etc/dpkg/dpkg.cfg.d/*; then
+    fail "this machine's dpkg excludes /usr/share/man (/etc/dpkg/dpkg.cfg.d): the man pages cannot be checked here"
+fi
+
 start=$SECONDS
 debs=$(bash packaging/build-debs.sh)
 echo "==> built in $((SECONDS - start)) s:"

@@ -533,10 +533,18 @@ mod tests {
             parse_line(old),
             Err(ProtocolError::Version { found: None })
         ));
-        let newer = r#"{"type":"event","protocol":2,"step":"stop"}"#;
+        let newer = format!(
+            r#"{{"type":"event","protocol":{},"step":"stop"}}"#,
+            PROTOCOL + 1
+        );
         assert!(matches!(
-            parse_line(newer),
-            Err(ProtocolError::Version { found: Some(2) })
+            parse_line(&newer),
+            Err(ProtocolError::Version { found: Some(v) }) if v == PROTOCOL + 1
+        ));
+        let older = r#"{"type":"event","protocol":1,"step":"stop"}"#;
+        assert!(matches!(
+            parse_line(older),
+            Err(ProtocolError::Version { found: Some(1) })
         ));
         assert!(matches!(
             parse_line("not json"),

@@ -163,12 +163,17 @@ impl Reporter {
         }
     }
 
+    /// Whether progress bars are drawn: stderr is a terminal and neither
+    /// `--json`, `--quiet` nor `-v` (a line per event, which a bar would
+    /// draw over) is given.
+    pub fn draws_progress(&self) -> bool {
+        !self.json
+            && self.verbosity == Verbosity::Normal
+            && std::io::IsTerminal::is_terminal(&std::io::stderr())
+    }
+
     fn progress(&self, total: u64, template: &str) -> indicatif::ProgressBar {
-        // `-v` prints a line per event, which a bar would draw over.
-        if self.json
-            || self.verbosity != Verbosity::Normal
-            || !std::io::IsTerminal::is_terminal(&std::io::stderr())
-        {
+        if !self.draws_progress() {
             return indicatif::ProgressBar::hidden();
         }
         let bar = indicatif::ProgressBar::new(total);

@@ -93,7 +93,23 @@ pub fn sign_bundle(
     out: &Path,
 ) -> Result<Vec<KeyId>, BuildError> {
     let source = BundleSource::open(bundle)?;
-    if matches!(source, BundleSource::Volumes(_)) && out == bundle {
+    // Spelled differently, `out` may still be the bundle, or a file of the
+    // set's folder (its index, a volume).
+    let real = |p: &Path| {
+        std::path::absolute(p)
+            .ok()
+            .and_then(|p| p.canonicalize().ok().or(Some(p)))
+    };
+    let in_place = out == bundle
+        || real(out) == real(bundle)
+        || match &source {
+            BundleSource::Volumes(set) => {
+                let folder = real(airlock_formats::durable::parent_of(&set.index_path));
+                real(airlock_formats::durable::parent_of(out)) == folder
+            }
+            BundleSource::File { .. } => false,
+        };
+    if matches!(source, BundleSource::Volumes(_)) && in_place {
         // Volume 1 holds the signatures: a new one changes it, the index
         // and every parity volume, so a set is signed into one new file.
         return Err(BuildError::Invalid(format!(

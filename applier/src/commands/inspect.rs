@@ -335,7 +335,8 @@ impl PayloadSink for KeepOne<'_> {
 /// signatures meet `site`'s trust and the file matched the manifest's size
 /// and SHA-256, and every chunk of the payload matched its hash. `out`
 /// (mode 0644) is written beside itself, fsynced and renamed into place, so on any error it is
-/// left as it was.
+/// left as it was; temporary files an earlier, killed extract left beside it
+/// are removed first.
 ///
 /// # Errors
 /// [`ApplyError::NotInBundle`] when the manifest has no such file;
@@ -349,6 +350,8 @@ pub fn extract(
     out: &Path,
 ) -> Result<Extracted, ApplyError> {
     let source = BundleSource::open(bundle).map_err(|e| unreadable(bundle, e))?;
+    // An extract killed halfway leaves its temporary file beside `out`.
+    airlock_formats::durable::remove_temps_beside(out)?;
     let mut entry: Option<FileEntry> = None;
     let mut signers = Vec::new();
     let mut refusal: Option<ApplyError> = None;

@@ -56,6 +56,8 @@ fn ids(keys: &[KeyId]) -> String {
 /// An installed trust update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Installed {
+    /// [`crate::protocol::PROTOCOL`].
+    pub protocol: u32,
     /// The version now in force.
     pub version: u64,
     /// The version it replaced.
@@ -145,6 +147,7 @@ fn accept(holder: &Holder, state: &State, file: &Path) -> Result<Installed, Appl
     )?;
     let trust = &accepted.trust;
     Ok(Installed {
+        protocol: crate::protocol::PROTOCOL,
         version: accepted.document.version,
         previous: holder.version.version,
         keys: trust
@@ -241,6 +244,8 @@ pub fn install_carried(
 /// The trust in force and every version accepted before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shown {
+    /// [`crate::protocol::PROTOCOL`].
+    pub protocol: u32,
     /// The version in force.
     pub version: u64,
     /// `site profile` or `trust update`.
@@ -301,6 +306,7 @@ pub fn show(profile: &Path) -> Result<Shown, ApplyError> {
     };
     let clock = Clock::read(state.as_ref(), holder.skew_secs)?;
     Ok(Shown {
+        protocol: crate::protocol::PROTOCOL,
         version: holder.version.version,
         source: if holder.version.update_sha256.is_some() {
             "trust update".into()

@@ -450,6 +450,10 @@ impl<'a> Transaction<'a> {
     /// A progress bar for a step that copies into the backup, over the
     /// bytes of what it copies (docs/OPERATIONS.md, "Reading the output").
     fn copy_progress(&self, step: &Step) -> Option<crate::report::Polling> {
+        // Sizing a Raft folder costs a walk of it: only for a bar drawn.
+        if !self.reporter.draws_progress() {
+            return None;
+        }
         let size = |p: &Path| fs_err::metadata(p).map_or(0, |m| m.len());
         let tree = |dir: &Path| -> u64 {
             walkdir::WalkDir::new(dir)

@@ -35,6 +35,16 @@ fn redactions(root: Option<&Path>) -> Redactions {
     r.insert("[PORT]", regex(r"127\.0\.0\.1:(?<redacted>\d+)"))
         .unwrap();
     r.insert("[UNIX]", regex(r"\b1[7-9]\d{8}\b")).unwrap();
+    r.insert(
+        "[TIME]",
+        regex(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)"),
+    )
+    .unwrap();
+    r.insert(
+        "[PLATFORM]",
+        format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
+    )
+    .unwrap();
     r
 }
 

@@ -279,16 +279,19 @@ fn the_text_of_build_inspect_and_verify_is_pinned() {
     let at = |name: &str| root.join(name).display().to_string();
     let spec = small_release(&root.join("release")).display().to_string();
     airlock_build(&["keygen", "--out", &at("keys/release"), "--unencrypted"]).ok();
-    let built = airlock_build(&[
-        "--no-progress",
-        "build",
-        "--spec",
-        &spec,
-        "--key",
-        &at("keys/release.key"),
-        "--out",
-        &at("out"),
-    ])
+    let built = airlock_build_with(
+        None,
+        &[
+            "--no-progress",
+            "build",
+            "--spec",
+            &spec,
+            "--key",
+            &at("keys/release.key"),
+            "--out",
+            &at("out"),
+        ],
+    )
     .ok();
     assert_eq!(built.stdout, format!("{}\n", at("out/app-1.1.0.airlock")));
     check("build/build.txt", &built.stderr, Some(root));

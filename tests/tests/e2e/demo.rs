@@ -145,7 +145,7 @@ impl Demo {
     }
 
     /// [`Demo::release`] signed by the secret key `key`, built at
-    /// `created_at` (Unix seconds; the tests' fixed time when `None`).
+    /// `created_at` (Unix seconds; [`build_epoch`] when `None`).
     pub fn release_as(
         &self,
         version: &str,

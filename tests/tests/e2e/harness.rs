@@ -62,12 +62,25 @@ impl Run {
     }
 }
 
-/// Runs `airlock-build ARGS` with `SOURCE_DATE_EPOCH` fixed.
+/// The build time of the tests' bundles, Unix seconds: the start of the
+/// current 30-day period, so two builds in one test are byte-identical and
+/// a bundle of the demo (`expires_after_days = 365`) is never expired, as
+/// one fixed date would be once a year had passed.
+pub fn build_epoch() -> u64 {
+    const PERIOD: u64 = 30 * 86_400;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs();
+    now - now % PERIOD
+}
+
+/// Runs `airlock-build ARGS` with `SOURCE_DATE_EPOCH` at [`build_epoch`].
 pub fn airlock_build(args: &[&str]) -> Run {
     Run::from(
         Command::new(bin("airlock-build"))
             .args(args)
-            .env("SOURCE_DATE_EPOCH", "1767225600")
+            .env("SOURCE_DATE_EPOCH", build_epoch().to_string())
             .env_remove("AIRLOCK_PASSPHRASE")
             .output()
             .expect("run airlock-build"),

@@ -24,7 +24,7 @@ use airlock_applier::protocol::{
     Message, PrunedReport, Status, PROTOCOL,
 };
 use airlock_applier::report::{eprint_line, print_line, Verbosity};
-use airlock_applier::site::{is_cluster_profile, locate};
+use airlock_applier::site::{is_cluster_profile, locate, ProfileFrom};
 use airlock_applier::{exit, ApplyError, Interrupt, Reporter, Site, VerifyOptions};
 use clap::{CommandFactory as _, Parser, Subcommand};
 
@@ -482,9 +482,22 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
             // bundle can be inspected on a machine without one.
             let site = match site {
                 Some(path) => Some(site_for_reading(Some(path))?.0),
-                None => match locate(None) {
-                    Ok(path) => Some(site_for_reading(Some(path))?.0),
-                    Err(_) => None,
+                None => match locate(None).and_then(|path| site_for_reading(Some(path))) {
+                    Ok((site, _)) => Some(site),
+                    // No profile here (this may be the release engineer's
+                    // machine), or a cluster profile: shown, not checked.
+                    Err(ApplyError::SiteMissing { path, from }) => {
+                        if from != ProfileFrom::Default {
+                            eprint_line(&format!(
+                                "warning: no site profile at `{}` ({}): the signatures are not checked against a site's trust",
+                                path.display(),
+                                from.describe()
+                            ));
+                        }
+                        None
+                    }
+                    Err(ApplyError::ProfileKind { .. }) => None,
+                    Err(e) => return Err(e),
                 },
             };
             let inspection = inspect::inspect(&bundle, site.as_ref(), files)?;

@@ -247,7 +247,25 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_INVALID: u8 = 3;
 
 fn main() -> ExitCode {
-    let program = Program::parse();
+    let program = match Program::try_parse() {
+        Ok(program) => program,
+        Err(e) => {
+            // clap's text on stderr (help and version on stdout, exit 0);
+            // with --json anywhere on the line, the error line too.
+            let code = u8::try_from(e.exit_code()).unwrap_or(2);
+            let _ = e.print();
+            if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+                let rendered = e.render().to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                Output::new(true).error(
+                    first.trim_start_matches("error: "),
+                    Some("run `airlock-build help` or `airlock-build COMMAND --help`"),
+                    code,
+                );
+            }
+            return ExitCode::from(code);
+        }
+    };
     airlock_formats::time::set_utc(program.utc);
     let output = Output::new(program.json);
     match run(program, &output) {
