@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,70 +13,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
 use crate::harness::*;
-
-/// A real sshd on 127.0.0.1 with its own host key, `authorized_keys` and
-/// config in a temp folder; stopped on drop.
-pub struct Sshd {
-    child: Child,
-    pub port: u16,
-    pub identity: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Sshd {
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        for key in ["host_key", "client_key"] {
-            let ok = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(d.join(key))
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "ssh-keygen failed");
-        }
-        fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-        let port = free_port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n",
-            d = d.display()
-        );
-        fs::write(d.join("sshd_config"), config).unwrap();
-        fs::create_dir_all("/run/sshd").unwrap(); // privilege separation folder sshd insists on
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(d.join("sshd.log")).unwrap())
-            .spawn()
-            .expect("start /usr/sbin/sshd (install openssh-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not listen: {}",
-                fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Self {
-            child,
-            port,
-            identity: d.join("client_key"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// How the coordinator reaches the nodes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -134,7 +70,7 @@ impl Cluster {
         }
         nodes[0].put_keys(KEY_COUNT);
 
-        let sshd = (transport == Transport::Ssh).then(Sshd::start);
+        let sshd = (transport == Transport::Ssh).then(|| Sshd::start(true));
         let coordinator = dir.path().join("coordinator");
         fs::create_dir_all(coordinator.join("keys")).unwrap();
         let mut keys = String::new();

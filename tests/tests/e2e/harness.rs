@@ -809,3 +809,76 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
+
+/// A real sshd on 127.0.0.1 with its own host key, `authorized_keys` (the
+/// `client_key` only) and config in a temp folder; stopped on drop.
+pub struct Sshd {
+    child: std::process::Child,
+    pub port: u16,
+    /// Authorized.
+    pub identity: PathBuf,
+    /// Not authorized.
+    pub stranger: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    /// Starts it; with `sftp`, it offers the `sftp` subsystem (OpenSSH 9's
+    /// scp copies with it).
+    pub fn start(sftp: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for key in ["host_key", "client_key", "stranger_key"] {
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(key))
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ssh-keygen failed");
+        }
+        fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        let port = free_port();
+        let mut config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n",
+            d = d.display()
+        );
+        if sftp {
+            config.push_str("Subsystem sftp internal-sftp\n");
+        }
+        fs::write(d.join("sshd_config"), config).unwrap();
+        fs::create_dir_all("/run/sshd").unwrap(); // privilege separation folder sshd insists on
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(d.join("sshd.log")).unwrap())
+            .spawn()
+            .expect("start /usr/sbin/sshd (install openssh-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not listen: {}",
+                fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            child,
+            port,
+            identity: d.join("client_key"),
+            stranger: d.join("stranger_key"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
