@@ -145,15 +145,24 @@ echo \$! > node/pid
 nohup python3 node/writer.py node > node/writer.log 2>&1 &
 echo \$! > node/writer.pid
 SH
-# Stops the service and the writer and waits until both are gone (a zombie
-# counts as gone: its parent may reap it late).
+# Stops the service and the writer and waits until both are gone. A zombie
+# counts as gone (its parent may reap it late), but only once its last
+# thread has exited: etcd's main thread can be a zombie while its other
+# threads still run the binary, and a copy over it fails with "Text file
+# busy".
 cat > "$site/stop.sh" <<'SH'
 #!/bin/sh
 for f in node/pid node/writer.pid; do [ -f $f ] && kill "$(cat $f)" 2>/dev/null; done
 for f in node/pid node/writer.pid; do
     [ -f $f ] || continue
     pid=$(cat $f)
-    while [ -d /proc/$pid ] && ! grep -q '^State:[[:space:]]*Z' /proc/$pid/status 2>/dev/null; do sleep 0.01; done
+    while [ -d /proc/$pid ]; do
+        if grep -q '^State:[[:space:]]*Z' /proc/$pid/status 2>/dev/null &&
+            [ "$(ls /proc/$pid/task 2>/dev/null | wc -l)" -le 1 ]; then
+            break
+        fi
+        sleep 0.01
+    done
     rm -f $f
 done
 SH
