@@ -112,11 +112,6 @@ impl Reporter {
         self.starts.set(true);
     }
 
-    /// How much people see.
-    pub fn verbosity(&self) -> Verbosity {
-        self.verbosity
-    }
-
     /// A progress bar over `total` bytes on stderr, in MiB with the rate and
     /// the time left, when stderr is a terminal and none of `--json`,
     /// `--quiet` and `-v` is given; a hidden one otherwise (its updates cost

@@ -52,7 +52,7 @@ impl TrustInForce {
                 "trust version {} (trust update {}, installed at {})",
                 self.version,
                 sha.chars().take(12).collect::<String>(),
-                crate::commands::status::unix_rfc3339(self.accepted_at.unwrap_or_default())
+                airlock_formats::time::rfc3339_signed(self.accepted_at.unwrap_or_default())
             ),
         }
     }

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use airlock_formats::time::rfc3339;
+use airlock_formats::time::{rfc3339, rfc3339_signed as at};
 use airlock_formats::{
     BundleError, BundleHeader, BundleSource, KeyId, Manifest, MigrationTool, PayloadSink, Role,
     Sha256Digest, Trust, TrustError, TrustUpdate,
@@ -259,11 +259,6 @@ impl Clock {
             _ => format!("the clock here says {}", at(self.now)),
         }
     }
-}
-
-/// [`rfc3339`] of a node time (signed Unix seconds).
-fn at(secs: i64) -> String {
-    crate::commands::status::unix_rfc3339(secs)
 }
 
 /// A rule a bundle broke and an option allowed; each is recorded in the

@@ -33,6 +33,12 @@ pub fn rfc3339(secs: u64) -> String {
         .to_string()
 }
 
+/// [`rfc3339`] of a time kept as signed Unix seconds (the state database's
+/// INTEGER columns); a time before 1970 is shown as `@SECS`.
+pub fn rfc3339_signed(secs: i64) -> String {
+    u64::try_from(secs).map_or_else(|_| format!("@{secs}"), rfc3339)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +49,8 @@ mod tests {
         assert_eq!(rfc3339(1_767_225_600), "2026-01-01T00:00:00Z");
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(u64::MAX), format!("@{}", u64::MAX));
+        assert_eq!(rfc3339_signed(1_767_225_600), "2026-01-01T00:00:00Z");
+        assert_eq!(rfc3339_signed(-1), "@-1");
         set_utc(false);
         let local = rfc3339(1_767_225_600);
         // The local zone's offset, whatever it is here: `+HH:MM` or `-HH:MM`.

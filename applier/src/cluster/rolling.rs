@@ -1143,8 +1143,8 @@ pub fn status(site: &ClusterSite) -> Result<RolloutReport, ApplyError> {
     };
     if let Some(r) = state.latest_rollout()? {
         report.nodes = state.rollout_nodes(r.id)?;
-        report.started_at_rfc3339 = Some(crate::commands::status::unix_rfc3339(r.started_at));
-        report.finished_at_rfc3339 = r.finished_at.map(crate::commands::status::unix_rfc3339);
+        report.started_at_rfc3339 = Some(airlock_formats::time::rfc3339_signed(r.started_at));
+        report.finished_at_rfc3339 = r.finished_at.map(airlock_formats::time::rfc3339_signed);
         report.rollout = Some(r);
     }
     Ok(report)
@@ -1169,9 +1169,9 @@ impl RolloutReport {
         );
         out.push_str(&format!(
             "started {}{}\n",
-            crate::commands::status::unix_rfc3339(r.started_at),
+            airlock_formats::time::rfc3339_signed(r.started_at),
             r.finished_at
-                .map(|t| format!(", ended {}", crate::commands::status::unix_rfc3339(t)))
+                .map(|t| format!(", ended {}", airlock_formats::time::rfc3339_signed(t)))
                 .unwrap_or_default()
         ));
         out.push_str(&node_table(&self.nodes));

@@ -65,7 +65,7 @@ pub fn render(rows: &[BackupSummary], backup_dir: &Path) -> String {
                 r.from.as_deref().unwrap_or("?"),
                 r.to.as_deref().unwrap_or("?"),
                 r.created_at
-                    .map_or_else(|| "?".into(), crate::commands::status::unix_rfc3339),
+                    .map_or_else(|| "?".into(), airlock_formats::time::rfc3339_signed),
                 airlock_formats::shown::bytes(r.size),
                 if r.intact == Some(true) {
                     "hashes match"

@@ -41,7 +41,7 @@ pub fn render(rows: &[AuditRow]) -> String {
         out.push_str(&format!(
             "#{:<4} {} {:<10} {:<8} {:<14} {} {} sha256 {} signers {}\n",
             r.id,
-            crate::commands::status::unix_rfc3339(r.at),
+            airlock_formats::time::rfc3339_signed(r.at),
             r.user,
             r.action,
             r.outcome,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use airlock_formats::time::rfc3339;
+use airlock_formats::time::rfc3339_signed;
 
 use crate::error::ApplyError;
 use crate::protocol::{
@@ -15,11 +15,6 @@ use crate::state::State;
 use crate::steps::backup::{self, BackupInfo};
 use crate::verify::installed_version;
 
-/// [`rfc3339`] of a time kept as a signed number of Unix seconds.
-pub fn unix_rfc3339(secs: i64) -> String {
-    u64::try_from(secs).map_or_else(|_| format!("@{secs}"), rfc3339)
-}
-
 /// A backup folder as `status` and `backups list` show it (not re-hashed).
 pub fn backup_summary(b: &BackupInfo) -> BackupSummary {
     BackupSummary {
@@ -28,7 +23,7 @@ pub fn backup_summary(b: &BackupInfo) -> BackupSummary {
         from: b.manifest.as_ref().map(|m| m.from_version.clone()),
         to: b.manifest.as_ref().map(|m| m.to_version.clone()),
         created_at: b.manifest.as_ref().map(|m| m.created_at),
-        created_at_rfc3339: b.manifest.as_ref().map(|m| unix_rfc3339(m.created_at)),
+        created_at_rfc3339: b.manifest.as_ref().map(|m| rfc3339_signed(m.created_at)),
         size: b.size,
         intact: None,
         problems: Vec::new(),
@@ -73,9 +68,9 @@ pub fn status(site: &Site, trust_error: Option<String>) -> Result<StatusReport, 
                 from: a.from_version,
                 to: a.to_version,
                 started_at: a.started_at,
-                started_at_rfc3339: unix_rfc3339(a.started_at),
+                started_at_rfc3339: rfc3339_signed(a.started_at),
                 finished_at: a.finished_at,
-                finished_at_rfc3339: a.finished_at.map(unix_rfc3339),
+                finished_at_rfc3339: a.finished_at.map(rfc3339_signed),
                 outcome: a.outcome,
                 backup_dir: a.backup_dir,
                 error: a.error,
@@ -134,8 +129,8 @@ impl StatusReport {
             // The end, as `history` shows it; the start while it runs.
             let at = match (&a.finished_at_rfc3339, a.finished_at) {
                 (Some(text), _) if !text.is_empty() => text.clone(),
-                (_, Some(t)) => unix_rfc3339(t),
-                _ => format!("started {}", unix_rfc3339(a.started_at)),
+                (_, Some(t)) => rfc3339_signed(t),
+                _ => format!("started {}", rfc3339_signed(a.started_at)),
             };
             out.push_str(&format!(
                 "  #{} {} -> {} {} at {at} ({})\n",

@@ -287,7 +287,7 @@ impl From<TrustRecord> for TrustRecordShown {
             version: r.version,
             sha256: r.sha256,
             signers: r.signers,
-            accepted_at_rfc3339: crate::commands::status::unix_rfc3339(r.accepted_at),
+            accepted_at_rfc3339: airlock_formats::time::rfc3339_signed(r.accepted_at),
             accepted_at: r.accepted_at,
         }
     }
@@ -324,7 +324,7 @@ pub fn show(profile: &Path) -> Result<Shown, ApplyError> {
         expires_at_rfc3339: holder.version.expires_at.map(rfc3339),
         history,
         time: clock.time(),
-        time_rfc3339: crate::commands::status::unix_rfc3339(clock.time()),
+        time_rfc3339: airlock_formats::time::rfc3339_signed(clock.time()),
     })
 }
 
@@ -338,7 +338,7 @@ impl Shown {
             self.threshold,
             self.keys.join(", ")
         );
-        let time = crate::commands::status::unix_rfc3339(self.time);
+        let time = airlock_formats::time::rfc3339_signed(self.time);
         match self.expires_at {
             Some(e) => out.push_str(&format!(
                 "expires at {}; this node's time is {time}\n",
@@ -353,7 +353,7 @@ impl Shown {
             out.push_str(&format!(
                 "version {}: installed at {}, sha256 {}, signed by {}\n",
                 r.version,
-                crate::commands::status::unix_rfc3339(r.accepted_at),
+                airlock_formats::time::rfc3339_signed(r.accepted_at),
                 r.sha256,
                 r.signers
             ));

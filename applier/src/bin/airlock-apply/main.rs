@@ -734,7 +734,7 @@ fn run(command: Command, reporter: &Reporter) -> Result<u8, ApplyError> {
                     .unwrap_or_default()
                     .into_iter()
                     .map(|row| HistoryEntry {
-                        at_rfc3339: status::unix_rfc3339(row.at),
+                        at_rfc3339: airlock_formats::time::rfc3339_signed(row.at),
                         row,
                     })
                     .collect();
